@@ -1,0 +1,26 @@
+# The two commands in the README. Each creates .venv and installs what it needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned only here (the dev set-up); the package metadata keeps a broad range.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: demo test venv clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/python -m simulations leader-crash --workers 16 --seed 1
+
+test: venv
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV)

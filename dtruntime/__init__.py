@@ -1,0 +1,29 @@
+"""dtruntime: a control plane for distributed PyTorch training without a control server."""
+
+from .config import Config
+from .errors import (
+    BarrierTimeout,
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    DtruntimeError,
+    NoQuorumError,
+    ProtocolError,
+    RemoteProtocolError,
+    WorkerLostError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BarrierTimeout",
+    "CheckpointError",
+    "Config",
+    "ConfigError",
+    "DatasetError",
+    "DtruntimeError",
+    "NoQuorumError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "WorkerLostError",
+]

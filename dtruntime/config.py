@@ -1,0 +1,225 @@
+"""Configuration: dataclasses per section, loaded from a TOML file and the environment.
+
+The TOML sections and keys are those of the original configuration file and are
+accepted as they are::
+
+    [coordinator]  address, heartbeat_interval_ms, heartbeat_timeout_ms
+    [storage]      backend, bucket, region, endpoint_url
+    [checkpoint]   interval_steps, keep_last_n, compression
+    [dataset]      default_shard_size, prefetch_shards
+
+Precedence, lowest first: dataclass defaults < TOML file < environment < keyword
+overrides passed in code. Every bad value raises :class:`~dtruntime.errors.ConfigError`
+naming the key (``coordinator.heartbeat_timeout_ms``), never a bare ``KeyError`` or
+``TypeError``. Unknown keys are errors too, so a typo is not silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Control-plane settings. ``address`` is the endpoint rank 0 binds (``host:port``)."""
+
+    address: str = "127.0.0.1:50051"
+    heartbeat_interval_ms: int = 1000
+    heartbeat_timeout_ms: int = 30000
+
+    def validate(self) -> None:
+        _positive("coordinator.heartbeat_interval_ms", self.heartbeat_interval_ms)
+        _positive("coordinator.heartbeat_timeout_ms", self.heartbeat_timeout_ms)
+        if self.heartbeat_timeout_ms < 2 * self.heartbeat_interval_ms:
+            raise ConfigError(
+                "coordinator.heartbeat_timeout_ms",
+                f"must be at least twice heartbeat_interval_ms "
+                f"({self.heartbeat_timeout_ms} < 2 * {self.heartbeat_interval_ms})",
+            )
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where checkpoints live. ``backend`` is ``local``, ``s3`` or ``memory``."""
+
+    backend: str = "local"
+    bucket: str = ""
+    region: str = ""
+    endpoint_url: str = ""
+
+    def validate(self) -> None:
+        if self.backend not in ("local", "s3", "memory"):
+            raise ConfigError("storage.backend", f"must be local, s3 or memory, not {self.backend!r}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Checkpoint cadence, retention and compression (``none``, ``gzip``, ``zstd``, ``auto``)."""
+
+    interval_steps: int = 1000
+    keep_last_n: int = 5
+    compression: str = "auto"
+
+    def validate(self) -> None:
+        _positive("checkpoint.interval_steps", self.interval_steps)
+        _positive("checkpoint.keep_last_n", self.keep_last_n)
+        if self.compression not in ("none", "gzip", "zstd", "auto"):
+            raise ConfigError(
+                "checkpoint.compression", f"must be none, gzip, zstd or auto, not {self.compression!r}"
+            )
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Defaults for datasets registered without explicit values."""
+
+    default_shard_size: int = 10000
+    prefetch_shards: int = 2
+
+    def validate(self) -> None:
+        _positive("dataset.default_shard_size", self.default_shard_size)
+        if not isinstance(self.prefetch_shards, int) or self.prefetch_shards < 0:
+            raise ConfigError("dataset.prefetch_shards", f"must be an integer >= 0, not {self.prefetch_shards!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; build with :meth:`load` rather than by hand."""
+
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+
+    def validate(self) -> "Config":
+        for section in fields(self):
+            getattr(self, section.name).validate()
+        return self
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> "Config":
+        """Defaults, then the TOML file at ``path`` (or ``$DTRUNTIME_CONFIG``), then ``env``.
+
+        ``overrides`` are flat keys of any section (``heartbeat_interval_ms=100``) or
+        ``section__key`` for an ambiguous one; they win over everything.
+        """
+        env = os.environ if env is None else env
+        config = cls()
+        path = path if path is not None else env.get("DTRUNTIME_CONFIG")
+        if path:
+            config = config.merge(_read_toml(Path(path)))
+        config = config.merge(_env_sections(env))
+        if overrides:
+            config = config.merge(_flat_to_sections(overrides))
+        return config.validate()
+
+    def merge(self, sections: Mapping[str, Mapping[str, Any]]) -> "Config":
+        """Return a copy with ``{section: {key: value}}`` applied, checking names and types."""
+        updated = {}
+        for section_name, values in sections.items():
+            if section_name not in _SECTIONS:
+                raise ConfigError(section_name, f"unknown section (known: {', '.join(_SECTIONS)})")
+            if not isinstance(values, Mapping):
+                raise ConfigError(section_name, "must be a table of keys")
+            current = updated.get(section_name, getattr(self, section_name))
+            updated[section_name] = _merge_section(section_name, current, values)
+        return replace(self, **updated)
+
+
+_SECTIONS = {f.name: f for f in fields(Config)}
+
+# Environment variables that map onto configuration keys.
+_ENV_KEYS = {
+    "DTRUNTIME_HEARTBEAT_INTERVAL_MS": ("coordinator", "heartbeat_interval_ms"),
+    "DTRUNTIME_HEARTBEAT_TIMEOUT_MS": ("coordinator", "heartbeat_timeout_ms"),
+    "DTRUNTIME_STORAGE_BACKEND": ("storage", "backend"),
+    "DTRUNTIME_CHECKPOINT_KEEP_LAST_N": ("checkpoint", "keep_last_n"),
+    "DTRUNTIME_CHECKPOINT_COMPRESSION": ("checkpoint", "compression"),
+    "DTRUNTIME_PREFETCH_SHARDS": ("dataset", "prefetch_shards"),
+}
+
+
+def _positive(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(key, f"must be a positive integer, not {value!r}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError("DTRUNTIME_CONFIG", f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"is not valid TOML: {exc}") from None
+
+
+def _env_sections(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    sections: dict[str, dict[str, Any]] = {}
+    for name, (section, key) in _ENV_KEYS.items():
+        if name in env:
+            sections.setdefault(section, {})[key] = env[name]
+    return sections
+
+
+def _flat_to_sections(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in overrides.items():
+        if "__" in name:
+            section, key = name.split("__", 1)
+        else:
+            owners = [s for s, f in _SECTIONS.items() if name in {x.name for x in fields(f.default_factory())}]
+            if len(owners) != 1:
+                raise ConfigError(name, "unknown configuration key" if not owners else "ambiguous key")
+            section, key = owners[0], name
+        sections.setdefault(section, {})[key] = value
+    return sections
+
+
+def _merge_section(section_name: str, current: Any, values: Mapping[str, Any]) -> Any:
+    known = {f.name: f for f in fields(current)}
+    changes = {}
+    for key, raw in values.items():
+        full_key = f"{section_name}.{key}"
+        if key not in known:
+            raise ConfigError(full_key, f"unknown key (known: {', '.join(known)})")
+        changes[key] = _coerce(full_key, raw, type(getattr(current, key)))
+    return dataclasses.replace(current, **changes)
+
+
+def _coerce(key: str, raw: Any, target: type) -> Any:
+    """Convert a TOML or environment value to the field's type, or raise ConfigError."""
+    if target is int:
+        if isinstance(raw, bool):
+            raise ConfigError(key, f"must be an integer, not {raw!r}")
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return int(raw.strip())
+            except ValueError:
+                pass
+        raise ConfigError(key, f"must be an integer, not {raw!r}")
+    if target is str:
+        if isinstance(raw, str):
+            return raw
+        raise ConfigError(key, f"must be a string, not {raw!r}")
+    raise ConfigError(key, f"unsupported type {target.__name__}")  # pragma: no cover

@@ -1,0 +1,65 @@
+"""The one error hierarchy of dtruntime.
+
+Every error the package raises on purpose derives from :class:`DtruntimeError`, so
+``except dtruntime.DtruntimeError`` catches all of them. ``FileNotFoundError`` from
+``CheckpointManager.load`` when no checkpoint exists is the one documented exception
+(it is what the original API promised).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class DtruntimeError(Exception):
+    """Base class of every error dtruntime raises on purpose."""
+
+
+class ConfigError(DtruntimeError, ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config {key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class ProtocolError(DtruntimeError):
+    """The control-plane protocol was used incorrectly by local code."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """A message from the network could not be decoded or failed validation.
+
+    The codec raises only this for bad input; the receiving node drops the message,
+    counts it, and keeps running.
+    """
+
+
+class WorkerLostError(DtruntimeError):
+    """A worker that a barrier (or commit) waited for was declared dead."""
+
+    def __init__(self, message: str, workers: Sequence[str] = (), ranks: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.workers = tuple(workers)
+        self.ranks = tuple(ranks)
+
+
+class BarrierTimeout(DtruntimeError, TimeoutError):
+    """A barrier did not release within its timeout; ``missing`` names who had not arrived."""
+
+    def __init__(self, message: str, missing: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.missing = tuple(missing)
+
+
+class NoQuorumError(DtruntimeError):
+    """Fewer than a majority of the expected world is reachable, so there is no leader."""
+
+
+class CheckpointError(DtruntimeError):
+    """A checkpoint could not be written, committed, or verified."""
+
+
+class DatasetError(DtruntimeError, ValueError):
+    """A dataset registration or shard request is invalid."""
