@@ -1,0 +1,251 @@
+"""Barriers: the leader's bookkeeping (:class:`BarrierBook`) and each waiter's (:class:`Waits`).
+
+A barrier is keyed by ``(barrier_id, generation)``: each node counts how often it has
+finished a barrier id, so an id can be reused (``"step"`` every step) and a re-sent
+arrival can never be mistaken for the next use.
+
+Leader rules (``BarrierBook``):
+
+* Non-elastic: the expected members are the whole world (``world_size`` workers). It
+  releases when every one of them arrived; a known member that is (or becomes) DEAD
+  while the barrier is open fails it with ``LOST`` naming the dead.
+* Elastic: the expected members are the live ones, re-evaluated on every view change;
+  it releases when every live member arrived (and a quorum is live), naming the
+  excluded dead members.
+* A timeout (sent with the arrival, counted from when the leader got it) fails the
+  barrier with ``TIMEOUT`` naming who had not arrived.
+* A decided result is remembered (bounded history) and re-sent to any late or repeated
+  arrival. A new leader learns results from followers' reports of recent results, so a
+  release lost together with the old leader still reaches every waiter.
+
+Invariant (checked by the simulator): no result ``RELEASED`` exists for a barrier while
+an expected member had not arrived.
+
+Waiter rules (``Waits``): arrive once per generation; re-send to the leader every
+``resend_periods`` and to every new leader; a local deadline (timeout plus two probe
+periods) covers a leader that never answers.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ..errors import ProtocolError
+from .events import BarrierFailed, BarrierReleased
+from .membership import Membership
+from .messages import Arrive, BarrierResult, Outcome
+from .outbox import Outbox
+from .settings import ProtocolSettings
+
+BarrierKey = tuple[str, int]
+
+RECENT_RESULTS = 16  # results a waiter reports to a new leader
+
+
+@dataclass(slots=True)
+class _Open:
+    elastic: bool
+    arrived: dict[str, int] = field(default_factory=dict)  # worker_id -> incarnation
+    deadline: float = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A result to deliver to the members that had arrived."""
+
+    result: BarrierResult
+    arrived: tuple[str, ...]
+
+
+class BarrierBook:
+    """Leader-side state of every open barrier. Cleared when leadership is lost."""
+
+    def __init__(self, world_size: int, quorum: int, settings: ProtocolSettings) -> None:
+        self.world_size = world_size
+        self.quorum = quorum
+        self.settings = settings
+        self._open: dict[BarrierKey, _Open] = {}
+        self._decided: OrderedDict[BarrierKey, BarrierResult] = OrderedDict()
+        self._deadlines: list[tuple[float, str, int]] = []
+        self.decisions: list[Decision] = []  # drained by the node
+
+    def decided(self, key: BarrierKey) -> BarrierResult | None:
+        return self._decided.get(key)
+
+    def clear_open(self) -> None:
+        """Forget open barriers (on losing leadership); waiters re-send to the next leader."""
+        self._open.clear()
+        self._deadlines.clear()
+
+    def arrive(self, message: Arrive, now: float, view: Membership) -> BarrierResult | None:
+        """Record an arrival; return the result at once if the barrier is already decided."""
+        key = (message.barrier_id, message.generation)
+        result = self._decided.get(key)
+        if result is not None:
+            return result
+        member = view.get(message.sender)
+        if member is None or not member.is_live or message.incarnation < member.incarnation:
+            return None  # a stale incarnation: its live successor re-sends
+        barrier = self._open.get(key)
+        if barrier is None:
+            barrier = self._open[key] = _Open(message.elastic)
+        barrier.arrived[message.sender] = message.incarnation
+        if message.timeout_ms:
+            deadline = now + message.timeout_ms / 1000.0
+            if deadline < barrier.deadline:
+                barrier.deadline = deadline
+                heapq.heappush(self._deadlines, (deadline, key[0], key[1]))
+        self._evaluate(key, barrier, view)
+        return None
+
+    def learn(self, result: BarrierResult) -> None:
+        """Adopt a result decided by an earlier leader (reported by a follower)."""
+        key = (result.barrier_id, result.generation)
+        if key in self._decided:
+            return
+        barrier = self._open.pop(key, None)
+        self._decide(key, result, tuple(barrier.arrived) if barrier else ())
+
+    def on_view_change(self, view: Membership) -> None:
+        for key, barrier in list(self._open.items()):
+            self._evaluate(key, barrier, view)
+
+    def tick(self, now: float, view: Membership) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, barrier_id, generation = heapq.heappop(self._deadlines)
+            key = (barrier_id, generation)
+            barrier = self._open.get(key)
+            if barrier is None or barrier.deadline != deadline:
+                continue
+            missing = tuple(
+                w for w, e in view.members.items() if w not in barrier.arrived and (e.is_live or not barrier.elastic)
+            )
+            self._close(key, barrier, Outcome.TIMEOUT, missing)
+
+    def next_deadline(self) -> float:
+        return self._deadlines[0][0] if self._deadlines else float("inf")
+
+    def _evaluate(self, key: BarrierKey, barrier: _Open, view: Membership) -> None:
+        members = view.members
+        if barrier.elastic:
+            arrived_live = sum(1 for w in barrier.arrived if view.is_live(w))
+            if arrived_live == view.live_count and view.live_count >= self.quorum:
+                excluded = tuple(w for w, e in members.items() if not e.is_live)
+                self._close(key, barrier, Outcome.RELEASED, excluded)
+            return
+        if view.live_count < len(members):
+            lost = tuple(w for w, e in members.items() if not e.is_live)
+            self._close(key, barrier, Outcome.LOST, lost)
+        elif len(barrier.arrived) >= self.world_size and all(w in barrier.arrived for w in members):
+            self._close(key, barrier, Outcome.RELEASED, ())
+
+    def _close(self, key: BarrierKey, barrier: _Open, outcome: Outcome, workers: tuple[str, ...]) -> None:
+        del self._open[key]
+        result = BarrierResult(key[0], key[1], outcome, barrier.elastic, workers)
+        self._decide(key, result, tuple(barrier.arrived))
+
+    def _decide(self, key: BarrierKey, result: BarrierResult, arrived: tuple[str, ...]) -> None:
+        self._decided[key] = result
+        while len(self._decided) > self.settings.barrier_history:
+            self._decided.popitem(last=False)
+        self.decisions.append(Decision(result, arrived))
+
+
+@dataclass(slots=True)
+class _Wait:
+    generation: int
+    elastic: bool
+    timeout_ms: int
+    local_deadline: float
+
+
+class Waits:
+    """This node's own barrier waits."""
+
+    def __init__(self, worker_id: str, settings: ProtocolSettings, outbox: Outbox) -> None:
+        self.worker_id = worker_id
+        self.settings = settings
+        self._out = outbox
+        self._waits: dict[str, _Wait] = {}
+        self._generations: dict[str, int] = {}
+        self.recent: OrderedDict[BarrierKey, BarrierResult] = OrderedDict()
+        self.next_resend = float("inf")
+
+    def __bool__(self) -> bool:
+        return bool(self._waits)
+
+    def generation(self, barrier_id: str) -> int:
+        """The generation this node's next (or current) wait at ``barrier_id`` has."""
+        wait = self._waits.get(barrier_id)
+        return wait.generation if wait is not None else self._generations.get(barrier_id, 0)
+
+    def start(self, barrier_id: str, now: float, timeout: float | None, elastic: bool, incarnation: int) -> Arrive:
+        """Begin waiting; return the arrival to deliver to the leader."""
+        if barrier_id in self._waits:
+            raise ProtocolError(f"already waiting at barrier {barrier_id!r}")
+        if timeout is not None and timeout <= 0:
+            raise ProtocolError(f"barrier timeout must be positive, got {timeout!r}")
+        timeout_ms = 0 if timeout is None else max(1, round(timeout * 1000))
+        grace = 2 * self.settings.probe_period
+        deadline = float("inf") if timeout is None else now + timeout + grace
+        wait = _Wait(self._generations.get(barrier_id, 0), elastic, timeout_ms, deadline)
+        self._waits[barrier_id] = wait
+        self.next_resend = min(self.next_resend, now + self.settings.resend_periods * self.settings.probe_period)
+        return self._arrival(barrier_id, wait, incarnation)
+
+    def _arrival(self, barrier_id: str, wait: _Wait, incarnation: int) -> Arrive:
+        return Arrive(self.worker_id, incarnation, barrier_id, wait.generation, wait.elastic, wait.timeout_ms)
+
+    def arrivals(self, incarnation: int) -> list[Arrive]:
+        return [self._arrival(barrier_id, wait, incarnation) for barrier_id, wait in self._waits.items()]
+
+    def resend_due(self, now: float) -> bool:
+        if not self._waits or now < self.next_resend:
+            return False
+        self.next_resend = now + self.settings.resend_periods * self.settings.probe_period
+        return True
+
+    def on_result(self, result: BarrierResult) -> None:
+        """Finish the matching wait, if any; duplicates and stale results are ignored."""
+        key = (result.barrier_id, result.generation)
+        wait = self._waits.get(result.barrier_id)
+        if wait is None or wait.generation != result.generation:
+            return
+        self._finish(result.barrier_id, wait)
+        self.recent[key] = result
+        while len(self.recent) > RECENT_RESULTS:
+            self.recent.popitem(last=False)
+        if result.outcome == Outcome.RELEASED and self.worker_id not in result.workers:
+            self._out.emit(BarrierReleased(result.barrier_id, result.generation, result.workers))
+        elif result.outcome == Outcome.RELEASED:
+            self._out.emit(
+                BarrierFailed(result.barrier_id, result.generation, None, (), "released without this worker")
+            )
+        else:
+            self._out.emit(BarrierFailed(result.barrier_id, result.generation, result.outcome, result.workers))
+
+    def fail_all(self, detail: str) -> None:
+        for barrier_id, wait in list(self._waits.items()):
+            self._finish(barrier_id, wait)
+            self._out.emit(BarrierFailed(barrier_id, wait.generation, None, (), detail))
+
+    def tick(self, now: float) -> None:
+        for barrier_id, wait in list(self._waits.items()):
+            if now >= wait.local_deadline:
+                self._finish(barrier_id, wait)
+                self._out.emit(
+                    BarrierFailed(barrier_id, wait.generation, Outcome.TIMEOUT, (), "no answer from a leader")
+                )
+
+    def next_deadline(self) -> float:
+        if not self._waits:
+            return float("inf")
+        return min(self.next_resend, min(w.local_deadline for w in self._waits.values()))
+
+    def _finish(self, barrier_id: str, wait: _Wait) -> None:
+        del self._waits[barrier_id]
+        self._generations[barrier_id] = wait.generation + 1
+        if not self._waits:
+            self.next_resend = float("inf")

@@ -1,0 +1,205 @@
+"""Leader election with terms and a majority quorum of the expected world.
+
+Candidates are ordered by ``(local_rank != 0, rank, worker_id)``: the local-rank-0
+worker of each host first, lowest global rank first, so global rank 0 leads while it
+lives and losing one host never loses every candidate.
+
+Rules (Raft's voting, without a log):
+
+* A node campaigns only when it knows no live leader, it is the best live candidate in
+  its own view, and it sees a quorum (``world_size // 2 + 1``) of live members. It asks
+  every live member for a vote in ``term = highest term seen + 1``.
+* A voter grants at most one candidate per term, only for a term above the last leader
+  term it knows, only while no other leader is ALIVE in its view (a SUSPECT leader
+  may be replaced: that is what makes failover fast), and only if it sees no
+  better candidate ALIVE. (Refusals do not raise the voter's terms, so a node that
+  wrongly thinks the leader dead cannot depose it.)
+* A candidate with a quorum of grants leads that term and announces it; the claim
+  ``(term, leader)`` also rides on every gossip message. A node that hears a higher
+  term's leader follows it; a leader that hears one steps down.
+* A leader that no longer sees a quorum alive steps down, so a minority partition
+  ends up with no leader.
+
+Invariant: at most one leader per term, because two quorums of the same world share a
+voter and a voter grants one candidate per term. A restarted process has forgotten its
+votes; when it joins an established cluster it abstains for one election timeout,
+which outlasts any campaign that might have counted its earlier vote.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .events import LeaderChanged
+from .membership import Membership
+from .messages import Leader, MemberEntry, Status, Vote, VoteRequest
+from .outbox import Outbox
+from .settings import ProtocolSettings
+
+
+def candidate_key(entry: MemberEntry) -> tuple[bool, int, str]:
+    """Election order: smaller is better."""
+    return (entry.local_rank != 0, entry.rank, entry.worker_id)
+
+
+@dataclass(slots=True)
+class _Campaign:
+    term: int
+    deadline: float
+    votes: dict[str, None] = field(default_factory=dict)
+
+
+class Election:
+    """Election state of one node. Not thread-safe; driven by :class:`Node`."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        world_size: int,
+        settings: ProtocolSettings,
+        rng: random.Random,
+        outbox: Outbox,
+        now: float,
+    ) -> None:
+        self.worker_id = worker_id
+        self.quorum = world_size // 2 + 1
+        self.settings = settings
+        self._rng = rng
+        self._out = outbox
+        self.leader_term = 0
+        self.leader_id: str | None = None
+        self.is_leader = False
+        self.highest_term = 0
+        self.voted_term = 0
+        self.voted_for: str | None = None
+        self.abstain_until = now
+        self._campaign: _Campaign | None = None
+        self._next_campaign_at = now
+        self._best_cache: tuple[int, bool] = (-1, False)  # (view version, am I the best?)
+
+    # -- evaluation -------------------------------------------------------------
+
+    def evaluate(self, now: float, view: Membership) -> None:
+        """Re-check leadership after a view change or when a timer fires."""
+        has_quorum = view.live_count >= self.quorum
+        if self.is_leader:
+            if has_quorum:
+                return
+            self.is_leader = False
+            self._set_leader(None)
+        elif self.leader_id is not None:
+            if view.is_live(self.leader_id) and self.leader_id != self.worker_id:
+                return
+            self._set_leader(None)
+        campaign = self._campaign
+        if campaign is not None and now >= campaign.deadline:
+            self._campaign = None
+            self._next_campaign_at = now + self._rng.uniform(0.0, self.settings.election_timeout)
+        if self._campaign is None and has_quorum and now >= self._next_campaign_at and self._is_best(view):
+            self._start_campaign(now, view)
+
+    def next_deadline(self, now: float) -> float:
+        """When a campaign times out or may start; view changes re-evaluate anyway."""
+        if self.leader_id is not None:
+            return float("inf")
+        if self._campaign is not None:
+            return self._campaign.deadline
+        return self._next_campaign_at if self._next_campaign_at > now else float("inf")
+
+    def _is_best(self, view: Membership) -> bool:
+        version, best = self._best_cache
+        if version != view.version:
+            mine = candidate_key(view.me)
+            best = all(candidate_key(e) >= mine for e in view.members.values() if e.is_live)
+            self._best_cache = (view.version, best)
+        return best
+
+    def _start_campaign(self, now: float, view: Membership) -> None:
+        term = max(self.highest_term, self.leader_term, self.voted_term) + 1
+        self.highest_term = term
+        self.voted_term, self.voted_for = term, self.worker_id
+        self._campaign = _Campaign(term, now + self.settings.election_timeout, {self.worker_id: None})
+        if len(self._campaign.votes) >= self.quorum:
+            self._win(view)
+            return
+        request = VoteRequest(self.worker_id, term)
+        for entry in view.members.values():
+            if entry.is_live and entry.worker_id != self.worker_id:
+                self._out.send(entry.endpoint, request)
+
+    def _win(self, view: Membership) -> None:
+        assert self._campaign is not None
+        term = self._campaign.term
+        self._campaign = None
+        self.is_leader = True
+        self.leader_term = term
+        self._set_leader(self.worker_id)
+        announcement = Leader(self.worker_id, term)
+        for entry in view.members.values():
+            if entry.is_live and entry.worker_id != self.worker_id:
+                self._out.send(entry.endpoint, announcement)
+
+    def _set_leader(self, leader_id: str | None) -> None:
+        if leader_id != self.leader_id:
+            self.leader_id = leader_id
+            self._out.emit(LeaderChanged(leader_id, self.leader_term))
+
+    # -- messages ---------------------------------------------------------------
+
+    def on_vote_request(self, message: VoteRequest, now: float, view: Membership) -> None:
+        self.highest_term = max(self.highest_term, message.term)
+        candidate = view.get(message.sender)
+        if candidate is None:
+            return  # we cannot even reply; it will retry once gossip has introduced it
+        granted = self._may_grant(message, now, view, candidate)
+        if granted:
+            self.voted_term, self.voted_for = message.term, message.sender
+        self._out.send(candidate.endpoint, Vote(self.worker_id, message.term, granted))
+
+    def _may_grant(self, message: VoteRequest, now: float, view: Membership, candidate: MemberEntry) -> bool:
+        if message.term <= self.leader_term or now < self.abstain_until or not candidate.is_live:
+            return False
+        if message.term < self.voted_term or (message.term == self.voted_term and self.voted_for != message.sender):
+            return False
+        if self.is_leader or (self.leader_id not in (None, message.sender) and _is_alive(view, self.leader_id)):
+            return False
+        theirs = candidate_key(candidate)
+        return not any(e.status == Status.ALIVE and candidate_key(e) < theirs for e in view.members.values())
+
+    def on_vote(self, message: Vote, view: Membership) -> None:
+        self.highest_term = max(self.highest_term, message.term)
+        campaign = self._campaign
+        if campaign is None or message.term != campaign.term or not message.granted:
+            return
+        campaign.votes[message.sender] = None
+        if len(campaign.votes) >= self.quorum:
+            self._win(view)
+
+    def on_leader_claim(self, term: int, leader_id: str, view: Membership) -> None:
+        """Follow ``leader_id`` if it claims a newer term (from ``Leader`` or gossip)."""
+        if not leader_id:
+            return
+        self.highest_term = max(self.highest_term, term)
+        if term > self.leader_term:
+            self.leader_term = term
+            if self._campaign is not None and self._campaign.term <= term:
+                self._campaign = None
+            self.is_leader = False
+            # A claim that *we* lead a term we do not hold comes from a past life of this
+            # worker (it crashed and restarted): treat the term as leaderless.
+            mine = leader_id == self.worker_id
+            self._set_leader(None if mine or not view.is_live(leader_id) else leader_id)
+        elif (
+            term == self.leader_term
+            and self.leader_id is None
+            and not self.is_leader
+            and leader_id != self.worker_id
+            and view.is_live(leader_id)
+        ):
+            self._set_leader(leader_id)
+
+
+def _is_alive(view: Membership, worker_id: str) -> bool:
+    entry = view.get(worker_id)
+    return entry is not None and entry.status == Status.ALIVE

@@ -1,0 +1,88 @@
+"""Events a :class:`~dtruntime.protocol.node.Node` reports to its local API.
+
+Events are facts about this node's view, emitted once when the view changes; the
+runtime turns them into resolved futures and exceptions, the simulator into a trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .messages import MemberEntry, Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderChanged:
+    """This node now believes ``leader_id`` leads ``term`` (``None``: no leader known)."""
+
+    leader_id: str | None
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberJoined:
+    """A worker became ALIVE in this view: new, restarted or rejoined after DEAD."""
+
+    member: MemberEntry
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost:
+    """A worker was declared DEAD (or LEFT) in this view."""
+
+    worker_id: str
+    rank: int
+    incarnation: int
+    left: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeclaredDead:
+    """The cluster declared *this* worker dead; it rejoined at ``new_incarnation``.
+
+    Barriers it was waiting at have been decided without it and fail locally.
+    """
+
+    old_incarnation: int
+    new_incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumChanged:
+    """Whether this node sees a majority of the expected world alive."""
+
+    has_quorum: bool
+    live: int
+    needed: int
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierReleased:
+    """This node passed barrier ``barrier_id`` (generation ``generation``).
+
+    ``excluded`` lists members an elastic barrier released without, as dead.
+    """
+
+    barrier_id: str
+    generation: int
+    excluded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierFailed:
+    """This node's wait at a barrier ended without passing.
+
+    ``reason`` is LOST (``workers`` were declared dead), TIMEOUT (``workers`` had not
+    arrived), or ``None`` with ``detail`` for local causes (no quorum, declared dead).
+    """
+
+    barrier_id: str
+    generation: int
+    reason: Outcome | None
+    workers: tuple[str, ...]
+    detail: str = ""
+
+
+Event = (
+    LeaderChanged | MemberJoined | WorkerLost | DeclaredDead | QuorumChanged | BarrierReleased | BarrierFailed
+)

@@ -1,0 +1,322 @@
+"""SWIM-style membership: probes, suspicion with refutation, gossip dissemination.
+
+Each probe period a node pings one member, taken round-robin from a shuffled list
+(so every member is probed by everyone at least once every N periods, and on average
+by someone every period). No ``Ack`` within ``ping_timeout`` -> ``indirect_probes``
+helpers ping the target for us (a lossy link alone does not get a member suspected).
+No ack by the end of the period -> the target becomes SUSPECT. A suspect that does not
+refute within ``heartbeat_timeout`` becomes DEAD. The suspect refutes by raising its
+incarnation, which every node accepts because a higher incarnation always wins.
+
+News (changed entries) rides on probe messages: at most ``piggyback_max`` items per
+message, each sent ``retransmit_mult * ceil(log2(N + 1))`` times, fewest-sent first.
+So a node sends a constant number of messages per period whatever N (SWIM, Lifeguard),
+and news reaches everyone in O(log N) periods. Every gossip also carries the sender's
+own entry, so a node learns of a peer the moment it hears from it.
+
+Healing: a DEAD member is never probed, so after a partition both sides could ignore
+each other forever. Every ``reconnect_periods`` a node pings one random DEAD member;
+and a message to a member we think SUSPECT or DEAD always carries that verdict, so a
+live member hears it and refutes (SWIM's rejoin). A member seeing itself declared DEAD
+rejoins at a higher incarnation and reports ``DeclaredDead`` to its API.
+
+Invariants: entries only move up in ``(incarnation, status)`` precedence; applying the
+same entry twice changes nothing (handlers are idempotent under duplication); iteration
+order is insertion order (never a set of strings), so a seeded run replays exactly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from .events import DeclaredDead, MemberJoined, WorkerLost
+from .messages import Ack, Gossip, MemberEntry, Ping, PingReq, Status
+from .outbox import Outbox
+from .settings import ProtocolSettings
+
+GossipFactory = Callable[[str], Gossip]
+
+
+@dataclass(slots=True)
+class _Probe:
+    target: str
+    incarnation: int
+    seq: int
+    started: float
+    acked: bool = False
+    indirect_sent: bool = False
+
+
+@dataclass(slots=True)
+class _Relay:
+    requester: str
+    requester_endpoint: str
+    requester_seq: int
+    target: str
+    expires: float
+
+
+class Membership:
+    """The membership view of one node. Not thread-safe; driven by :class:`Node`."""
+
+    def __init__(
+        self,
+        me: MemberEntry,
+        settings: ProtocolSettings,
+        rng: random.Random,
+        outbox: Outbox,
+        now: float,
+    ) -> None:
+        self.worker_id = me.worker_id
+        self.settings = settings
+        self._rng = rng
+        self._out = outbox
+        self.members: dict[str, MemberEntry] = {me.worker_id: me}
+        self.live_count = 1
+        self._news: dict[str, list] = {}  # worker_id -> [entry, times sent]
+        self._suspicions: list[tuple[float, int, str, int]] = []  # (deadline, seq, id, incarnation)
+        self._dead: dict[str, None] = {}  # DEAD (not LEFT) members, for reconnect pings
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self._probe: _Probe | None = None
+        self._relays: dict[int, _Relay] = {}
+        self._seq = 0
+        self._periods = 0
+        # Desynchronise nodes started together: first probe somewhere in the first period.
+        self._next_probe_at = now + rng.random() * settings.probe_period
+        self.changed = False  # set when any member's liveness changed; cleared by the node
+        self.declared_dead = False  # set when this node learned it was declared DEAD
+        self.version = 0  # bumped on every liveness change, for caches of derived facts
+
+    # -- view -----------------------------------------------------------------
+
+    @property
+    def me(self) -> MemberEntry:
+        return self.members[self.worker_id]
+
+    def get(self, worker_id: str) -> MemberEntry | None:
+        return self.members.get(worker_id)
+
+    def is_live(self, worker_id: str) -> bool:
+        entry = self.members.get(worker_id)
+        return entry is not None and entry.is_live
+
+    def live_members(self) -> list[MemberEntry]:
+        return [entry for entry in self.members.values() if entry.is_live]
+
+    def apply(self, entry: MemberEntry, now: float, *, news: bool = True) -> None:
+        """Merge one entry into the view (idempotent, monotone in precedence)."""
+        if entry.worker_id == self.worker_id:
+            self._about_me(entry)
+            return
+        current = self.members.get(entry.worker_id)
+        if current is not None and entry.precedence() <= current.precedence():
+            return
+        self.members[entry.worker_id] = entry
+        if news:
+            self._queue_news(entry)
+        was_live = current is not None and current.is_live
+        if entry.is_live and not was_live:
+            self.live_count += 1
+            self._dead.pop(entry.worker_id, None)
+            self._add_to_probe_order(entry.worker_id, bulk=not news)
+            self._out.emit(MemberJoined(entry))
+            self.changed = True
+            self.version += 1
+        elif not entry.is_live and was_live:
+            self.live_count -= 1
+            if entry.status == Status.DEAD:
+                self._dead[entry.worker_id] = None
+            self._out.emit(WorkerLost(entry.worker_id, entry.rank, entry.incarnation, entry.status == Status.LEFT))
+            self.changed = True
+            self.version += 1
+        elif entry.status == Status.LEFT:
+            self._dead.pop(entry.worker_id, None)
+        if entry.status == Status.SUSPECT:
+            self._seq += 1
+            deadline = now + self.settings.heartbeat_timeout
+            heapq.heappush(self._suspicions, (deadline, self._seq, entry.worker_id, entry.incarnation))
+
+    def _about_me(self, entry: MemberEntry) -> None:
+        """Refute any claim about this node that would beat its current entry."""
+        me = self.me
+        if me.status == Status.LEFT or entry.precedence() <= me.precedence():
+            return
+        new_me = replace(me, incarnation=entry.incarnation + 1, status=Status.ALIVE)
+        self.members[self.worker_id] = new_me
+        self._queue_news(new_me)
+        if entry.status >= Status.DEAD:
+            self._out.emit(DeclaredDead(me.incarnation, new_me.incarnation))
+            self.declared_dead = True
+
+    def leave(self) -> MemberEntry:
+        """Mark this node LEFT (final) and return the entry to announce."""
+        left = replace(self.me, status=Status.LEFT)
+        self.members[self.worker_id] = left
+        self._queue_news(left)
+        return left
+
+    # -- gossip ---------------------------------------------------------------
+
+    def _queue_news(self, entry: MemberEntry) -> None:
+        self._news.pop(entry.worker_id, None)  # re-insert: newest news goes last in ties
+        self._news[entry.worker_id] = [entry, 0]
+
+    def news_for(self, recipient: str) -> tuple[MemberEntry, ...]:
+        """Own entry, the recipient's entry if we doubt it, then the least-sent news."""
+        items = [self.me]
+        doubted = self.members.get(recipient)
+        if doubted is not None and doubted.status != Status.ALIVE:
+            items.append(doubted)
+        room = self.settings.piggyback_max - len(items)
+        if self._news and room > 0:
+            pool = self._news.values()
+            chosen = list(pool) if len(self._news) <= room else heapq.nsmallest(room, pool, key=_times_sent)
+            limit = self.settings.retransmit_mult * math.ceil(math.log2(self.live_count + 1))
+            for record in chosen:
+                entry = record[0]
+                record[1] += 1
+                if record[1] >= limit:
+                    del self._news[entry.worker_id]
+                if entry.worker_id != self.worker_id and entry.worker_id != recipient:
+                    items.append(entry)
+        return tuple(items)
+
+    # -- probing --------------------------------------------------------------
+
+    def _add_to_probe_order(self, worker_id: str, *, bulk: bool) -> None:
+        if bulk:
+            return  # picked up when the order is next rebuilt
+        position = self._rng.randrange(len(self._probe_order) + 1)
+        self._probe_order.insert(position, worker_id)
+        if position < self._probe_index:
+            self._probe_index += 1
+
+    def _next_target(self) -> MemberEntry | None:
+        for _ in range(2):
+            while self._probe_index < len(self._probe_order):
+                candidate = self.members.get(self._probe_order[self._probe_index])
+                self._probe_index += 1
+                if candidate is not None and candidate.is_live and candidate.worker_id != self.worker_id:
+                    return candidate
+            self._probe_order = [w for w, e in self.members.items() if e.is_live and w != self.worker_id]
+            self._rng.shuffle(self._probe_order)
+            self._probe_index = 0
+        return None
+
+    def _random_helpers(self, exclude: str, count: int) -> list[MemberEntry]:
+        helpers: list[MemberEntry] = []
+        order = self._probe_order
+        for _ in range(count * 3):
+            if len(helpers) == count or not order:
+                break
+            candidate = self.members.get(order[self._rng.randrange(len(order))])
+            if (
+                candidate is not None
+                and candidate.status == Status.ALIVE
+                and candidate.worker_id not in (exclude, self.worker_id)
+                and candidate not in helpers
+            ):
+                helpers.append(candidate)
+        return helpers
+
+    def tick(self, now: float, gossip: GossipFactory) -> None:
+        """Advance timers: suspicion expiry, indirect probes, the next probe period."""
+        self._expire_suspicions(now)
+        self._expire_relays(now)
+        probe = self._probe
+        if (
+            probe is not None
+            and not probe.acked
+            and not probe.indirect_sent
+            and now >= probe.started + self.settings.ping_timeout
+        ):
+            probe.indirect_sent = True
+            target = self.members.get(probe.target)
+            if target is not None:
+                for helper in self._random_helpers(probe.target, self.settings.indirect_probes):
+                    message = PingReq(self.worker_id, probe.seq, probe.target, target.endpoint, gossip(helper.worker_id))
+                    self._out.send(helper.endpoint, message)
+        if now >= self._next_probe_at:
+            self._start_period(now, gossip)
+
+    def _start_period(self, now: float, gossip: GossipFactory) -> None:
+        period = self.settings.probe_period
+        self._next_probe_at = max(self._next_probe_at + period, now + period * 0.5)
+        self._periods += 1
+        probe = self._probe
+        if probe is not None and not probe.acked:
+            target = self.members.get(probe.target)
+            if target is not None and target.status == Status.ALIVE and target.incarnation == probe.incarnation:
+                self.apply(replace(target, status=Status.SUSPECT), now)
+        self._probe = None
+        target = self._next_target()
+        if target is not None:
+            self._seq += 1
+            self._probe = _Probe(target.worker_id, target.incarnation, self._seq, now)
+            self._out.send(target.endpoint, Ping(self.worker_id, self._seq, gossip(target.worker_id)))
+        if self._dead and self._periods % self.settings.reconnect_periods == 0:
+            dead_ids = list(self._dead)
+            dead = self.members[dead_ids[self._rng.randrange(len(dead_ids))]]
+            self._seq += 1
+            self._out.send(dead.endpoint, Ping(self.worker_id, self._seq, gossip(dead.worker_id)))
+
+    def _expire_suspicions(self, now: float) -> None:
+        while self._suspicions and self._suspicions[0][0] <= now:
+            _, _, worker_id, incarnation = heapq.heappop(self._suspicions)
+            entry = self.members.get(worker_id)
+            if entry is not None and entry.status == Status.SUSPECT and entry.incarnation == incarnation:
+                self.apply(replace(entry, status=Status.DEAD), now)
+
+    def _expire_relays(self, now: float) -> None:
+        while self._relays:
+            seq = next(iter(self._relays))
+            if self._relays[seq].expires > now:
+                break
+            del self._relays[seq]
+
+    def next_deadline(self) -> float:
+        deadline = self._next_probe_at
+        probe = self._probe
+        if probe is not None and not probe.acked and not probe.indirect_sent:
+            deadline = min(deadline, probe.started + self.settings.ping_timeout)
+        if self._suspicions:
+            deadline = min(deadline, self._suspicions[0][0])
+        return deadline
+
+    # -- handlers -------------------------------------------------------------
+
+    def on_ping(self, message: Ping, gossip: GossipFactory) -> None:
+        sender = self.members.get(message.sender)
+        if sender is not None:
+            ack = Ack(self.worker_id, message.seq, self.worker_id, gossip(message.sender))
+            self._out.send(sender.endpoint, ack)
+
+    def on_ack(self, message: Ack, gossip: GossipFactory) -> None:
+        probe = self._probe
+        if probe is not None and message.seq == probe.seq and message.target == probe.target:
+            probe.acked = True
+            return
+        relay = self._relays.pop(message.seq, None)
+        if relay is not None and relay.target == message.target:
+            relayed = Ack(self.worker_id, relay.requester_seq, relay.target, gossip(relay.requester))
+            self._out.send(relay.requester_endpoint, relayed)
+
+    def on_ping_req(self, message: PingReq, now: float, gossip: GossipFactory) -> None:
+        requester = self.members.get(message.sender)
+        if requester is None or message.target == self.worker_id:
+            return
+        self._seq += 1
+        self._relays[self._seq] = _Relay(
+            requester.worker_id,
+            requester.endpoint, message.seq, message.target, now + self.settings.probe_period
+        )
+        self._out.send(message.target_endpoint, Ping(self.worker_id, self._seq, gossip(message.target)))
+
+
+def _times_sent(record: list) -> int:
+    return record[1]

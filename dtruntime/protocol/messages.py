@@ -1,0 +1,222 @@
+"""Wire messages of the control plane: one frozen, slotted dataclass per message type.
+
+Fields are annotated with ``Annotated[..., Kind]`` metadata that the codec turns into
+validation rules (worker ids, endpoints, barrier ids, bounded integers and tuples).
+Every message names its ``sender`` (a worker id); replies go to the sender's endpoint
+as recorded in the membership view, except ``Members`` which answers a ``Join`` at the
+endpoint the joiner announced.
+
+Adding a message: add a ``MsgType`` member, a dataclass, and a ``MESSAGE_TYPES`` entry;
+the codec and its property tests pick it up from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+from typing import Annotated
+
+
+class Kind(Enum):
+    """Validation rule for a string field."""
+
+    WORKER_ID = "worker_id"  # validated worker id, never empty
+    OPT_WORKER_ID = "opt_worker_id"  # validated worker id or "" for none
+    ENDPOINT = "endpoint"  # transport address, e.g. tcp://10.0.0.1:50051 or sim://w3
+    BARRIER_ID = "barrier_id"  # printable text chosen by the user
+
+
+WorkerId = Annotated[str, Kind.WORKER_ID]
+OptWorkerId = Annotated[str, Kind.OPT_WORKER_ID]
+Endpoint = Annotated[str, Kind.ENDPOINT]
+BarrierId = Annotated[str, Kind.BARRIER_ID]
+
+
+class MsgType(IntEnum):
+    """Wire tag of each message type. Values are part of the schema: never reuse one."""
+
+    JOIN = 1
+    MEMBERS = 2
+    PING = 3
+    ACK = 4
+    PING_REQ = 5
+    VOTE_REQUEST = 6
+    VOTE = 7
+    LEADER = 8
+    ARRIVE = 9
+    RELEASE = 10
+
+
+class Status(IntEnum):
+    """Liveness of a member. Larger values win over smaller at the same incarnation."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3  # left on purpose (close()); final for that incarnation, like DEAD
+
+
+class Outcome(IntEnum):
+    """How a barrier ended."""
+
+    RELEASED = 0  # every expected member arrived (elastic: every live one)
+    LOST = 1  # an expected member was declared dead
+    TIMEOUT = 2  # the barrier's timeout passed first
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEntry:
+    """One worker as the membership protocol knows it.
+
+    ``(incarnation, status)`` orders entries of the same worker: a higher incarnation
+    wins; at equal incarnation the larger status wins (ALIVE < SUSPECT < DEAD < LEFT).
+    Only the worker itself raises its incarnation, to refute a suspicion or to rejoin.
+    """
+
+    worker_id: WorkerId
+    rank: int
+    local_rank: int
+    incarnation: int
+    status: Status
+    endpoint: Endpoint
+    gpu_count: int = 0
+    memory_bytes: int = 0
+
+    def precedence(self) -> tuple[int, int]:
+        return (self.incarnation, int(self.status))
+
+    @property
+    def is_live(self) -> bool:
+        """ALIVE or SUSPECT: not (yet) declared dead or gone."""
+        return self.status <= Status.SUSPECT
+
+
+@dataclass(frozen=True, slots=True)
+class Gossip:
+    """What every probe message piggybacks: the sender's leader belief and news."""
+
+    leader_term: int
+    leader_id: OptWorkerId
+    members: tuple[MemberEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierResult:
+    """The decided outcome of one barrier generation.
+
+    ``workers`` names the lost members (LOST), the members excluded as dead (RELEASED
+    of an elastic barrier), or those who had not arrived (TIMEOUT).
+    """
+
+    barrier_id: BarrierId
+    generation: int
+    outcome: Outcome
+    elastic: bool
+    workers: tuple[WorkerId, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """A worker asks any member for the view; ``member`` is its own entry."""
+
+    sender: WorkerId
+    member: MemberEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """A full view: the answer to ``Join``, and the broadcast when the world is complete."""
+
+    sender: WorkerId
+    leader_term: int
+    leader_id: OptWorkerId
+    members: tuple[MemberEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    sender: WorkerId
+    seq: int
+    gossip: Gossip
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Confirms that ``target`` answered probe ``seq`` (``target != sender`` when relayed)."""
+
+    sender: WorkerId
+    seq: int
+    target: WorkerId
+    gossip: Gossip
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """Asks ``sender``'s helper to probe ``target`` and relay the ``Ack``."""
+
+    sender: WorkerId
+    seq: int
+    target: WorkerId
+    target_endpoint: Endpoint
+    gossip: Gossip
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRequest:
+    sender: WorkerId
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    sender: WorkerId
+    term: int
+    granted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    """``sender`` won the election for ``term``."""
+
+    sender: WorkerId
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Arrive:
+    """``sender`` (at ``incarnation``) waits at a barrier generation.
+
+    ``timeout_ms`` of 0 means no timeout. Re-sent until a ``Release`` arrives.
+    """
+
+    sender: WorkerId
+    incarnation: int
+    barrier_id: BarrierId
+    generation: int
+    elastic: bool
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A barrier's outcome: leader to waiters, or a follower telling a new leader."""
+
+    sender: WorkerId
+    result: BarrierResult
+
+
+Message = Join | Members | Ping | Ack | PingReq | VoteRequest | Vote | Leader | Arrive | Release
+
+MESSAGE_TYPES: dict[MsgType, type] = {
+    MsgType.JOIN: Join,
+    MsgType.MEMBERS: Members,
+    MsgType.PING: Ping,
+    MsgType.ACK: Ack,
+    MsgType.PING_REQ: PingReq,
+    MsgType.VOTE_REQUEST: VoteRequest,
+    MsgType.VOTE: Vote,
+    MsgType.LEADER: Leader,
+    MsgType.ARRIVE: Arrive,
+    MsgType.RELEASE: Release,
+}
+TYPE_OF_CLASS: dict[type, MsgType] = {cls: tag for tag, cls in MESSAGE_TYPES.items()}

@@ -1,0 +1,314 @@
+"""The protocol node: membership, election and barriers composed behind one interface.
+
+Inputs: :meth:`Node.step` for a message that arrived, :meth:`Node.tick` for the passage
+of time, :meth:`Node.arrive` and :meth:`Node.leave` for local requests. Each returns a
+:class:`~dtruntime.protocol.outbox.Ready`: messages for the driver to send, events for
+the local API, and the latest time at which ``tick`` must be called next.
+
+The node never performs IO and never reads a clock; ``now`` is monotonic seconds from
+the driver, randomness comes from the ``random.Random`` passed in. Calling ``tick``
+early or twice is harmless; so is delivering any message twice (handlers are
+idempotent), late, or out of order.
+
+Bootstrap: a node whose ``seeds`` (endpoints) name only itself, or nothing, starts as a
+member; any other node sends ``Join`` to its seeds in turn, once a period, until a
+``Members`` view answers. The member that completes the expected world (``world_size``
+live members) broadcasts the full view once, so nodes that joined early learn the rest.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+from ..errors import ProtocolError
+from .barrier import BarrierBook, Waits
+from .codec import validate_barrier_id
+from .election import Election
+from .events import QuorumChanged
+from .membership import Membership
+from .messages import (
+    Ack,
+    Arrive,
+    BarrierResult,
+    Gossip,
+    Join,
+    Leader,
+    MemberEntry,
+    Members,
+    Message,
+    Ping,
+    PingReq,
+    Release,
+    Status,
+    Vote,
+    VoteRequest,
+)
+from .outbox import Outbox, Ready
+from .settings import ProtocolSettings
+
+
+class Node:
+    """One worker's protocol state machine. Not thread-safe: one driver calls it."""
+
+    def __init__(
+        self,
+        member: MemberEntry,
+        world_size: int,
+        seeds: Sequence[str],
+        settings: ProtocolSettings,
+        rng: random.Random,
+        now: float,
+    ) -> None:
+        if world_size < 1:
+            raise ProtocolError(f"world_size must be >= 1, got {world_size}")
+        if member.status != Status.ALIVE:
+            raise ProtocolError("a node starts ALIVE")
+        self.worker_id = member.worker_id
+        self.world_size = world_size
+        self.settings = settings
+        self._out = Outbox()
+        self.membership = Membership(member, settings, rng, self._out, now)
+        self.election = Election(member.worker_id, world_size, settings, rng, self._out, now)
+        self.book = BarrierBook(world_size, self.election.quorum, settings)
+        self.waits = Waits(member.worker_id, settings, self._out)
+        self._seeds = [s for s in seeds if s != member.endpoint]
+        self.joined = not self._seeds
+        self._join_attempts = 0
+        self._next_join_at = now
+        self._world_announced = False
+        self._has_quorum = 1 >= self.election.quorum
+        self._left = False
+        self.dropped: Counter[str] = Counter()  # messages ignored, by reason
+        self._after(now)
+
+    # -- public inputs ------------------------------------------------------------
+
+    @property
+    def leader_id(self) -> str | None:
+        return self.election.leader_id
+
+    @property
+    def is_leader(self) -> bool:
+        return self.election.is_leader
+
+    def members(self) -> list[MemberEntry]:
+        """Live members (ALIVE or SUSPECT) in this node's view, self included."""
+        return self.membership.live_members()
+
+    def tick(self, now: float) -> Ready:
+        if self._left:
+            return self._out.drain(float("inf"))
+        if not self.joined and now >= self._next_join_at:
+            self._send_join(now)
+        self.membership.tick(now, self._gossip)
+        self.book.tick(now, self.membership)
+        self.waits.tick(now)
+        if self.waits.resend_due(now):
+            self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation), now)
+        return self._after(now)
+
+    def arrive(self, barrier_id: str, now: float, *, timeout: float | None = None, elastic: bool = False) -> Ready:
+        """Start waiting at ``barrier_id``; the outcome comes as a Barrier* event."""
+        try:
+            validate_barrier_id(barrier_id)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        if self._left:
+            raise ProtocolError("this node has left the cluster")
+        arrival = self.waits.start(barrier_id, now, timeout, elastic, self.membership.me.incarnation)
+        self._deliver_arrivals([arrival], now)
+        return self._after(now)
+
+    def leave(self, now: float) -> Ready:
+        """Announce a clean exit (LEFT) to a few peers and the leader; the node stops."""
+        if not self._left:
+            self.waits.fail_all("this worker left the cluster")
+            left = self.membership.leave()
+            gossip = Gossip(self.election.leader_term, self.election.leader_id or "", (left,))
+            peers = [e for e in self.membership.members.values() if e.is_live and e.worker_id != self.worker_id]
+            for entry in peers:
+                self._out.send(entry.endpoint, Ping(self.worker_id, 0, gossip))
+            self._left = True
+        return self._out.drain(float("inf"))
+
+    def step(self, message: Message, now: float) -> Ready:
+        """Handle one message that arrived from the network."""
+        if self._left:
+            return self._out.drain(float("inf"))
+        if message.sender == self.worker_id:
+            self.dropped["from_self"] += 1
+            return self._after(now)
+        handler = _HANDLERS[type(message)]
+        handler(self, message, now)
+        return self._after(now)
+
+    # -- handlers -----------------------------------------------------------------
+
+    def _on_gossip(self, message: Ping | Ack | PingReq, now: float) -> None:
+        gossip = message.gossip
+        for entry in gossip.members:
+            self.membership.apply(entry, now)
+        self.election.on_leader_claim(gossip.leader_term, gossip.leader_id, self.membership)
+        if isinstance(message, Ping):
+            self.membership.on_ping(message, self._gossip)
+        elif isinstance(message, Ack):
+            self.membership.on_ack(message, self._gossip)
+        else:
+            self.membership.on_ping_req(message, now, self._gossip)
+
+    def _on_join(self, message: Join, now: float) -> None:
+        if message.member.worker_id != message.sender:
+            self.dropped["join_mismatch"] += 1
+            return
+        self.membership.apply(message.member, now, news=self._world_announced)
+        view = self._view()
+        self._out.send(message.member.endpoint, view)
+        if not self._world_announced and self.membership.live_count >= self.world_size:
+            self._world_announced = True
+            for entry in self.membership.members.values():
+                if entry.is_live and entry.worker_id not in (self.worker_id, message.sender):
+                    self._out.send(entry.endpoint, view)
+
+    def _on_members(self, message: Members, now: float) -> None:
+        first_view = not self.joined
+        for entry in message.members:
+            self.membership.apply(entry, now, news=False)
+        self.joined = True
+        self._world_announced = self._world_announced or self.membership.live_count >= self.world_size
+        if first_view and message.leader_term > 0:
+            # Joining an established cluster, possibly after a restart: abstain from votes.
+            self.election.abstain_until = now + self.settings.election_timeout
+        self.election.on_leader_claim(message.leader_term, message.leader_id, self.membership)
+
+    def _on_vote_request(self, message: VoteRequest, now: float) -> None:
+        self.election.on_vote_request(message, now, self.membership)
+
+    def _on_vote(self, message: Vote, now: float) -> None:
+        self.election.on_vote(message, self.membership)
+
+    def _on_leader(self, message: Leader, now: float) -> None:
+        self.election.on_leader_claim(message.term, message.sender, self.membership)
+
+    def _on_arrive(self, message: Arrive, now: float) -> None:
+        if not self.election.is_leader:
+            self.dropped["arrive_not_leader"] += 1
+            return
+        result = self.book.arrive(message, now, self.membership)
+        if result is not None:
+            self._send_result(result, message.sender)
+
+    def _on_release(self, message: Release, now: float) -> None:
+        if self.election.is_leader:
+            self.book.learn(message.result)  # a follower reporting an earlier leader's result
+        self.waits.on_result(message.result)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _gossip(self, recipient: str) -> Gossip:
+        return Gossip(self.election.leader_term, self.election.leader_id or "", self.membership.news_for(recipient))
+
+    def _view(self) -> Members:
+        return Members(
+            self.worker_id,
+            self.election.leader_term,
+            self.election.leader_id or "",
+            tuple(self.membership.members.values()),
+        )
+
+    def _send_join(self, now: float) -> None:
+        seed = self._seeds[self._join_attempts % len(self._seeds)]
+        self._join_attempts += 1
+        self._next_join_at = now + self.settings.probe_period
+        self._out.send(seed, Join(self.worker_id, self.membership.me))
+
+    def _deliver_arrivals(self, arrivals: list[Arrive], now: float) -> None:
+        leader_id = self.election.leader_id
+        if leader_id is None:
+            return  # re-sent when a leader is known
+        if self.election.is_leader:
+            for arrival in arrivals:
+                result = self.book.arrive(arrival, now, self.membership)
+                if result is not None:
+                    self.waits.on_result(result)
+            return
+        leader = self.membership.get(leader_id)
+        if leader is not None:
+            for arrival in arrivals:
+                self._out.send(leader.endpoint, arrival)
+
+    def _send_result(self, result: BarrierResult, worker_id: str) -> None:
+        if worker_id == self.worker_id:
+            self.waits.on_result(result)
+            return
+        entry = self.membership.get(worker_id)
+        if entry is not None:
+            self._out.send(entry.endpoint, Release(self.worker_id, result))
+
+    def _after(self, now: float) -> Ready:
+        """Settle the consequences of whatever just happened, then hand out the Ready."""
+        was_leader, leader_before = self.election.is_leader, self.election.leader_id
+        view_changed = self.membership.changed
+        self.membership.changed = False
+        if view_changed or self.election.leader_id is None or self.election.is_leader:
+            self.election.evaluate(now, self.membership)
+        self._check_quorum()
+        if self.membership.declared_dead:
+            self.membership.declared_dead = False
+            self.waits.fail_all("this worker was declared dead by the cluster")
+        if view_changed and self.election.is_leader:
+            self.book.on_view_change(self.membership)
+        if self.election.leader_id != leader_before or self.election.is_leader != was_leader:
+            self._on_leader_change(now, was_leader)
+        for decision in self.book.decisions:
+            for worker_id in decision.arrived:
+                self._send_result(decision.result, worker_id)
+        self.book.decisions.clear()
+        deadline = min(
+            self.membership.next_deadline(),
+            self.election.next_deadline(now),
+            self.book.next_deadline(),
+            self.waits.next_deadline(),
+            self._next_join_at if not self.joined else float("inf"),
+        )
+        return self._out.drain(deadline)
+
+    def _on_leader_change(self, now: float, was_leader: bool) -> None:
+        if was_leader and not self.election.is_leader:
+            self.book.clear_open()
+        leader_id = self.election.leader_id
+        if leader_id is None:
+            return
+        if self.election.is_leader:
+            for result in self.waits.recent.values():
+                self.book.learn(result)
+        else:
+            leader = self.membership.get(leader_id)
+            if leader is not None:
+                for result in self.waits.recent.values():
+                    self._out.send(leader.endpoint, Release(self.worker_id, result))
+        self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation), now)
+
+    def _check_quorum(self) -> None:
+        live, needed = self.membership.live_count, self.election.quorum
+        has_quorum = live >= needed
+        if has_quorum != self._has_quorum:
+            self._has_quorum = has_quorum
+            self._out.emit(QuorumChanged(has_quorum, live, needed))
+            if not has_quorum and self.joined:
+                self.waits.fail_all(f"no quorum: {live} of {needed} needed workers are live")
+
+
+_HANDLERS = {
+    Ping: Node._on_gossip,
+    Ack: Node._on_gossip,
+    PingReq: Node._on_gossip,
+    Join: Node._on_join,
+    Members: Node._on_members,
+    VoteRequest: Node._on_vote_request,
+    Vote: Node._on_vote,
+    Leader: Node._on_leader,
+    Arrive: Node._on_arrive,
+    Release: Node._on_release,
+}

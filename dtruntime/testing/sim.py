@@ -1,0 +1,299 @@
+"""A deterministic simulator: many protocol nodes, one simulated clock and network.
+
+Everything random comes from one root seed: each node gets its own ``random.Random``
+seeded from it, and so does the network. Events are processed in (time, sequence)
+order from a heap, and nothing iterates a set of strings, so the same seed gives the
+same trace, event for event, in any process (``PYTHONHASHSEED`` does not matter).
+
+Faults: message loss, duplication, delay (and so reordering), symmetric partitions
+(groups), one-way link blocks, node pause/resume (a GC pause or a long ``torch.save``:
+messages queue up and are delivered on resume), crash (messages dropped) and restart
+(a fresh node with a higher incarnation joins through the seeds).
+
+With ``codec=True`` every message is encoded and decoded on its way, as over ZeroMQ,
+and the bytes are counted; scale runs may turn it off for speed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..protocol import codec
+from ..protocol.events import Event
+from ..protocol.messages import MemberEntry, Message, Status
+from ..protocol.node import Node
+from ..protocol.outbox import Ready
+from ..protocol.settings import ProtocolSettings
+from .invariants import Invariants
+
+_DELIVER, _TICK, _ACTION = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class NetworkFaults:
+    """Per-message fault probabilities and the delay range (seconds)."""
+
+    loss: float = 0.0
+    duplicate: float = 0.0
+    delay_min: float = 0.0002
+    delay_max: float = 0.002
+
+
+@dataclass
+class SimWorker:
+    """Simulator-side record of one worker (the node may be replaced on restart)."""
+
+    worker_id: str
+    rank: int
+    local_rank: int
+    endpoint: str
+    node: Node
+    up: bool = True
+    paused: bool = False
+    held: list[Message] = field(default_factory=list)
+    tick_at: float = float("inf")
+    sent: int = 0
+    bytes_sent: int = 0
+
+
+class SimCluster:
+    """A cluster of ``workers`` simulated nodes. Time starts at 0.0 seconds."""
+
+    def __init__(
+        self,
+        workers: int,
+        seed: int,
+        settings: ProtocolSettings,
+        *,
+        faults: NetworkFaults = NetworkFaults(),
+        workers_per_host: int = 8,
+        codec: bool = True,
+        trace: bool = True,
+    ) -> None:
+        self.seed = seed
+        self.settings = settings
+        self.faults = faults
+        self.world_size = workers
+        self.now = 0.0
+        self._root = random.Random(seed)
+        self._net = random.Random(self._root.getrandbits(64))
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._codec = codec
+        self._groups: dict[str, int] = {}
+        self._blocked: dict[tuple[str, str], None] = {}
+        self.tracing = trace
+        self.trace: list[str] = []
+        self.invariants = Invariants(self)
+        self.sent_by_type: Counter[str] = Counter()
+        self.listeners: list[Callable[[str, Event], None]] = []
+        self.workers: dict[str, SimWorker] = {}
+        self._by_endpoint: dict[str, SimWorker] = {}
+        seed_endpoint = _endpoint(0)
+        for rank in range(workers):
+            worker_id = f"w{rank}"
+            endpoint = _endpoint(rank)
+            member = MemberEntry(worker_id, rank, rank % workers_per_host, 0, Status.ALIVE, endpoint)
+            node = self._new_node(member, [seed_endpoint])
+            worker = SimWorker(worker_id, rank, member.local_rank, endpoint, node)
+            self.workers[worker_id] = worker
+            self._by_endpoint[endpoint] = worker
+        for worker in self.workers.values():
+            self._handle(worker, worker.node.tick(self.now))
+
+    # -- construction ---------------------------------------------------------------
+
+    def _new_node(self, member: MemberEntry, seeds: list[str]) -> Node:
+        return Node(member, self.world_size, seeds, self.settings, random.Random(self._root.getrandbits(64)), self.now)
+
+    # -- running --------------------------------------------------------------------
+
+    def run_until(self, end: float) -> None:
+        """Process every event up to and including simulated time ``end``."""
+        heap = self._heap
+        while heap and heap[0][0] <= end:
+            when, _, kind, payload = heapq.heappop(heap)
+            self.now = when
+            if kind == _DELIVER:
+                endpoint, message = payload
+                self._deliver(endpoint, message)
+            elif kind == _TICK:
+                worker = payload
+                if worker.tick_at == when and worker.up and not worker.paused:
+                    worker.tick_at = float("inf")
+                    self._handle(worker, worker.node.tick(when))
+            else:
+                payload()
+        self.now = max(self.now, end)
+
+    def run_for(self, duration: float) -> None:
+        self.run_until(self.now + duration)
+
+    def run_until_true(self, condition: Callable[[], bool], limit: float, step: float = 0.01) -> float | None:
+        """Advance in ``step`` increments until ``condition()``; return the time or None at ``limit``."""
+        while self.now < limit:
+            if condition():
+                return self.now
+            self.run_until(min(limit, self.now + step))
+        return self.now if condition() else None
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        """Schedule ``action()`` at simulated time ``when``."""
+        self._push(when, _ACTION, action)
+
+    # -- node IO ----------------------------------------------------------------------
+
+    def _push(self, when: float, kind: int, payload: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, kind, payload))
+
+    def _handle(self, worker: SimWorker, ready: Ready) -> None:
+        for endpoint, message in ready.messages:
+            self._send(worker, endpoint, message)
+        for event in ready.events:
+            if self.tracing:
+                self.trace.append(f"{self.now:.6f} {worker.worker_id} {event!r}")
+            self.invariants.on_event(worker.worker_id, event)
+            for listener in self.listeners:
+                listener(worker.worker_id, event)
+        deadline = max(ready.next_deadline, self.now + 1e-6)
+        if deadline < worker.tick_at:
+            worker.tick_at = deadline
+            self._push(deadline, _TICK, worker)
+
+    def _send(self, source: SimWorker, endpoint: str, message: Message) -> None:
+        self.sent_by_type[type(message).__name__] += 1
+        source.sent += 1
+        if self._codec:
+            data = codec.encode(message)
+            source.bytes_sent += len(data)
+            message = codec.decode(data)
+        target = self._by_endpoint.get(endpoint)
+        if target is None or not self._link_up(source.worker_id, target.worker_id):
+            return
+        net = self._net
+        if net.random() < self.faults.loss:
+            return
+        copies = 2 if net.random() < self.faults.duplicate else 1
+        for _ in range(copies):
+            delay = net.uniform(self.faults.delay_min, self.faults.delay_max)
+            self._push(self.now + delay, _DELIVER, (endpoint, message))
+
+    def _link_up(self, source: str, target: str) -> bool:
+        if self._groups and self._groups.get(source, 0) != self._groups.get(target, 0):
+            return False
+        return (source, target) not in self._blocked
+
+    def _deliver(self, endpoint: str, message: Message) -> None:
+        worker = self._by_endpoint[endpoint]
+        if not worker.up:
+            return
+        if worker.paused:
+            worker.held.append(message)
+            return
+        self._handle(worker, worker.node.step(message, self.now))
+
+    # -- local requests ---------------------------------------------------------------
+
+    def arrive(self, worker_id: str, barrier_id: str, *, timeout: float | None = None, elastic: bool = False) -> None:
+        worker = self.workers[worker_id]
+        if not worker.up or worker.paused:
+            return
+        self.invariants.on_arrive(worker_id, barrier_id, worker.node.waits.generation(barrier_id), elastic)
+        self._handle(worker, worker.node.arrive(barrier_id, self.now, timeout=timeout, elastic=elastic))
+
+    # -- faults -----------------------------------------------------------------------
+
+    def crash(self, worker_id: str) -> None:
+        worker = self.workers[worker_id]
+        worker.up = False
+        worker.held.clear()
+        self._note(f"crash {worker_id}")
+
+    def restart(self, worker_id: str) -> None:
+        """Start a fresh node for a crashed worker, at an incarnation above any earlier one."""
+        worker = self.workers[worker_id]
+        assert not worker.up, "restart only a crashed worker"
+        member = MemberEntry(
+            worker_id, worker.rank, worker.local_rank, int(self.now * 1000) + 1, Status.ALIVE, worker.endpoint
+        )
+        seeds = [w.endpoint for w in list(self.workers.values())[:4] if w.worker_id != worker_id]
+        worker.node = self._new_node(member, seeds)
+        worker.up, worker.paused, worker.tick_at = True, False, float("inf")
+        self._note(f"restart {worker_id}")
+        self._handle(worker, worker.node.tick(self.now))
+
+    def pause(self, worker_id: str) -> None:
+        self.workers[worker_id].paused = True
+        self._note(f"pause {worker_id}")
+
+    def resume(self, worker_id: str) -> None:
+        worker = self.workers[worker_id]
+        if not worker.paused:
+            return
+        worker.paused = False
+        worker.tick_at = float("inf")
+        self._note(f"resume {worker_id}")
+        held, worker.held = worker.held, []
+        for message in held:
+            if worker.up and not worker.paused:
+                self._handle(worker, worker.node.step(message, self.now))
+        if worker.up:
+            self._handle(worker, worker.node.tick(self.now))
+
+    def partition(self, groups: Iterable[Iterable[str]]) -> None:
+        """Split the network: messages flow only within a group (unlisted workers: group 0)."""
+        group_lists = [list(group) for group in groups]
+        self._groups = {w: index for index, group in enumerate(group_lists, start=1) for w in group}
+        self._note(f"partition {group_lists}")
+
+    def block(self, source: str, target: str) -> None:
+        """Drop every message from ``source`` to ``target`` (one way)."""
+        self._blocked[(source, target)] = None
+        self._note(f"block {source}->{target}")
+
+    def unblock(self, source: str, target: str) -> None:
+        self._blocked.pop((source, target), None)
+        self._note(f"unblock {source}->{target}")
+
+    def heal(self) -> None:
+        """Remove every partition and link block."""
+        self._groups = {}
+        self._blocked = {}
+        self._note("heal")
+
+    def _note(self, text: str) -> None:
+        if self.tracing:
+            self.trace.append(f"{self.now:.6f} sim {text}")
+
+    # -- observation --------------------------------------------------------------------
+
+    def up_workers(self) -> list[SimWorker]:
+        return [w for w in self.workers.values() if w.up and not w.paused]
+
+    def converged(self) -> bool:
+        """Every running worker sees the same leader and exactly the running workers as live."""
+        up = self.up_workers()
+        if not up:
+            return False
+        expected = sorted(w.worker_id for w in up)
+        leader = up[0].node.leader_id
+        if leader is None or leader not in expected:
+            return False
+        for worker in up:
+            if worker.node.leader_id != leader:
+                return False
+            if sorted(e.worker_id for e in worker.node.members()) != expected:
+                return False
+        return True
+
+    def leaders(self) -> dict[str, str | None]:
+        return {w.worker_id: w.node.leader_id for w in self.up_workers()}
+
+
+def _endpoint(rank: int) -> str:
+    return f"sim://w{rank}"
