@@ -18,7 +18,10 @@ Rules (Raft's voting, without a log):
   ``(term, leader)`` also rides on every gossip message. A node that hears a higher
   term's leader follows it; a leader that hears one steps down.
 * A leader that no longer sees a quorum alive steps down, so a minority partition
-  ends up with no leader.
+  ends up with no leader. When its quorum comes back and no higher term appeared, it
+  takes its term back (after a partition heals, stale DEAD verdicts can briefly cost
+  the rightful leader its quorum; better candidates follow it and would not campaign).
+  A follower that hears its leader gossip no leadership stops following it.
 
 Invariant: at most one leader per term, because two quorums of the same world share a
 voter and a voter grants one candidate per term. A restarted process has forgotten its
@@ -77,6 +80,7 @@ class Election:
         self._campaign: _Campaign | None = None
         self._next_campaign_at = now
         self._best_cache: tuple[int, bool] = (-1, False)  # (view version, am I the best?)
+        self._suspended_term = -1  # a term this node won, then paused for lack of quorum
 
     # -- evaluation -------------------------------------------------------------
 
@@ -87,7 +91,11 @@ class Election:
             if has_quorum:
                 return
             self.is_leader = False
+            self._suspended_term = self.leader_term
             self._set_leader(None)
+        elif self.leader_id is None and has_quorum and self._suspended_term == self.leader_term:
+            self._resume(view)
+            return
         elif self.leader_id is not None:
             if view.is_live(self.leader_id) and self.leader_id != self.worker_id:
                 return
@@ -130,12 +138,20 @@ class Election:
 
     def _win(self, view: Membership) -> None:
         assert self._campaign is not None
-        term = self._campaign.term
+        self.leader_term = self._campaign.term
         self._campaign = None
+        self._resume(view)
+
+    def _resume(self, view: Membership) -> None:
+        """Lead ``leader_term``: just won, or won earlier and the quorum is back.
+
+        Taking back a paused term is safe: this node won it, so no other node can lead
+        it, and any higher term would have replaced ``leader_term`` already.
+        """
         self.is_leader = True
-        self.leader_term = term
+        self._suspended_term = -1
         self._set_leader(self.worker_id)
-        announcement = Leader(self.worker_id, term)
+        announcement = Leader(self.worker_id, self.leader_term)
         for entry in view.members.values():
             if entry.is_live and entry.worker_id != self.worker_id:
                 self._out.send(entry.endpoint, announcement)
@@ -175,6 +191,11 @@ class Election:
         campaign.votes[message.sender] = None
         if len(campaign.votes) >= self.quorum:
             self._win(view)
+
+    def on_leader_silent(self, sender: str) -> None:
+        """``sender``, our leader, gossiped that it does not lead: stop following it."""
+        if sender == self.leader_id and not self.is_leader:
+            self._set_leader(None)
 
     def on_leader_claim(self, term: int, leader_id: str, view: Membership) -> None:
         """Follow ``leader_id`` if it claims a newer term (from ``Leader`` or gossip)."""

@@ -151,6 +151,8 @@ class Node:
         for entry in gossip.members:
             self.membership.apply(entry, now)
         self.election.on_leader_claim(gossip.leader_term, gossip.leader_id, self.membership)
+        if gossip.leader_id != message.sender:
+            self.election.on_leader_silent(message.sender)
         if isinstance(message, Ping):
             self.membership.on_ping(message, self._gossip)
         elif isinstance(message, Ack):

@@ -210,7 +210,7 @@ class SimCluster:
 
     def crash(self, worker_id: str) -> None:
         worker = self.workers[worker_id]
-        worker.up = False
+        worker.up, worker.paused = False, False
         worker.held.clear()
         self._note(f"crash {worker_id}")
 

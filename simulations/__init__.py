@@ -1,0 +1,1 @@
+"""Failure scenarios run on the deterministic simulator: ``python -m simulations --help``."""

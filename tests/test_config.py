@@ -1,0 +1,86 @@
+"""Config: seed TOML sections accepted as they are; env overrides file; errors name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from dtruntime import Config, ConfigError
+
+SEED_TOML = """
+[coordinator]
+address = "0.0.0.0:50051"
+heartbeat_interval_ms = 1000
+heartbeat_timeout_ms = 30000
+
+[storage]
+backend = "s3"
+bucket = "my-training-checkpoints"
+region = "us-west-2"
+
+[checkpoint]
+interval_steps = 1000
+keep_last_n = 5
+compression = "gzip"
+
+[dataset]
+default_shard_size = 10000
+prefetch_shards = 2
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_seed_configuration_file_loads_unchanged(tmp_path):
+    config = Config.load(write(tmp_path, SEED_TOML), env={})
+    assert config.coordinator.address == "0.0.0.0:50051"
+    assert config.storage.bucket == "my-training-checkpoints"
+    assert config.checkpoint.compression == "gzip"
+    assert config.dataset.prefetch_shards == 2
+
+
+def test_environment_overrides_file_and_keywords_override_both(tmp_path):
+    env = {"DTRUNTIME_HEARTBEAT_INTERVAL_MS": "250"}
+    config = Config.load(write(tmp_path, SEED_TOML), env=env)
+    assert config.coordinator.heartbeat_interval_ms == 250
+    config = Config.load(write(tmp_path, SEED_TOML), env=env, heartbeat_interval_ms=100, heartbeat_timeout_ms=1000)
+    assert (config.coordinator.heartbeat_interval_ms, config.coordinator.heartbeat_timeout_ms) == (100, 1000)
+
+
+def test_config_file_from_environment_variable(tmp_path):
+    config = Config.load(env={"DTRUNTIME_CONFIG": str(write(tmp_path, SEED_TOML))})
+    assert config.storage.backend == "s3"
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("[coordinator]\nheartbeat_interval_ms = -5\n", "coordinator.heartbeat_interval_ms"),
+        ("[coordinator]\nheartbeat_interval_ms = 'fast'\n", "coordinator.heartbeat_interval_ms"),
+        ("[coordinator]\nheartbeat_timeout_ms = 10\n", "coordinator.heartbeat_timeout_ms"),
+        ("[checkpoint]\ncompression = 'lz4'\n", "checkpoint.compression"),
+        ("[checkpoint]\nkeep_lastn = 3\n", "checkpoint.keep_lastn"),
+        ("[storage]\nbackend = 'ftp'\n", "storage.backend"),
+        ("[cluster]\nsize = 3\n", "cluster"),
+        ("[coordinator\n", "is not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError) as caught:
+        Config.load(write(tmp_path, text), env={})
+    assert key in str(caught.value)
+
+
+def test_bad_environment_value_names_the_key():
+    with pytest.raises(ConfigError, match="coordinator.heartbeat_timeout_ms"):
+        Config.load(env={"DTRUNTIME_HEARTBEAT_TIMEOUT_MS": "soon"})
+
+
+def test_missing_file_and_unknown_override_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        Config.load(tmp_path / "nope.toml", env={})
+    with pytest.raises(ConfigError, match="unknown configuration key"):
+        Config.load(env={}, heartbeat_ms=5)

@@ -1,0 +1,156 @@
+"""Node handlers: idempotent under duplicated messages, and the basic protocol rules."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dtruntime.errors import ProtocolError
+from dtruntime.protocol.events import BarrierFailed, LeaderChanged
+from dtruntime.protocol.messages import (
+    Arrive,
+    BarrierResult,
+    Gossip,
+    Leader,
+    MemberEntry,
+    Members,
+    Outcome,
+    Ping,
+    Release,
+    Status,
+    Vote,
+    VoteRequest,
+)
+from dtruntime.protocol.node import Node
+from dtruntime.protocol.settings import ProtocolSettings
+
+from .strategies import ANY_MESSAGE
+
+SETTINGS = ProtocolSettings(probe_period=0.1, heartbeat_timeout=1.0)
+
+
+def entry(rank: int, incarnation: int = 0, status: Status = Status.ALIVE) -> MemberEntry:
+    return MemberEntry(f"w{rank}", rank, 0, incarnation, status, f"sim://w{rank}")
+
+
+def make_node(rank: int = 0, world: int = 4, seed: int = 7) -> Node:
+    seeds = [] if rank == 0 else ["sim://w0"]
+    return Node(entry(rank), world, seeds, SETTINGS, random.Random(seed), 0.0)
+
+
+def observable(node: Node) -> tuple:
+    election = node.election
+    return (
+        dict(node.membership.members),
+        (election.leader_term, election.leader_id, election.is_leader, election.voted_term, election.voted_for),
+        dict(node.waits.recent),
+        node.joined,
+    )
+
+
+@given(st.lists(ANY_MESSAGE, max_size=25))
+@settings(max_examples=150, deadline=None)
+def test_duplicated_messages_change_nothing_more_than_single_ones(messages):
+    once, twice = make_node(), make_node()
+    events_once, events_twice = [], []
+    for node, sink in ((once, events_once), (twice, events_twice)):
+        sink.extend(node.arrive("epoch-1", 0.0, timeout=5.0).events)
+    for index, message in enumerate(messages):
+        now = 0.001 * (index + 1)
+        events_once.extend(once.step(message, now).events)
+        events_twice.extend(twice.step(message, now).events)
+        events_twice.extend(twice.step(message, now).events)
+    assert observable(once) == observable(twice)
+    assert events_once == events_twice
+
+
+def test_world_of_one_leads_itself_and_passes_barriers():
+    node = Node(entry(0), 1, [], SETTINGS, random.Random(1), 0.0)
+    ready = node.arrive("only", 0.0)
+    assert node.is_leader
+    assert [type(e).__name__ for e in ready.events] == ["BarrierReleased"]
+
+
+def test_joiner_learns_view_and_follows_leader_claim():
+    node = make_node(rank=2)
+    ready = node.tick(0.0)
+    assert any(endpoint == "sim://w0" for endpoint, _ in ready.messages)  # Join sent to the seed
+    view = Members("w0", 3, "w0", (entry(0), entry(1), entry(2)))
+    events = node.step(view, 0.01).events
+    assert node.joined and node.leader_id == "w0"
+    assert LeaderChanged("w0", 3) in events
+
+
+def test_vote_granted_once_per_term_and_refused_while_leader_alive():
+    node = make_node(rank=2)
+    node.step(Members("w0", 0, "", (entry(0, status=Status.DEAD), entry(1), entry(2))), 0.0)
+    ready = node.step(VoteRequest("w1", 1), 0.01)
+    assert Vote("w2", 1, True) in [m for _, m in ready.messages]
+    node.step(Members("w3", 0, "", (entry(3),)), 0.02)
+    ready = node.step(VoteRequest("w3", 1), 0.03)  # same term, other candidate
+    assert Vote("w2", 1, False) in [m for _, m in ready.messages]
+    node.step(Leader("w1", 1), 0.04)
+    assert node.leader_id == "w1"
+    ready = node.step(VoteRequest("w3", 2), 0.05)  # w1 leads and is ALIVE
+    assert Vote("w2", 2, False) in [m for _, m in ready.messages]
+
+
+def test_refutes_suspicion_by_raising_incarnation():
+    node = make_node(rank=1)
+    node.step(Members("w0", 0, "", (entry(0), entry(1))), 0.0)
+    gossip = Gossip(0, "", (entry(0), entry(1, incarnation=0, status=Status.SUSPECT)))
+    ready = node.step(Ping("w0", 1, gossip), 0.01)
+    assert node.membership.me.incarnation == 1
+    acks = [m for _, m in ready.messages]
+    assert any(e.worker_id == "w1" and e.incarnation == 1 for m in acks for e in m.gossip.members)
+
+
+def test_declared_dead_fails_pending_barrier_and_rejoins():
+    node = make_node(rank=1)
+    node.step(Members("w0", 1, "w0", (entry(0), entry(1))), 0.0)
+    node.arrive("b", 0.0)
+    gossip = Gossip(1, "w0", (entry(1, incarnation=0, status=Status.DEAD),))
+    events = node.step(Ping("w0", 1, gossip), 0.01).events
+    failed = [e for e in events if isinstance(e, BarrierFailed)]
+    assert failed and "declared dead" in failed[0].detail
+    assert node.membership.me.status == Status.ALIVE and node.membership.me.incarnation == 1
+
+
+def test_leader_fails_non_elastic_barrier_naming_the_dead_worker():
+    node = make_node(rank=0, world=3)
+    node.step(Members("w1", 0, "", (entry(1), entry(2))), 0.0)
+    # Win the election: quorum of 3 is 2.
+    node.tick(0.2)
+    node.step(Vote("w1", node.election.voted_term, True), 0.21)
+    assert node.is_leader
+    node.arrive("b", 0.3)
+    node.step(Arrive("w1", 0, "b", 0, False, 0), 0.31)
+    gossip = Gossip(node.election.leader_term, "w0", (entry(2, status=Status.DEAD),))
+    ready = node.step(Ping("w1", 9, gossip), 0.32)
+    failures = [e for e in ready.events if isinstance(e, BarrierFailed)]
+    assert failures == [BarrierFailed("b", 0, Outcome.LOST, ("w2",))]
+    releases = [m for _, m in ready.messages if isinstance(m, Release)]
+    assert releases and releases[0].result.workers == ("w2",)
+
+
+def test_release_for_other_generation_is_ignored():
+    node = make_node(rank=1)
+    node.step(Members("w0", 1, "w0", (entry(0), entry(1))), 0.0)
+    node.arrive("b", 0.0)
+    stale = Release("w0", BarrierResult("b", 5, Outcome.RELEASED, False, ()))
+    assert node.step(stale, 0.01).events == []
+    assert node.waits.generation("b") == 0
+
+
+def test_bad_local_requests_raise_protocol_error():
+    node = make_node()
+    with pytest.raises(ProtocolError, match="barrier id"):
+        node.arrive("", 0.0)
+    node.arrive("x", 0.0)
+    with pytest.raises(ProtocolError, match="already waiting"):
+        node.arrive("x", 0.0)
+    with pytest.raises(ProtocolError, match="timeout"):
+        node.arrive("y", 0.0, timeout=0)
