@@ -17,7 +17,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 venv: $(BIN)/.installed
 
 demo: venv
-	$(BIN)/python -m simulations leader-crash --workers 16 --seed 1
+	$(BIN)/python -m simulations leader-crash --workers 16 --seed 1 --seeds 10
 
 test: venv
 	$(BIN)/python -m pytest

@@ -105,6 +105,10 @@ def total_sent(cluster: SimCluster) -> int:
 
 
 def finish(cluster: SimCluster, result: ScenarioResult) -> ScenarioResult:
+    """Add the figures every scenario reports: traffic and how much was checked."""
+    result.metrics.setdefault("msgs_per_worker_s", messages_per_worker_second(cluster, 0, 0.0))
+    result.metrics["barrier_passes_checked"] = float(cluster.invariants.barriers_passed)
+    result.metrics["leader_terms_checked"] = float(len(cluster.invariants.leader_of_term))
     result.violations = list(cluster.invariants.violations)
     return result
 

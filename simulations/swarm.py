@@ -80,7 +80,6 @@ def swarm(workers: int | None, seed: int, heartbeat_ms: int = 100, timeout_ms: i
     converged = wait_for(cluster, cluster.converged, convergence_bound(heartbeat_ms, timeout_ms))
     result.metrics = {
         "converged_after_s": None if converged is None else converged - calm_at,
-        "barriers_passed": float(cluster.invariants.barriers_passed),
         "crashed_at_end": float(len(crashed)),
     }
     finish(cluster, result)
