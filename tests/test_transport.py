@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,6 @@ def collect(transport: ZmqTransport, count: int, timeout_s: float = 10.0) -> lis
     while len(received) < count and time.monotonic() < deadline:
         received += transport.poll(100)
     return received
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def os_threads() -> int:

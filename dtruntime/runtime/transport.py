@@ -123,6 +123,11 @@ class ZmqTransport:
     ``dropped_bad_endpoint`` (not ``tcp://host:port`` or ``ipc://path``),
     ``dropped_send_error``, ``received``, ``dropped_malformed`` (a message with other
     than one payload frame), ``peers_evicted``.
+
+    Untrusted input: libzmq still speaks ZMTP/1.0 for backward compatibility, so raw
+    bytes on a plain TCP connection can come out as (garbage) payloads. The transport
+    bounds their size and count; authenticity is the job of the frame layer above
+    (:mod:`dtruntime.runtime.auth`), which must see every payload.
     """
 
     def __init__(
@@ -230,11 +235,12 @@ class ZmqTransport:
         if self._router not in ready:
             return payloads
         assert self._router is not None
+        # Checking EVENTS before each receive avoids raising zmq.Again (an exception
+        # costs more than the receive) at the end of every batch.
         for _ in range(self._max_batch):
-            try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not self._router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 break
+            frames = self._router.recv_multipart(zmq.NOBLOCK)
             # [routing id, payload] is the only shape a DEALER peer produces.
             if len(frames) != 2:
                 self._counters["dropped_malformed"] += 1
