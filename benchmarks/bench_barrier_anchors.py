@@ -67,7 +67,11 @@ def tcpstore_worker(rank: int, world: int, iters: int, endpoint_info: dict, resu
 
     samples = _timed(barrier, iters, endpoint_info["warmup"])
     result_queue.put((rank, samples))
-    barrier(-1)  # rank 0 hosts the store: nobody leaves while others still use it
+    # Rank 0 hosts the store, so it leaves only after every other rank said it left.
+    if rank == 0:
+        store.wait([f"left/{r}" for r in range(1, world)])
+    else:
+        store.set(f"left/{rank}", b"1")
 
 
 def gloo_worker(rank: int, world: int, iters: int, endpoint_info: dict, result_queue: Any) -> None:
