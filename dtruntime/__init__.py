@@ -1,5 +1,6 @@
 """dtruntime: a control plane for distributed PyTorch training without a control server."""
 
+from .api.orchestrator import TrainingOrchestrator, WorkerInfo
 from .config import Config
 from .errors import (
     BarrierTimeout,
@@ -25,5 +26,7 @@ __all__ = [
     "NoQuorumError",
     "ProtocolError",
     "RemoteProtocolError",
+    "TrainingOrchestrator",
+    "WorkerInfo",
     "WorkerLostError",
 ]

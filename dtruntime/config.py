@@ -126,10 +126,11 @@ class Config:
         path = path if path is not None else env.get("DTRUNTIME_CONFIG")
         if path:
             config = config.merge(_read_toml(Path(path)))
-        config = config.merge(_env_sections(env))
-        if overrides:
-            config = config.merge(_flat_to_sections(overrides))
-        return config.validate()
+        return config.merge(_env_sections(env)).with_overrides(**overrides)
+
+    def with_overrides(self, **overrides: Any) -> "Config":
+        """A validated copy with flat keyword overrides applied (see :meth:`load`)."""
+        return self.merge(_flat_to_sections(overrides)).validate()
 
     def merge(self, sections: Mapping[str, Mapping[str, Any]]) -> "Config":
         """Return a copy with ``{section: {key: value}}`` applied, checking names and types."""

@@ -1,0 +1,1 @@
+"""The user-facing classes: asyncio methods with synchronous twins (``*_sync``)."""

@@ -1,0 +1,333 @@
+"""``TrainingOrchestrator``: the control plane as a training script sees it.
+
+Each method of the documented asyncio API has a synchronous twin with the suffix
+``_sync`` for plain training loops (``wait_barrier_sync("epoch_3")``); both run the
+same code, in the driver thread.
+
+Lifecycle: constructing the orchestrator only resolves its settings (arguments, then
+the torchrun environment, then the config file); :meth:`register_worker` binds the
+socket, starts the driver thread and joins the cluster; :meth:`close` (or leaving an
+``async with`` / ``with`` block) announces the departure and leaves no thread, socket
+or port behind.
+
+Barrier outcomes become exceptions: a lost worker raises :class:`WorkerLostError`
+naming it and its rank, a timeout raises :class:`BarrierTimeout` naming who had not
+arrived, a lost majority raises :class:`NoQuorumError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Config
+from ..errors import BarrierTimeout, DtruntimeError, NoQuorumError, ProtocolError, WorkerLostError
+from ..protocol.events import BarrierFailed, BarrierReleased, DeclaredDead, Event, LeaderChanged, WorkerLost
+from ..protocol.messages import MemberEntry, Outcome, Status
+from ..protocol.node import Node
+from ..protocol.settings import ProtocolSettings
+from ..runtime.auth import FrameAuthenticator, load_secret
+from ..runtime.bootstrap import BootstrapInfo, describe_bind, resolve_bootstrap, warn_if_insecure
+from ..runtime.driver import Driver
+from ..runtime.transport import ZmqTransport
+
+log = logging.getLogger("dtruntime")
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A live worker as registered: what :meth:`TrainingOrchestrator.members` returns."""
+
+    worker_id: str
+    rank: int
+    local_rank: int
+    endpoint: str
+    gpu_count: int
+    memory_bytes: int
+    suspect: bool
+
+    @classmethod
+    def from_entry(cls, entry: MemberEntry) -> "WorkerInfo":
+        return cls(
+            entry.worker_id, entry.rank, entry.local_rank, entry.endpoint, entry.gpu_count,
+            entry.memory_bytes, entry.status == Status.SUSPECT,
+        )
+
+
+class TrainingOrchestrator:
+    """Registration, barriers and membership for one training process.
+
+    ``TrainingOrchestrator(worker_id, coordinator_url, world_size, rank)`` as documented;
+    every argument may be omitted under ``torchrun`` (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``, ``WORKER_ID``, ``COORDINATOR_URL``).
+    ``config`` or keyword overrides (``heartbeat_interval_ms=100``) set the protocol
+    timing; ``secret`` (or ``DTRUNTIME_SECRET``) authenticates every message.
+    """
+
+    def __init__(
+        self,
+        worker_id: str | None = None,
+        coordinator_url: str | None = None,
+        world_size: int | None = None,
+        rank: int | None = None,
+        *,
+        config: Config | None = None,
+        secret: bytes | str | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> None:
+        env = os.environ if env is None else env
+        if config is None:
+            self.config = Config.load(env=env, **overrides)
+        else:
+            self.config = config.with_overrides(**overrides)
+        self.bootstrap: BootstrapInfo = resolve_bootstrap(
+            env, worker_id=worker_id, coordinator_url=coordinator_url, world_size=world_size, rank=rank,
+            default_coordinator=_coordinator_default(self.config),
+        )
+        raw_secret = secret.encode() if isinstance(secret, str) else secret
+        self._secret = raw_secret if raw_secret is not None else load_secret(env)
+        self._driver: Driver | None = None
+        self._lock = threading.Lock()
+        self._barriers: dict[str, Future[None]] = {}
+        self._joined: Future[str] = Future()
+        self._lost: dict[str, WorkerLost] = {}
+        self._declared_dead = False
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def worker_id(self) -> str:
+        return self.bootstrap.worker_id
+
+    @property
+    def rank(self) -> int:
+        return self.bootstrap.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.bootstrap.world_size
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint this worker listens on (after :meth:`register_worker`)."""
+        return self._running().endpoint
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Traffic and drop counters of the driver and its authenticator."""
+        driver = self._running()
+        return {**driver.counters, **{f"auth_{k}": v for k, v in self._auth_counters().items()}}
+
+    # -- asyncio API ------------------------------------------------------------------
+
+    async def register_worker(
+        self, ip: str | None = None, port: int = 0, *, gpu_count: int = 0, memory_bytes: int = 0,
+        timeout: float | None = 60.0,
+    ) -> str:
+        """Bind, start the driver and join the cluster; return this worker's id."""
+        joined = asyncio.wrap_future(self._register(ip, port, gpu_count, memory_bytes))
+        try:
+            return await asyncio.wait_for(asyncio.shield(joined), timeout)
+        except asyncio.TimeoutError:
+            raise self._join_timeout(timeout) from None
+
+    async def wait_barrier(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
+        """Wait until every expected worker arrived at ``barrier_id`` (see the module doc)."""
+        await asyncio.wrap_future(self._arrive(barrier_id, timeout, elastic))
+
+    async def heartbeat(self) -> None:
+        """Run a gossip round now (they also run automatically every interval)."""
+        await asyncio.wrap_future(self._running().submit(lambda node, now: node.tick(now)))
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.close_sync)
+
+    async def __aenter__(self) -> "TrainingOrchestrator":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- synchronous twins ---------------------------------------------------------------
+
+    def register_worker_sync(
+        self, ip: str | None = None, port: int = 0, *, gpu_count: int = 0, memory_bytes: int = 0,
+        timeout: float | None = 60.0,
+    ) -> str:
+        try:
+            return self._register(ip, port, gpu_count, memory_bytes).result(timeout)
+        except FutureTimeout:
+            raise self._join_timeout(timeout) from None
+
+    def wait_barrier_sync(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
+        self._arrive(barrier_id, timeout, elastic).result()
+
+    def heartbeat_sync(self) -> None:
+        self._running().submit(lambda node, now: node.tick(now)).result(timeout=10)
+
+    def close_sync(self) -> None:
+        """Leave the cluster and release the thread, sockets and port. Idempotent."""
+        driver = self._driver
+        if driver is not None:
+            driver.close()
+        self._fail_barriers(DtruntimeError("the orchestrator is closed"))
+
+    def __enter__(self) -> "TrainingOrchestrator":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close_sync()
+
+    # -- queries ------------------------------------------------------------------------
+
+    def leader(self) -> str | None:
+        """The current leader's worker id, or None while there is none."""
+        return self._running().snapshot.leader_id
+
+    def is_leader(self) -> bool:
+        return self._running().snapshot.is_leader
+
+    def members(self) -> list[WorkerInfo]:
+        """Live workers (including suspects) with their registration info, by rank."""
+        return sorted((WorkerInfo.from_entry(e) for e in self._running().snapshot.members), key=lambda w: w.rank)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _running(self) -> Driver:
+        if self._driver is None:
+            raise ProtocolError("call register_worker() first")
+        return self._driver
+
+    def _auth_counters(self) -> dict[str, int]:
+        return self._auth.counters if self._driver is not None else {}
+
+    def _register(self, ip: str | None, port: int, gpu_count: int, memory_bytes: int) -> "Future[str]":
+        with self._lock:
+            if self._driver is None:
+                self._start(ip, port, gpu_count, memory_bytes)
+        return self._joined
+
+    def _join_timeout(self, timeout: float | None) -> DtruntimeError:
+        return DtruntimeError(
+            f"{self.worker_id} could not join the cluster through {self.bootstrap.coordinator_endpoint} "
+            f"within {timeout}s"
+        )
+
+    def _start(self, ip: str | None, port: int, gpu_count: int, memory_bytes: int) -> None:
+        info = self.bootstrap
+        plan = describe_bind(info.rank, info.coordinator_endpoint, own_host=ip or info.own_host, port=port)
+        warn_if_insecure(plan.bind_endpoint, self._secret is not None)
+        transport = ZmqTransport(plan.bind_endpoint)
+        bound_port = transport.endpoint.rsplit(":", 1)[1]
+        host = plan.advertise_host if ":" not in plan.advertise_host else f"[{plan.advertise_host}]"
+        endpoint = f"tcp://{host}:{bound_port}"
+        incarnation = time.time_ns() // 1_000_000  # above any earlier process of this worker
+        member = MemberEntry(
+            info.worker_id, info.rank, info.local_rank, incarnation, Status.ALIVE, endpoint, gpu_count, memory_bytes
+        )
+        seeds = [info.coordinator_endpoint, *info.peers] if info.rank != 0 else list(info.peers)
+        coordinator = self.config.coordinator
+        settings = ProtocolSettings.from_millis(coordinator.heartbeat_interval_ms, coordinator.heartbeat_timeout_ms)
+        now = time.monotonic()
+        node = Node(member, info.world_size, seeds, settings, random.Random(), now)
+        self._auth = FrameAuthenticator(self._secret)
+        self._driver = Driver(node, transport, self._auth, on_event=self._on_event)
+        log.info("worker %s (rank %d/%d) listening on %s", info.worker_id, info.rank, info.world_size, endpoint)
+        self._driver.start()
+        self._driver.submit(lambda node, now: self._check_joined(node))
+
+    def _check_joined(self, node: Node) -> None:
+        if node.joined and not self._joined.done():
+            self._joined.set_result(self.worker_id)
+
+    def _arrive(self, barrier_id: str, timeout: float | None, elastic: bool) -> "Future[None]":
+        driver = self._running()
+        future: Future[None] = Future()
+        with self._lock:
+            if barrier_id in self._barriers:
+                raise ProtocolError(f"already waiting at barrier {barrier_id!r}")
+            self._barriers[barrier_id] = future
+        submitted = driver.submit(lambda node, now: node.arrive(barrier_id, now, timeout=timeout, elastic=elastic))
+
+        def on_submitted(done: Future) -> None:
+            if done.exception() is not None:
+                self._settle(barrier_id, done.exception())
+
+        submitted.add_done_callback(on_submitted)
+        return future
+
+    def _on_event(self, event: Event) -> None:
+        """Runs in the driver thread: turn node events into future outcomes."""
+        if isinstance(event, BarrierReleased):
+            self._settle(barrier_id=event.barrier_id, error=None)
+        elif isinstance(event, BarrierFailed):
+            self._settle(event.barrier_id, self._barrier_error(event))
+        elif isinstance(event, WorkerLost):
+            self._lost[event.worker_id] = event
+            log.warning("worker %s (rank %d) lost%s", event.worker_id, event.rank, " (left)" if event.left else "")
+        elif isinstance(event, DeclaredDead):
+            log.error("this worker was declared dead by the cluster; rejoined as incarnation %d",
+                      event.new_incarnation)
+        elif isinstance(event, LeaderChanged):
+            log.info("leader is now %s (term %d)", event.leader_id, event.term)
+        if not self._joined.done() and self._driver is not None and self._driver.snapshot.joined:
+            self._joined.set_result(self.worker_id)
+
+    def _barrier_error(self, event: BarrierFailed) -> Exception:
+        names = ", ".join(event.workers)
+        if event.reason == Outcome.LOST:
+            ranks = [self._lost[w].rank for w in event.workers if w in self._lost]
+            return WorkerLostError(
+                f"barrier {event.barrier_id!r} failed: worker(s) {names} (rank(s) {ranks}) lost",
+                event.workers, ranks,
+            )
+        if event.reason == Outcome.TIMEOUT:
+            if not event.workers and not self._running().snapshot.has_quorum:
+                return NoQuorumError(f"barrier {event.barrier_id!r}: no quorum, so no leader to release it")
+            missing = f"not arrived: {names}" if names else event.detail
+            return BarrierTimeout(f"barrier {event.barrier_id!r} timed out ({missing})", event.workers)
+        if event.detail.startswith("no quorum"):
+            return NoQuorumError(f"barrier {event.barrier_id!r} failed: {event.detail}")
+        return WorkerLostError(
+            f"barrier {event.barrier_id!r} failed: {event.detail} ({self.worker_id})", [self.worker_id], [self.rank]
+        )
+
+    def _settle(self, barrier_id: str, error: BaseException | None) -> None:
+        with self._lock:
+            future = self._barriers.pop(barrier_id, None)
+        if future is None or future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def _fail_barriers(self, error: Exception) -> None:
+        with self._lock:
+            pending, self._barriers = self._barriers, {}
+        for future in pending.values():
+            _fail(future, error)
+        _fail(self._joined, error)
+
+
+def _fail(future: Future, error: BaseException) -> None:
+    if not future.done():
+        try:
+            future.set_exception(error)
+        except Exception:  # lost a race with the result: fine
+            pass
+
+
+def _coordinator_default(config: Config) -> str:
+    address = config.coordinator.address
+    return address if "://" in address else f"tcp://{address}"

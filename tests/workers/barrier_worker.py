@@ -1,0 +1,64 @@
+"""A worker process for the runtime tests: register, pass barriers, report as JSON lines.
+
+    python -m tests.workers.barrier_worker --rank R --world N --coordinator tcp://127.0.0.1:P
+        [--barriers K] [--elastic] [--hold SECONDS] [--secret S]
+
+Prints one JSON object per line to stdout: {"event": "registered" | "barrier" | "error" |
+"done", ...}. Exits 0 when all barriers passed, 3 on a dtruntime error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from dtruntime import DtruntimeError, TrainingOrchestrator
+
+
+def emit(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--world", type=int, required=True)
+    parser.add_argument("--coordinator", required=True)
+    parser.add_argument("--barriers", type=int, default=10)
+    parser.add_argument("--start", type=int, default=0, help="first barrier index")
+    parser.add_argument("--elastic", action="store_true")
+    parser.add_argument("--timeout", type=float, default=None)
+    parser.add_argument("--hold", type=float, default=0.0, help="stay registered this long after the barriers")
+    parser.add_argument("--secret", default=None)
+    parser.add_argument("--heartbeat-ms", type=int, default=100)
+    parser.add_argument("--timeout-ms", type=int, default=1000)
+    args = parser.parse_args()
+    orchestrator = TrainingOrchestrator(
+        f"worker-{args.rank}", args.coordinator, args.world, args.rank, secret=args.secret, env={},
+        heartbeat_interval_ms=args.heartbeat_ms, heartbeat_timeout_ms=args.timeout_ms,
+    )
+    with orchestrator:
+        worker_id = orchestrator.register_worker_sync("127.0.0.1", 0, gpu_count=args.rank, memory_bytes=1 << 30)
+        emit(event="registered", worker_id=worker_id, endpoint=orchestrator.endpoint)
+        for index in range(args.start, args.start + args.barriers):
+            try:
+                orchestrator.wait_barrier_sync(f"b{index}", timeout=args.timeout, elastic=args.elastic)
+            except DtruntimeError as exc:
+                emit(event="error", barrier=index, type=type(exc).__name__, message=str(exc),
+                     workers=list(getattr(exc, "workers", ())), ranks=list(getattr(exc, "ranks", ())),
+                     time=time.monotonic())
+                return 3
+            emit(event="barrier", index=index, leader=orchestrator.leader(), time=time.monotonic())
+        members = [m.worker_id for m in orchestrator.members()]
+        emit(event="done", leader=orchestrator.leader(), members=members,
+             gpu_counts=[m.gpu_count for m in orchestrator.members()], counters=orchestrator.counters)
+        deadline = time.monotonic() + args.hold
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
