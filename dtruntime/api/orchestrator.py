@@ -285,6 +285,12 @@ class TrainingOrchestrator:
 
     def _barrier_error(self, event: BarrierFailed) -> Exception:
         names = ", ".join(event.workers)
+        if event.reason == Outcome.LOST and self.worker_id in event.workers:
+            return WorkerLostError(
+                f"barrier {event.barrier_id!r} failed: this worker ({self.worker_id}) was declared dead by the "
+                "cluster (paused or cut off longer than the heartbeat timeout); it has rejoined",
+                [self.worker_id], [self.rank],
+            )
         if event.reason == Outcome.LOST:
             ranks = [self._lost[w].rank for w in event.workers if w in self._lost]
             return WorkerLostError(

@@ -6,20 +6,25 @@ arrival can never be mistaken for the next use.
 
 Leader rules (``BarrierBook``):
 
-* Non-elastic: the expected members are the whole world (``world_size`` workers). It
-  releases when every one of them arrived; a known member that is (or becomes) DEAD
-  while the barrier is open fails it with ``LOST`` naming the dead.
-* Elastic: the expected members are the live ones, re-evaluated on every view change;
-  it releases when every live member arrived (and a quorum is live), naming the
-  excluded dead members.
+* A barrier opens when its first member started waiting: each arrival says how long
+  its sender has waited, so a new leader that inherits re-sent arrivals dates the
+  opening before the old leader's death. Its expected members are the members live at
+  the opening (members this leader saw die after it count as expected), plus any that
+  join while it is open; it never releases before the leader has seen ``world_size``
+  distinct members (a start-up barrier waits for the whole world). Members already
+  dead at the opening are excluded and named.
+* Non-elastic: an expected member declared DEAD while the barrier is open fails it with
+  ``LOST`` naming the dead (the next barrier then expects the survivors).
+* Elastic: an expected member that dies is dropped; the barrier releases when every
+  live expected member arrived (and a quorum is live), naming the excluded.
 * A timeout (sent with the arrival, counted from when the leader got it) fails the
   barrier with ``TIMEOUT`` naming who had not arrived.
 * A decided result is remembered (bounded history) and re-sent to any late or repeated
   arrival. A new leader learns results from followers' reports of recent results, so a
   release lost together with the old leader still reaches every waiter.
 
-Invariant (checked by the simulator): no result ``RELEASED`` exists for a barrier while
-an expected member had not arrived.
+Invariant (checked by the simulator): a ``RELEASED`` result names every world member it
+did not wait for, and every other member had arrived.
 
 Waiter rules (``Waits``): arrive once per generation; re-send to the leader every
 ``resend_periods`` and to every new leader; a local deadline (timeout plus two probe
@@ -47,6 +52,8 @@ RECENT_RESULTS = 16  # results a waiter reports to a new leader
 @dataclass(slots=True)
 class _Open:
     elastic: bool
+    expected: dict[str, None]  # insertion-ordered set of worker ids
+    opened_at: float  # leader-clock time when the first member started waiting
     arrived: dict[str, int] = field(default_factory=dict)  # worker_id -> incarnation
     deadline: float = float("inf")
 
@@ -89,8 +96,15 @@ class BarrierBook:
         if member is None or not member.is_live or message.incarnation < member.incarnation:
             return None  # a stale incarnation: its live successor re-sends
         barrier = self._open.get(key)
+        started = now - message.waited_ms / 1000.0
         if barrier is None:
-            barrier = self._open[key] = _Open(message.elastic)
+            barrier = self._open[key] = _Open(message.elastic, {}, started)
+        barrier.opened_at = min(barrier.opened_at, started)
+        for worker_id, entry in view.members.items():
+            if worker_id not in barrier.expected and (
+                entry.is_live or view.dead_since.get(worker_id, float("-inf")) >= barrier.opened_at
+            ):
+                barrier.expected[worker_id] = None
         barrier.arrived[message.sender] = message.incarnation
         if message.timeout_ms:
             deadline = now + message.timeout_ms / 1000.0
@@ -119,27 +133,29 @@ class BarrierBook:
             barrier = self._open.get(key)
             if barrier is None or barrier.deadline != deadline:
                 continue
-            missing = tuple(
-                w for w, e in view.members.items() if w not in barrier.arrived and (e.is_live or not barrier.elastic)
-            )
+            missing = tuple(w for w in barrier.expected if w not in barrier.arrived)
             self._close(key, barrier, Outcome.TIMEOUT, missing)
 
     def next_deadline(self) -> float:
         return self._deadlines[0][0] if self._deadlines else float("inf")
 
     def _evaluate(self, key: BarrierKey, barrier: _Open, view: Membership) -> None:
-        members = view.members
-        if barrier.elastic:
-            arrived_live = sum(1 for w in barrier.arrived if view.is_live(w))
-            if arrived_live == view.live_count and view.live_count >= self.quorum:
-                excluded = tuple(w for w, e in members.items() if not e.is_live)
-                self._close(key, barrier, Outcome.RELEASED, excluded)
+        expected = barrier.expected
+        for worker_id, entry in view.members.items():
+            if entry.is_live and worker_id not in expected:
+                expected[worker_id] = None  # joined while the barrier was open
+        dead = tuple(w for w in expected if not view.is_live(w))
+        if dead and not barrier.elastic:
+            self._close(key, barrier, Outcome.LOST, dead)
             return
-        if view.live_count < len(members):
-            lost = tuple(w for w, e in members.items() if not e.is_live)
-            self._close(key, barrier, Outcome.LOST, lost)
-        elif len(barrier.arrived) >= self.world_size and all(w in barrier.arrived for w in members):
-            self._close(key, barrier, Outcome.RELEASED, ())
+        for worker_id in dead:
+            del expected[worker_id]
+        if len(view.members) < self.world_size or any(w not in barrier.arrived for w in expected):
+            return
+        if barrier.elastic and view.live_count < self.quorum:
+            return
+        excluded = tuple(w for w in view.members if w not in expected)
+        self._close(key, barrier, Outcome.RELEASED, excluded)
 
     def _close(self, key: BarrierKey, barrier: _Open, outcome: Outcome, workers: tuple[str, ...]) -> None:
         del self._open[key]
@@ -159,6 +175,7 @@ class _Wait:
     elastic: bool
     timeout_ms: int
     local_deadline: float
+    started: float
 
 
 class Waits:
@@ -190,16 +207,17 @@ class Waits:
         timeout_ms = 0 if timeout is None else max(1, round(timeout * 1000))
         grace = 2 * self.settings.probe_period
         deadline = float("inf") if timeout is None else now + timeout + grace
-        wait = _Wait(self._generations.get(barrier_id, 0), elastic, timeout_ms, deadline)
+        wait = _Wait(self._generations.get(barrier_id, 0), elastic, timeout_ms, deadline, now)
         self._waits[barrier_id] = wait
         self.next_resend = min(self.next_resend, now + self.settings.resend_periods * self.settings.probe_period)
-        return self._arrival(barrier_id, wait, incarnation)
+        return self._arrival(barrier_id, wait, incarnation, now)
 
-    def _arrival(self, barrier_id: str, wait: _Wait, incarnation: int) -> Arrive:
-        return Arrive(self.worker_id, incarnation, barrier_id, wait.generation, wait.elastic, wait.timeout_ms)
+    def _arrival(self, barrier_id: str, wait: _Wait, incarnation: int, now: float) -> Arrive:
+        waited_ms = max(0, round((now - wait.started) * 1000))
+        return Arrive(self.worker_id, incarnation, barrier_id, wait.generation, wait.elastic, wait.timeout_ms, waited_ms)
 
-    def arrivals(self, incarnation: int) -> list[Arrive]:
-        return [self._arrival(barrier_id, wait, incarnation) for barrier_id, wait in self._waits.items()]
+    def arrivals(self, incarnation: int, now: float) -> list[Arrive]:
+        return [self._arrival(barrier_id, wait, incarnation, now) for barrier_id, wait in self._waits.items()]
 
     def resend_due(self, now: float) -> bool:
         if not self._waits or now < self.next_resend:

@@ -21,7 +21,8 @@ Rules (Raft's voting, without a log):
   ends up with no leader. When its quorum comes back and no higher term appeared, it
   takes its term back (after a partition heals, stale DEAD verdicts can briefly cost
   the rightful leader its quorum; better candidates follow it and would not campaign).
-  A follower that hears its leader gossip no leadership stops following it.
+  A follower that hears its leader gossip no leadership stops following it, and
+  re-adopts a leader at the same term only from the leader itself.
 
 Invariant: at most one leader per term, because two quorums of the same world share a
 voter and a voter grants one candidate per term. A restarted process has forgotten its
@@ -197,10 +198,15 @@ class Election:
         if sender == self.leader_id and not self.is_leader:
             self._set_leader(None)
 
-    def on_leader_claim(self, term: int, leader_id: str, view: Membership) -> None:
-        """Follow ``leader_id`` if it claims a newer term (from ``Leader`` or gossip)."""
-        if not leader_id:
-            return
+    def on_leader_claim(self, term: int, leader_id: str, view: Membership, *, first_hand: bool) -> None:
+        """Follow ``leader_id`` if it claims a newer term (from ``Leader`` or gossip).
+
+        ``first_hand`` marks a claim sent by the claimed leader itself. A follower that
+        stopped following a leader re-adopts it at the same term only first-hand: a
+        leader that restarted (and so forgot its term) is not revived by hearsay.
+        """
+        if not leader_id or (leader_id != self.worker_id and not view.is_live(leader_id)):
+            return  # a claim for a worker we do not see alive: wait for gossip to introduce it
         self.highest_term = max(self.highest_term, term)
         if term > self.leader_term:
             self.leader_term = term
@@ -210,13 +216,13 @@ class Election:
             # A claim that *we* lead a term we do not hold comes from a past life of this
             # worker (it crashed and restarted): treat the term as leaderless.
             mine = leader_id == self.worker_id
-            self._set_leader(None if mine or not view.is_live(leader_id) else leader_id)
+            self._set_leader(None if mine else leader_id)
         elif (
-            term == self.leader_term
+            first_hand
+            and term == self.leader_term
             and self.leader_id is None
             and not self.is_leader
             and leader_id != self.worker_id
-            and view.is_live(leader_id)
         ):
             self._set_leader(leader_id)
 

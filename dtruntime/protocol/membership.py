@@ -20,6 +20,9 @@ and a message to a member we think SUSPECT or DEAD always carries that verdict, 
 live member hears it and refutes (SWIM's rejoin). A member seeing itself declared DEAD
 rejoins at a higher incarnation and reports ``DeclaredDead`` to its API.
 
+A stranger (an unknown worker id) is admitted only ALIVE, with a rank inside the world
+that no known member holds (or, from the worker itself, whose holder is gone).
+
 Invariants: entries only move up in ``(incarnation, status)`` precedence; applying the
 same entry twice changes nothing (handlers are idempotent under duplication); iteration
 order is insertion order (never a set of strings), so a seeded run replays exactly.
@@ -66,12 +69,15 @@ class Membership:
     def __init__(
         self,
         me: MemberEntry,
+        world_size: int,
         settings: ProtocolSettings,
         rng: random.Random,
         outbox: Outbox,
         now: float,
     ) -> None:
         self.worker_id = me.worker_id
+        self.world_size = world_size
+        self.rejected = 0  # entries about unknown workers that could not be members
         self.settings = settings
         self._rng = rng
         self._out = outbox
@@ -80,6 +86,7 @@ class Membership:
         self._news: dict[str, list] = {}  # worker_id -> [entry, times sent]
         self._suspicions: list[tuple[float, int, str, int]] = []  # (deadline, seq, id, incarnation)
         self._dead: dict[str, None] = {}  # DEAD (not LEFT) members, for reconnect pings
+        self.dead_since: dict[str, float] = {}  # when this node saw each non-live member go
         self._probe_order: list[str] = []
         self._probe_index = 0
         self._probe: _Probe | None = None
@@ -108,13 +115,25 @@ class Membership:
     def live_members(self) -> list[MemberEntry]:
         return [entry for entry in self.members.values() if entry.is_live]
 
-    def apply(self, entry: MemberEntry, now: float, *, news: bool = True) -> None:
-        """Merge one entry into the view (idempotent, monotone in precedence)."""
+    def apply(self, entry: MemberEntry, now: float, *, news: bool = True, direct: bool = False) -> None:
+        """Merge one entry into the view (idempotent, monotone in precedence).
+
+        ``direct`` marks a worker's own entry, received from that worker.
+        """
         if entry.worker_id == self.worker_id:
             self._about_me(entry)
             return
         current = self.members.get(entry.worker_id)
-        if current is not None and entry.precedence() <= current.precedence():
+        if current is None:
+            if not self._admissible(entry, direct):
+                self.rejected += 1
+                return
+        elif entry.precedence() <= current.precedence():
+            return
+        elif entry.rank != current.rank and (
+            entry.incarnation <= current.incarnation or not self._admissible(entry, direct)
+        ):
+            self.rejected += 1  # a rank changes only with a new incarnation, to a free rank
             return
         self.members[entry.worker_id] = entry
         if news:
@@ -123,23 +142,41 @@ class Membership:
         if entry.is_live and not was_live:
             self.live_count += 1
             self._dead.pop(entry.worker_id, None)
+            self.dead_since.pop(entry.worker_id, None)
             self._add_to_probe_order(entry.worker_id, bulk=not news)
             self._out.emit(MemberJoined(entry))
             self.changed = True
             self.version += 1
         elif not entry.is_live and was_live:
             self.live_count -= 1
+            self.dead_since[entry.worker_id] = now
             if entry.status == Status.DEAD:
                 self._dead[entry.worker_id] = None
             self._out.emit(WorkerLost(entry.worker_id, entry.rank, entry.incarnation, entry.status == Status.LEFT))
             self.changed = True
             self.version += 1
-        elif entry.status == Status.LEFT:
+        elif current is None:
+            self.dead_since[entry.worker_id] = now  # first heard of already gone
+        if entry.status == Status.LEFT:
             self._dead.pop(entry.worker_id, None)
         if entry.status == Status.SUSPECT:
             self._seq += 1
             deadline = now + self.settings.heartbeat_timeout
             heapq.heappush(self._suspicions, (deadline, self._seq, entry.worker_id, entry.incarnation))
+
+    def _admissible(self, entry: MemberEntry, direct: bool) -> bool:
+        """Whether a worker we never heard of may enter the view.
+
+        It must be live (news of the death of a stranger is useless) with a rank in the
+        world that no known member holds; only the worker itself (``direct``) may take
+        over the rank of a member that is no longer live. Refusals depend only on facts
+        that never revert (known ranks), so applying an entry twice admits it at most
+        once. This keeps garbage and forged strangers out of barriers and quorums.
+        """
+        if not entry.is_live or entry.rank >= self.world_size:
+            return False
+        holders = [e for e in self.members.values() if e.rank == entry.rank and e.worker_id != entry.worker_id]
+        return not holders or (direct and not any(e.is_live for e in holders))
 
     def _about_me(self, entry: MemberEntry) -> None:
         """Refute any claim about this node that would beat its current entry."""

@@ -104,8 +104,8 @@ class Gossip:
 class BarrierResult:
     """The decided outcome of one barrier generation.
 
-    ``workers`` names the lost members (LOST), the members excluded as dead (RELEASED
-    of an elastic barrier), or those who had not arrived (TIMEOUT).
+    ``workers`` names the lost members (LOST), the members released without because
+    they were dead (RELEASED), or those who had not arrived (TIMEOUT).
     """
 
     barrier_id: BarrierId
@@ -186,7 +186,9 @@ class Leader:
 class Arrive:
     """``sender`` (at ``incarnation``) waits at a barrier generation.
 
-    ``timeout_ms`` of 0 means no timeout. Re-sent until a ``Release`` arrives.
+    ``timeout_ms`` of 0 means no timeout; ``waited_ms`` is how long the sender has been
+    waiting, so a new leader can date the barrier's opening. Re-sent until a
+    ``Release`` arrives.
     """
 
     sender: WorkerId
@@ -195,6 +197,7 @@ class Arrive:
     generation: int
     elastic: bool
     timeout_ms: int
+    waited_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,13 +63,15 @@ class Node:
     ) -> None:
         if world_size < 1:
             raise ProtocolError(f"world_size must be >= 1, got {world_size}")
+        if not 0 <= member.rank < world_size:
+            raise ProtocolError(f"rank {member.rank} is outside the world of {world_size}")
         if member.status != Status.ALIVE:
             raise ProtocolError("a node starts ALIVE")
         self.worker_id = member.worker_id
         self.world_size = world_size
         self.settings = settings
         self._out = Outbox()
-        self.membership = Membership(member, settings, rng, self._out, now)
+        self.membership = Membership(member, world_size, settings, rng, self._out, now)
         self.election = Election(member.worker_id, world_size, settings, rng, self._out, now)
         self.book = BarrierBook(world_size, self.election.quorum, settings)
         self.waits = Waits(member.worker_id, settings, self._out)
@@ -106,7 +108,7 @@ class Node:
         self.book.tick(now, self.membership)
         self.waits.tick(now)
         if self.waits.resend_due(now):
-            self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation), now)
+            self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation, now), now)
         return self._after(now)
 
     def arrive(self, barrier_id: str, now: float, *, timeout: float | None = None, elastic: bool = False) -> Ready:
@@ -148,9 +150,16 @@ class Node:
 
     def _on_gossip(self, message: Ping | Ack | PingReq, now: float) -> None:
         gossip = message.gossip
+        # The sender's own entry goes last, so whether it may take over a rank does not
+        # depend on the order of the entries (duplicates stay no-ops).
         for entry in gossip.members:
-            self.membership.apply(entry, now)
-        self.election.on_leader_claim(gossip.leader_term, gossip.leader_id, self.membership)
+            if entry.worker_id != message.sender:
+                self.membership.apply(entry, now)
+        for entry in gossip.members:
+            if entry.worker_id == message.sender:
+                self.membership.apply(entry, now, direct=True)
+        first_hand = gossip.leader_id == message.sender
+        self.election.on_leader_claim(gossip.leader_term, gossip.leader_id, self.membership, first_hand=first_hand)
         if gossip.leader_id != message.sender:
             self.election.on_leader_silent(message.sender)
         if isinstance(message, Ping):
@@ -164,7 +173,7 @@ class Node:
         if message.member.worker_id != message.sender:
             self.dropped["join_mismatch"] += 1
             return
-        self.membership.apply(message.member, now, news=self._world_announced)
+        self.membership.apply(message.member, now, news=self._world_announced, direct=True)
         view = self._view()
         self._out.send(message.member.endpoint, view)
         if not self._world_announced and self.membership.live_count >= self.world_size:
@@ -182,7 +191,8 @@ class Node:
         if first_view and message.leader_term > 0:
             # Joining an established cluster, possibly after a restart: abstain from votes.
             self.election.abstain_until = now + self.settings.election_timeout
-        self.election.on_leader_claim(message.leader_term, message.leader_id, self.membership)
+        first_hand = message.leader_id == message.sender
+        self.election.on_leader_claim(message.leader_term, message.leader_id, self.membership, first_hand=first_hand)
 
     def _on_vote_request(self, message: VoteRequest, now: float) -> None:
         self.election.on_vote_request(message, now, self.membership)
@@ -191,7 +201,7 @@ class Node:
         self.election.on_vote(message, self.membership)
 
     def _on_leader(self, message: Leader, now: float) -> None:
-        self.election.on_leader_claim(message.term, message.sender, self.membership)
+        self.election.on_leader_claim(message.term, message.sender, self.membership, first_hand=True)
 
     def _on_arrive(self, message: Arrive, now: float) -> None:
         if not self.election.is_leader:
@@ -202,9 +212,14 @@ class Node:
             self._send_result(result, message.sender)
 
     def _on_release(self, message: Release, now: float) -> None:
+        """A result from our leader ends a wait; one sent to us as leader is a report."""
         if self.election.is_leader:
             self.book.learn(message.result)  # a follower reporting an earlier leader's result
-        self.waits.on_result(message.result)
+            self.waits.on_result(message.result)
+        elif message.sender == self.election.leader_id:
+            self.waits.on_result(message.result)
+        else:
+            self.dropped["release_not_from_leader"] += 1
 
     # -- internals ------------------------------------------------------------------
 
@@ -290,7 +305,7 @@ class Node:
             if leader is not None:
                 for result in self.waits.recent.values():
                     self._out.send(leader.endpoint, Release(self.worker_id, result))
-        self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation), now)
+        self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation, now), now)
 
     def _check_quorum(self) -> None:
         live, needed = self.membership.live_count, self.election.quorum

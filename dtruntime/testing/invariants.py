@@ -2,8 +2,7 @@
 
 * **One leader per term**: no two nodes ever believe different leaders for one term.
 * **Barrier safety**: a node passes barrier ``(id, generation)`` only after every
-  expected member called ``arrive`` for it; non-elastic barriers expect the whole
-  world and never release with exclusions.
+  world member that the release does not name as excluded called ``arrive`` for it.
 
 Liveness (convergence after faults stop) is measured by the scenarios with
 :meth:`SimCluster.converged`, against a stated bound.
@@ -31,13 +30,11 @@ class Invariants:
         self.violations: list[str] = []
         self.leader_of_term: dict[int, str] = {}
         self._arrivals: dict[tuple[str, int], dict[str, None]] = {}
-        self._elastic: dict[tuple[str, int], bool] = {}
         self.barriers_passed = 0
 
-    def on_arrive(self, worker_id: str, barrier_id: str, generation: int, elastic: bool) -> None:
+    def on_arrive(self, worker_id: str, barrier_id: str, generation: int) -> None:
         key = (barrier_id, generation)
         self._arrivals.setdefault(key, {})[worker_id] = None
-        self._elastic[key] = elastic
 
     def on_event(self, worker_id: str, event: Event) -> None:
         if isinstance(event, LeaderChanged) and event.leader_id is not None:
@@ -52,8 +49,6 @@ class Invariants:
     def _check_release(self, worker_id: str, event: BarrierReleased) -> None:
         key = (event.barrier_id, event.generation)
         self.barriers_passed += 1
-        if not self._elastic.get(key, False) and event.excluded:
-            self._violate(f"non-elastic barrier {key} released at {worker_id} excluding {event.excluded}")
         arrived = self._arrivals.get(key, {})
         excluded = set(event.excluded)
         missing = [w for w in self._cluster.workers if w not in arrived and w not in excluded]

@@ -203,7 +203,7 @@ class SimCluster:
         worker = self.workers[worker_id]
         if not worker.up or worker.paused:
             return
-        self.invariants.on_arrive(worker_id, barrier_id, worker.node.waits.generation(barrier_id), elastic)
+        self.invariants.on_arrive(worker_id, barrier_id, worker.node.waits.generation(barrier_id))
         self._handle(worker, worker.node.arrive(barrier_id, self.now, timeout=timeout, elastic=elastic))
 
     # -- faults -----------------------------------------------------------------------

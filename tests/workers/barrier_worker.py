@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from dtruntime import DtruntimeError, TrainingOrchestrator
+from dtruntime import DtruntimeError, TrainingOrchestrator, WorkerLostError
 
 
 def emit(**fields) -> None:
@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=None)
     parser.add_argument("--hold", type=float, default=0.0, help="stay registered this long after the barriers")
     parser.add_argument("--secret", default=None)
+    parser.add_argument("--interval", type=float, default=0.0, help="pause between barriers")
+    parser.add_argument("--continue-on-lost", action="store_true", help="go on after WorkerLostError")
+    parser.add_argument("--register-timeout", type=float, default=60.0)
     parser.add_argument("--heartbeat-ms", type=int, default=100)
     parser.add_argument("--timeout-ms", type=int, default=1000)
     args = parser.parse_args()
@@ -40,15 +43,26 @@ def main() -> int:
         heartbeat_interval_ms=args.heartbeat_ms, heartbeat_timeout_ms=args.timeout_ms,
     )
     with orchestrator:
-        worker_id = orchestrator.register_worker_sync("127.0.0.1", 0, gpu_count=args.rank, memory_bytes=1 << 30)
+        try:
+            worker_id = orchestrator.register_worker_sync(
+                "127.0.0.1", 0, gpu_count=args.rank, memory_bytes=1 << 30, timeout=args.register_timeout
+            )
+        except DtruntimeError as exc:
+            emit(event="error", barrier=None, type=type(exc).__name__, message=str(exc))
+            return 3
         emit(event="registered", worker_id=worker_id, endpoint=orchestrator.endpoint)
         for index in range(args.start, args.start + args.barriers):
+            if args.interval:
+                time.sleep(args.interval)
             try:
                 orchestrator.wait_barrier_sync(f"b{index}", timeout=args.timeout, elastic=args.elastic)
             except DtruntimeError as exc:
                 emit(event="error", barrier=index, type=type(exc).__name__, message=str(exc),
                      workers=list(getattr(exc, "workers", ())), ranks=list(getattr(exc, "ranks", ())),
                      time=time.monotonic())
+                lost_peer = isinstance(exc, WorkerLostError) and worker_id not in exc.workers
+                if args.continue_on_lost and lost_peer:
+                    continue
                 return 3
             emit(event="barrier", index=index, leader=orchestrator.leader(), time=time.monotonic())
         members = [m.worker_id for m in orchestrator.members()]
@@ -57,6 +71,7 @@ def main() -> int:
         deadline = time.monotonic() + args.hold
         while time.monotonic() < deadline:
             time.sleep(0.05)
+        emit(event="exit", counters=orchestrator.counters)
     return 0
 
 
