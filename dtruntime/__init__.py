@@ -1,5 +1,6 @@
 """dtruntime: a control plane for distributed PyTorch training without a control server."""
 
+from .checkpoint import CheckpointManager
 from .config import Config
 from .errors import (
     BarrierTimeout,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BarrierTimeout",
     "CheckpointError",
+    "CheckpointManager",
     "Config",
     "ConfigError",
     "DatasetError",
