@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import socket
@@ -76,25 +75,28 @@ def s3_bucket(s3_options: dict) -> str:
     return name
 
 
-@contextlib.contextmanager
-def tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
-    """Mount a tmpfs of ``size`` at ``mountpoint`` (skip the test where mounting is not allowed)."""
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], capture_output=True, timeout=30
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs here: {result.stderr.decode().strip()}")
-    try:
-        yield mountpoint
-    finally:
+@pytest.fixture
+def mount_tmpfs() -> Iterator:
+    """``mount(path, size)`` mounts a tmpfs (skips where not allowed); unmounted at teardown."""
+    mounted: list[Path] = []
+
+    def mount(mountpoint: Path, size: str) -> Path:
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], capture_output=True, timeout=30
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount tmpfs here: {result.stderr.decode().strip()}")
+        mounted.append(mountpoint)
+        return mountpoint
+
+    yield mount
+    for mountpoint in mounted:
         subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=30)
 
 
-def remount_read_only(mountpoint: Path) -> None:
-    subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True, capture_output=True, timeout=30)
 
-
+@pytest.fixture
 def crash_harness():
     """The kill -9 loop of benchmarks/checkpoint_crash_soak.py, imported from its file."""
     import importlib.util
