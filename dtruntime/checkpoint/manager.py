@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -67,23 +67,42 @@ class SaveResult:
 
 class SaveHandle:
     """A queued save. ``result()`` / ``await handle`` return :class:`SaveResult` once the
-    step is durable and committed, or raise :class:`CheckpointError`."""
+    step is durable and committed, or raise :class:`CheckpointError`. A failure seen
+    here counts as reported: :meth:`CheckpointManager.flush` and ``close`` raise only
+    for failures nobody has seen through a handle."""
 
-    __slots__ = ("step", "_future")
+    __slots__ = ("step", "_future", "_on_failure_seen")
 
-    def __init__(self, step: int, future: concurrent.futures.Future[SaveResult]) -> None:
+    def __init__(
+        self,
+        step: int,
+        future: concurrent.futures.Future[SaveResult],
+        on_failure_seen: Callable[[concurrent.futures.Future[SaveResult]], None],
+    ) -> None:
         self.step = step
         self._future = future
+        self._on_failure_seen = on_failure_seen
 
     def done(self) -> bool:
         return self._future.done()
 
     def result(self, timeout: float | None = None) -> SaveResult:
         """Wait up to ``timeout`` seconds (``concurrent.futures.TimeoutError`` after that)."""
-        return self._future.result(timeout)
+        try:
+            return self._future.result(timeout)
+        except CheckpointError:
+            self._on_failure_seen(self._future)
+            raise
 
     def __await__(self) -> Generator[Any, None, SaveResult]:
-        return asyncio.wrap_future(self._future).__await__()
+        return self._wait().__await__()
+
+    async def _wait(self) -> SaveResult:
+        try:
+            return await asyncio.wrap_future(self._future)
+        except CheckpointError:
+            self._on_failure_seen(self._future)
+            raise
 
     def __repr__(self) -> str:
         state = "done" if self.done() else "pending"
@@ -131,7 +150,7 @@ class CheckpointManager:
         self._pending: set[int] = set()
         self._known_committed: set[int] = set()
         self._outstanding: set[concurrent.futures.Future[SaveResult]] = set()
-        self._unreported: list[tuple[int, CheckpointError]] = []
+        self._unreported: dict[concurrent.futures.Future[SaveResult], tuple[int, CheckpointError]] = {}
         self._closed = False
         self._writer = threading.Thread(target=self._run_writer, name="dtruntime-checkpoint-writer", daemon=True)
         self._writer.start()
@@ -216,7 +235,10 @@ class CheckpointManager:
         return self._enqueue(job)
 
     async def flush(self) -> None:
-        """Wait until every save queued so far is committed or failed; raise for failures."""
+        """Wait until every save queued so far is committed or failed.
+
+        Raises CheckpointError for failed saves whose handle did not already raise.
+        """
         with self._lock:
             snapshot = list(self._outstanding)
         await asyncio.gather(*(asyncio.wrap_future(f) for f in snapshot), return_exceptions=True)
@@ -287,7 +309,7 @@ class CheckpointManager:
     # -------------------------------------------------------------- lifecycle
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish queued saves, stop the writer thread, raise for unreported failures. Idempotent."""
+        """Finish queued saves, stop the writer thread; raise for failures no handle reported. Idempotent."""
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -361,7 +383,7 @@ class CheckpointManager:
             self._pending.add(job.step)
             self._outstanding.add(job.future)
             self._queue.put(job)
-        return SaveHandle(job.step, job.future)
+        return SaveHandle(job.step, job.future, self._failure_seen)
 
     def _run_writer(self) -> None:
         while (job := self._queue.get()) is not None:
@@ -378,7 +400,7 @@ class CheckpointManager:
                 self._pending.discard(job.step)
                 self._outstanding.discard(job.future)
                 if isinstance(outcome, CheckpointError):
-                    self._unreported.append((job.step, outcome))
+                    self._unreported[job.future] = (job.step, outcome)
             self._slots.release()
             if isinstance(outcome, CheckpointError):
                 job.future.set_exception(outcome)
@@ -480,9 +502,14 @@ class CheckpointManager:
         except CheckpointError as exc:
             raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source}: {exc}") from exc
 
-    def _raise_unreported(self) -> None:
+    def _failure_seen(self, future: concurrent.futures.Future[SaveResult]) -> None:
         with self._lock:
-            failures, self._unreported = self._unreported, []
+            self._unreported.pop(future, None)
+
+    def _raise_unreported(self) -> None:
+        """Raise one CheckpointError for failed saves no handle has reported yet."""
+        with self._lock:
+            failures, self._unreported = list(self._unreported.values()), {}
         if failures:
             summary = "; ".join(f"step {step}: {error}" for step, error in failures)
             raise CheckpointError(f"{len(failures)} checkpoint save(s) failed: {summary}") from failures[0][1]

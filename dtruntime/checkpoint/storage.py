@@ -11,7 +11,9 @@ come from :mod:`.layout` and are joined with :func:`layout.join_under`):
 - ``read``/``read_if_exists``, ``list_files`` (key -> size), ``delete_step`` (manifest
   first, so a crash mid-delete leaves an uncommitted step, never a manifest without parts).
 
-Errors are the filesystem's own ``OSError``s; the manager wraps them in CheckpointError.
+Errors are ``OSError``s (an fsspec filesystem's other exceptions, such as botocore's
+``EndpointConnectionError``, are re-raised as ``OSError(EIO)`` naming the original); the
+manager wraps them in CheckpointError with the step and key.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import errno
 import os
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import fsspec
 from fsspec.utils import get_protocol
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DtruntimeError
 from . import layout
 from .integrity import Buffer
 
@@ -39,21 +42,27 @@ class Storage(ABC):
     url: str
 
     @abstractmethod
+
     def write_part(self, key: str, data: Buffer) -> None: ...
 
     @abstractmethod
+
     def write_manifest(self, key: str, data: bytes) -> None: ...
 
     @abstractmethod
+
     def read(self, key: str) -> bytes: ...
 
     @abstractmethod
+
     def list_files(self) -> dict[str, int]: ...
 
     @abstractmethod
+
     def delete_step(self, step: int, keys: Iterable[str]) -> None: ...
 
     @abstractmethod
+
     def remove(self, key: str) -> None: ...
 
     def read_if_exists(self, key: str) -> bytes | None:
@@ -164,57 +173,63 @@ class FsspecStorage(Storage):
         return layout.join_under(self.root, key)
 
     def write_part(self, key: str, data: Buffer) -> None:
-        payload = data if isinstance(data, bytes) else bytes(data)
-        if self._is_s3:
-            self.fs.pipe_file(self._path(key), payload, chunksize=self.multipart_chunksize)
-        else:
-            self.fs.pipe_file(self._path(key), payload)
+        with _as_oserror():
+            payload = data if isinstance(data, bytes) else bytes(data)
+            if self._is_s3:
+                self.fs.pipe_file(self._path(key), payload, chunksize=self.multipart_chunksize)
+            else:
+                self.fs.pipe_file(self._path(key), payload)
 
     def write_manifest(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        if not self._create_only_put:
-            if self.fs.exists(path):
-                raise FileExistsError(errno.EEXIST, "manifest already exists", path)
-            self.fs.pipe_file(path, data)
-            return
-        try:
-            self.fs.pipe_file(path, data, mode="create")
-        except FileExistsError:
-            raise
-        except OSError as exc:
-            # s3fs maps a failed If-None-Match to FileExistsError when the server names the
-            # condition; servers that omit it give a generic PreconditionFailed.
-            if "PreconditionFailed" in str(exc) or "Precondition" in str(exc.__cause__ or ""):
-                raise FileExistsError(errno.EEXIST, "manifest already exists", path) from exc
-            raise
+        with _as_oserror():
+            path = self._path(key)
+            if not self._create_only_put:
+                if self.fs.exists(path):
+                    raise FileExistsError(errno.EEXIST, "manifest already exists", path)
+                self.fs.pipe_file(path, data)
+                return
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                # s3fs maps a failed If-None-Match to FileExistsError when the server names the
+                # condition; servers that omit it give a generic PreconditionFailed.
+                if "PreconditionFailed" in str(exc) or "Precondition" in str(exc.__cause__ or ""):
+                    raise FileExistsError(errno.EEXIST, "manifest already exists", path) from exc
+                raise
 
     def read(self, key: str) -> bytes:
-        return self.fs.cat_file(self._path(key))
+        with _as_oserror():
+            return self.fs.cat_file(self._path(key))
 
     def list_files(self) -> dict[str, int]:
-        self.fs.invalidate_cache(self.root)
-        try:
-            found = self.fs.find(self.root, detail=True)
-        except FileNotFoundError:
-            return {}
-        prefix = self.fs._strip_protocol(self.root).rstrip("/") + "/"
-        return {
-            name[len(prefix) :]: int(info.get("size") or 0)
-            for name, info in found.items()
-            if name.startswith(prefix) and info.get("type", "file") == "file"
-        }
+        with _as_oserror():
+            self.fs.invalidate_cache(self.root)
+            try:
+                found = self.fs.find(self.root, detail=True)
+            except FileNotFoundError:
+                return {}
+            prefix = self.fs._strip_protocol(self.root).rstrip("/") + "/"
+            return {
+                name[len(prefix) :]: int(info.get("size") or 0)
+                for name, info in found.items()
+                if name.startswith(prefix) and info.get("type", "file") == "file"
+            }
 
     def delete_step(self, step: int, keys: Iterable[str]) -> None:
-        manifest = layout.manifest_key(step)
-        keys = list(keys)
-        if manifest in keys:
-            self.fs.rm([self._path(manifest)])
-        others = [self._path(k) for k in keys if k != manifest]
-        if others:
-            self.fs.rm(others)
+        with _as_oserror():
+            manifest = layout.manifest_key(step)
+            keys = list(keys)
+            if manifest in keys:
+                self.fs.rm([self._path(manifest)])
+            others = [self._path(k) for k in keys if k != manifest]
+            if others:
+                self.fs.rm(others)
 
     def remove(self, key: str) -> None:
-        self.fs.rm([self._path(key)])
+        with _as_oserror():
+            self.fs.rm([self._path(key)])
 
 
 def open_storage(storage_path: str, backend: str | None, storage_options: Mapping[str, Any] | None) -> Storage:
@@ -255,6 +270,19 @@ def open_storage(storage_path: str, backend: str | None, storage_options: Mappin
     if not root.strip("/"):
         raise ConfigError("storage_path", f"{storage_path!r} names no bucket or directory")
     return FsspecStorage(fs, root, url)
+
+
+@contextmanager
+
+
+def _as_oserror() -> Iterator[None]:
+    """Re-raise a filesystem library's non-OSError exception as ``OSError(EIO)``."""
+    try:
+        yield
+    except (OSError, DtruntimeError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore/aiohttp errors are not OSErrors
+        raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}") from exc
 
 
 def _write_all(fd: int, data: Buffer) -> None:

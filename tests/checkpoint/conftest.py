@@ -61,7 +61,6 @@ def s3_options(moto_endpoint: str) -> dict:
         "key": "testing",
         "secret": "testing",
         "endpoint_url": moto_endpoint,
-        "client_kwargs": {"region_name": "us-east-1"},
     }
 
 
@@ -108,4 +107,7 @@ def crash_harness():
     return module
 
 
+# botocore needs a region to sign requests; moto accepts any. (A region in client_kwargs
+# would make s3fs send it as the bucket LocationConstraint, which us-east-1 rejects.)
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
