@@ -9,7 +9,9 @@ holds a reference to its payload until it is written), queue the job and return 
 
 Per save, the writer: refuses a step whose manifest exists; compresses per the setting;
 writes the part to its final key (size and CRC-32C in its name); writes the manifest
-(the commit); then applies retention. A failure before the commit deletes only the part
+(the commit) and completes the handle; then applies retention before taking the next
+job (deleting a large old step can take 0.2 s, which a save should not wait for);
+``flush`` waits for retention too. A failure before the commit deletes only the part
 it wrote itself, so an earlier checkpoint is never touched; a failed manifest write
 leaves the part for orphan cleanup rather than risk deleting a part a manifest names.
 
@@ -151,6 +153,7 @@ class CheckpointManager:
         self._known_committed: set[int] = set()
         self._outstanding: set[concurrent.futures.Future[SaveResult]] = set()
         self._unreported: dict[concurrent.futures.Future[SaveResult], tuple[int, CheckpointError]] = {}
+        self._idle = threading.Condition(self._lock)
         self._closed = False
         self._writer = threading.Thread(target=self._run_writer, name="dtruntime-checkpoint-writer", daemon=True)
         self._writer.start()
@@ -235,22 +238,23 @@ class CheckpointManager:
         return self._enqueue(job)
 
     async def flush(self) -> None:
-        """Wait until every save queued so far is committed or failed.
+        """Wait until every save queued so far is committed (or failed) and its retention ran.
 
         Raises CheckpointError for failed saves whose handle did not already raise.
         """
-        with self._lock:
-            snapshot = list(self._outstanding)
-        await asyncio.gather(*(asyncio.wrap_future(f) for f in snapshot), return_exceptions=True)
-        self._raise_unreported()
+        await asyncio.to_thread(self.flush_sync)
 
     def flush_sync(self, timeout: float | None = None) -> None:
         """Synchronous :meth:`flush`; TimeoutError if saves are still running after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            snapshot = list(self._outstanding)
-        _, not_done = concurrent.futures.wait(snapshot, timeout)
-        if not_done:
-            raise TimeoutError(f"{len(not_done)} checkpoint saves still running after {timeout} s")
+            snapshot = set(self._outstanding)
+            while snapshot & self._outstanding:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    busy = len(snapshot & self._outstanding)
+                    raise TimeoutError(f"{busy} checkpoint saves still running after {timeout} s")
+                self._idle.wait(remaining)
         self._raise_unreported()
 
     # ---------------------------------------------------------------- loading
@@ -398,14 +402,19 @@ class CheckpointManager:
             job.data = None  # free the payload before a new save can take the slot
             with self._lock:
                 self._pending.discard(job.step)
-                self._outstanding.discard(job.future)
                 if isinstance(outcome, CheckpointError):
                     self._unreported[job.future] = (job.step, outcome)
             self._slots.release()
             if isinstance(outcome, CheckpointError):
                 job.future.set_exception(outcome)
             else:
+                # The handle completes at the commit; retention (deleting old steps can
+                # take a while) runs afterwards, before the next save, and flush waits for it.
                 job.future.set_result(outcome)
+                self._apply_retention(job.step)
+            with self._lock:
+                self._outstanding.discard(job.future)
+                self._idle.notify_all()
 
     def _write_step(self, job: _SaveJob) -> SaveResult:
         started = time.perf_counter()
@@ -440,7 +449,6 @@ class CheckpointManager:
             raise CheckpointError(f"step {step}: committing {storage.describe(manifest_key)} failed: {exc}") from exc
         with self._lock:
             self._known_committed.add(step)
-        self._apply_retention(step)
         return SaveResult(step, len(job.data), len(stored), codec, time.perf_counter() - started)
 
     def _apply_retention(self, just_committed: int) -> None:

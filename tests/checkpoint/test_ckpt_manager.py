@@ -97,11 +97,14 @@ def test_retention_keeps_exactly_n_including_the_step_just_saved(store):
     with CheckpointManager(store, keep_last_n=3) as manager:
         for step in (10, 20, 30, 40, 50):
             manager.save_bytes(b"x%d" % step, step).result(TIMEOUT)
+            manager.flush_sync(TIMEOUT)  # retention runs after the commit
             assert len(manager.list_checkpoints_sync()) == min(3, (step // 10))
         assert manager.list_checkpoints_sync() == [30, 40, 50]
         manager.save_bytes(b"old", 5).result(TIMEOUT)  # an older step is still kept when saved
+        manager.flush_sync(TIMEOUT)
         assert manager.list_checkpoints_sync() == [5, 40, 50]
         manager.save_bytes(b"new", 60).result(TIMEOUT)
+        manager.flush_sync(TIMEOUT)
         assert manager.list_checkpoints_sync() == [40, 50, 60]
         assert manager.load_bytes(40) == b"x40"
 
@@ -112,6 +115,7 @@ def test_orphaned_uncommitted_parts_older_than_the_newest_commit_are_removed(sto
         storage.write_part(layout.part_key(1, 0, "none", 0xABC), b"crashed save")
         storage.write_part(layout.part_key(9, 0, "none", 0xDEF), b"in flight elsewhere")
         manager.save_bytes(b"two", 2).result(TIMEOUT)
+        manager.flush_sync(TIMEOUT)  # retention runs after the commit
         steps_on_storage = {layout.split_key(k)[0] for k in storage.list_files()}
         assert steps_on_storage == {2, 9}
 

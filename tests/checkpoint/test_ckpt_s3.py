@@ -40,6 +40,7 @@ def test_round_trip_retention_and_listing_on_s3(s3_store, s3_options):
     with CheckpointManager(s3_store, backend="s3", keep_last_n=2, storage_options=s3_options) as manager:
         for step in range(4):
             manager.save_bytes(os.urandom(3000) + bytes(step * 1000), step).result(TIMEOUT)
+        manager.flush_sync(TIMEOUT)  # retention runs after each commit
         assert manager.list_checkpoints_sync() == [2, 3]
         assert manager.load_bytes(2)[3000:] == bytes(2000)
     keys = fsspec.filesystem("s3", **s3_options).find(s3_store)
@@ -50,10 +51,12 @@ def test_one_put_per_part_plus_manifest_and_no_copies(s3_store, s3_options):
     with CheckpointManager(s3_store, storage_options=s3_options, compression="none") as manager:
         log = _RequestLog(manager._storage.fs)
         manager.save_bytes(os.urandom(100_000), 1).result(TIMEOUT)
+        manager.flush_sync(TIMEOUT)
         small = log.take()
         assert small["PutObject"] == 2  # part + manifest
         manager._storage.multipart_chunksize = 5 << 20
         manager.save_bytes(os.urandom(12 << 20), 2).result(TIMEOUT)
+        manager.flush_sync(TIMEOUT)
         large = log.take()
         assert large["PutObject"] == 1  # manifest
         assert large["CreateMultipartUpload"] == 1 and large["CompleteMultipartUpload"] == 1
