@@ -1,6 +1,7 @@
 """dtruntime: a control plane for distributed PyTorch training without a control server."""
 
 from .api.orchestrator import TrainingOrchestrator, WorkerInfo
+from .checkpoint import CheckpointManager
 from .config import Config
 from .errors import (
     BarrierTimeout,
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BarrierTimeout",
     "CheckpointError",
+    "CheckpointManager",
     "Config",
     "ConfigError",
     "DatasetError",

@@ -1,0 +1,523 @@
+"""CheckpointManager: asynchronous, verified checkpoints on local disk, S3 or any fsspec store.
+
+Threads: one writer thread per manager takes save jobs from a FIFO queue, so saves
+commit in the order they were queued. ``save_async``/``save_bytes``/``save`` validate
+their input, wait for one of ``max_in_flight`` slots (the memory bound: a queued save
+holds a reference to its payload until it is written), queue the job and return a
+:class:`SaveHandle`; the handle completes once the step is durable and committed.
+``bytes`` payloads are never copied by the caller's thread.
+
+Per save, the writer: refuses a step whose manifest exists; compresses per the setting;
+writes the part to its final key (size and CRC-32C in its name); writes the manifest
+(the commit) and completes the handle; then applies retention before taking the next
+job (deleting a large old step can take 0.2 s, which a save should not wait for);
+``flush`` waits for retention too. A failure before the commit deletes only the part
+it wrote itself, so an earlier checkpoint is never touched; a failed manifest write
+leaves the part for orphan cleanup rather than risk deleting a part a manifest names.
+
+Reads (``load``, ``list_checkpoints``) run in the caller's thread (asyncio variants in
+the default executor) and go straight to storage, so another process's commits are seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from ..errors import CheckpointError, ConfigError
+from . import layout
+from .commit import PartReport, StepCommit, StorageView, scan_listing
+from .compression import compress, decompress, validate_setting
+from .integrity import Buffer, crc32c
+from .manifest import Manifest, PartRecord, check_metadata, decode_manifest, encode_manifest, verify_part
+from .retention import plan_retention, validate_keep_last_n
+from .slots import InFlightSlots
+from .storage import Storage, open_storage
+
+log = logging.getLogger("dtruntime.checkpoint")
+
+# The single-writer path is a world of one; the leader commit of a multi-rank world
+# collects one PartReport per rank into the same StepCommit.
+_RANK = 0
+_WORLD_SIZE = 1
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """A committed save. ``seconds`` is the writer's time from start to commit."""
+
+    step: int
+    raw_size: int
+    stored_size: int
+    codec: str
+    seconds: float
+
+    @property
+    def throughput_mib_s(self) -> float:
+        """Effective throughput: uncompressed MiB per second of writer time."""
+        return self.raw_size / 2**20 / self.seconds if self.seconds > 0 else float("inf")
+
+
+class SaveHandle:
+    """A queued save. ``result()`` / ``await handle`` return :class:`SaveResult` once the
+    step is durable and committed, or raise :class:`CheckpointError`. A failure seen
+    here counts as reported: :meth:`CheckpointManager.flush` and ``close`` raise only
+    for failures nobody has seen through a handle."""
+
+    __slots__ = ("step", "_future", "_on_failure_seen")
+
+    def __init__(
+        self,
+        step: int,
+        future: concurrent.futures.Future[SaveResult],
+        on_failure_seen: Callable[[concurrent.futures.Future[SaveResult]], None],
+    ) -> None:
+        self.step = step
+        self._future = future
+        self._on_failure_seen = on_failure_seen
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> SaveResult:
+        """Wait up to ``timeout`` seconds (``concurrent.futures.TimeoutError`` after that)."""
+        try:
+            return self._future.result(timeout)
+        except CheckpointError:
+            self._on_failure_seen(self._future)
+            raise
+
+    def __await__(self) -> Generator[Any, None, SaveResult]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> SaveResult:
+        try:
+            return await asyncio.wrap_future(self._future)
+        except CheckpointError:
+            self._on_failure_seen(self._future)
+            raise
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "pending"
+        return f"<SaveHandle step={self.step} {state}>"
+
+
+@dataclass
+class _SaveJob:
+    step: int
+    data: Buffer | None
+    metadata: dict[str, Any]
+    future: concurrent.futures.Future[SaveResult]
+
+
+class CheckpointManager:
+    """Save and load checkpoints under ``storage_path``.
+
+    Args:
+        storage_path: a directory, or any fsspec URL (``s3://bucket/prefix``, ``memory://x``).
+        backend: ``"local"``, ``"s3"``, ``"memory"`` or None (from the URL; plain path = local).
+        keep_last_n: committed steps kept after each save (see :mod:`.retention`).
+        compression: ``"auto"`` (default), ``"none"``, ``"gzip"`` or ``"zstd"``.
+        storage_options: passed to the fsspec filesystem (e.g. ``endpoint_url`` for s3fs).
+        max_in_flight: saves queued or being written at once; further saves wait.
+    """
+
+    def __init__(
+        self,
+        storage_path: str,
+        backend: str | None = None,
+        keep_last_n: int = 5,
+        compression: str = "auto",
+        storage_options: Mapping[str, Any] | None = None,
+        max_in_flight: int = 2,
+    ) -> None:
+        self.keep_last_n = validate_keep_last_n(keep_last_n)
+        self.compression = validate_setting(compression)
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ConfigError("max_in_flight", f"must be a positive integer, not {max_in_flight!r}")
+        self.max_in_flight = max_in_flight
+        self._storage: Storage = open_storage(storage_path, backend, storage_options)
+        self._slots = InFlightSlots(max_in_flight)
+        self._queue: queue.SimpleQueue[_SaveJob | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending: set[int] = set()
+        self._known_committed: set[int] = set()
+        self._outstanding: set[concurrent.futures.Future[SaveResult]] = set()
+        self._unreported: dict[concurrent.futures.Future[SaveResult], tuple[int, CheckpointError]] = {}
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
+        self._writer = threading.Thread(target=self._run_writer, name="dtruntime-checkpoint-writer", daemon=True)
+        self._writer.start()
+
+    @classmethod
+    def from_config(cls, config: Any, storage_path: str | None = None, **overrides: Any) -> "CheckpointManager":
+        """Build from a :class:`dtruntime.Config` ([storage] and [checkpoint] sections).
+
+        Without ``storage_path``, the s3 backend uses ``s3://<bucket>/checkpoints``.
+        """
+        storage, checkpoint = config.storage, config.checkpoint
+        options: dict[str, Any] = {}
+        if storage.backend == "s3":
+            if storage_path is None:
+                if not storage.bucket:
+                    raise ConfigError("storage.bucket", "is required for the s3 backend")
+                storage_path = f"s3://{storage.bucket}/checkpoints"
+            if storage.endpoint_url:
+                options["endpoint_url"] = storage.endpoint_url
+            if storage.region:
+                options["client_kwargs"] = {"region_name": storage.region}
+        if storage_path is None:
+            raise ConfigError("storage_path", f"is required for the {storage.backend} backend")
+        settings: dict[str, Any] = {
+            "backend": storage.backend,
+            "keep_last_n": checkpoint.keep_last_n,
+            "compression": checkpoint.compression,
+            "storage_options": options or None,
+        }
+        settings.update(overrides)
+        return cls(storage_path, **settings)
+
+    @property
+    def storage_url(self) -> str:
+        return self._storage.url
+
+    # ----------------------------------------------------------------- saving
+
+    async def save_async(self, data: bytes, step: int, **metadata: Any) -> SaveHandle:
+        """Queue ``data`` as checkpoint ``step``; return once queued (await the handle for durability).
+
+        Waits (asynchronously) while ``max_in_flight`` saves are queued or running.
+        Raises CheckpointError at once for a bad step, a step already queued or known to
+        be committed; other failures surface through the handle and :meth:`flush`.
+        """
+        job = self._admit(data, step, metadata, owned=False)
+        slot = self._slots.request()
+        if not slot.done():
+            try:
+                await asyncio.wrap_future(slot)
+            except asyncio.CancelledError:
+                self._slots.withdraw(slot)
+                raise
+        return self._enqueue(job)
+
+    def save_bytes(self, data: bytes, step: int, *, timeout: float | None = None, **metadata: Any) -> SaveHandle:
+        """Synchronous :meth:`save_async`: blocks only while ``max_in_flight`` saves are busy
+        (up to ``timeout`` seconds, then CheckpointError); returns a :class:`SaveHandle`."""
+        job = self._admit(data, step, metadata, owned=False)
+        if not self._slots.acquire(timeout):
+            raise CheckpointError(
+                f"step {step}: no save slot free after {timeout} s ({self.max_in_flight} saves in flight)"
+            )
+        return self._enqueue(job)
+
+    def save(self, state: Any, step: int, *, timeout: float | None = None, **metadata: Any) -> SaveHandle:
+        """Serialise ``state`` (e.g. a state dict) with ``torch.save`` now, write it in the background.
+
+        The serialised buffer is handed to the writer without a copy. ``metadata`` (JSON
+        values) is stored in the manifest; read it back with :meth:`read_manifest`.
+        """
+        import torch
+
+        layout.validate_step(step)
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        job = self._admit(buffer.getbuffer(), step, metadata, owned=True)
+        if not self._slots.acquire(timeout):
+            raise CheckpointError(
+                f"step {step}: no save slot free after {timeout} s ({self.max_in_flight} saves in flight)"
+            )
+        return self._enqueue(job)
+
+    async def flush(self) -> None:
+        """Wait until every save queued so far is committed (or failed) and its retention ran.
+
+        Raises CheckpointError for failed saves whose handle did not already raise.
+        """
+        await asyncio.to_thread(self.flush_sync)
+
+    def flush_sync(self, timeout: float | None = None) -> None:
+        """Synchronous :meth:`flush`; TimeoutError if saves are still running after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            snapshot = set(self._outstanding)
+            while snapshot & self._outstanding:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    busy = len(snapshot & self._outstanding)
+                    raise TimeoutError(f"{busy} checkpoint saves still running after {timeout} s")
+                self._idle.wait(remaining)
+        self._raise_unreported()
+
+    # ---------------------------------------------------------------- loading
+
+    async def load(self, step: int | None = None) -> bytes:
+        """Bytes of ``step`` (None: newest committed step), verified; see :meth:`load_bytes`."""
+        return await asyncio.to_thread(self.load_bytes, step)
+
+    async def list_checkpoints(self) -> list[int]:
+        """Committed steps, ascending; see :meth:`list_checkpoints_sync`."""
+        return await asyncio.to_thread(self.list_checkpoints_sync)
+
+    def load_bytes(self, step: int | None = None) -> bytes:
+        """Read and verify every part of ``step`` (None: the newest step with a manifest).
+
+        FileNotFoundError when that step (or any step) is not committed; CheckpointError
+        naming step, rank and file when a part is missing, the wrong size or fails its
+        CRC, or the manifest is damaged.
+        """
+        manifest = self._read_manifest(self._resolve(step))
+        parts = [self._read_part(manifest, record) for record in manifest.parts]
+        return parts[_RANK]
+
+    def load_state(self, step: int | None = None, *, map_location: Any = "cpu", weights_only: bool = True) -> Any:
+        """``torch.load`` of :meth:`load_bytes` (``weights_only=True``: tensors and plain containers)."""
+        import torch
+
+        return torch.load(io.BytesIO(self.load_bytes(step)), map_location=map_location, weights_only=weights_only)
+
+    def list_checkpoints_sync(self) -> list[int]:
+        """Committed steps, ascending: those whose manifest exists and decodes."""
+        steps = []
+        for step in self._scan().committed:
+            try:
+                self._read_manifest(step)
+            except (CheckpointError, FileNotFoundError):
+                continue
+            steps.append(step)
+        return steps
+
+    def read_manifest(self, step: int | None = None) -> Manifest:
+        """The decoded manifest of ``step`` (None: newest): parts, ``metadata``, ``created_unix``."""
+        return self._read_manifest(self._resolve(step))
+
+    def newest_valid_step(self) -> int | None:
+        """The newest committed step whose every part verifies, or None. Reads the data."""
+        for step in reversed(self.list_checkpoints_sync()):
+            try:
+                self.load_bytes(step)
+            except (CheckpointError, FileNotFoundError) as exc:
+                log.warning("checkpoint step %d does not verify: %s", step, exc)
+                continue
+            return step
+        return None
+
+    # -------------------------------------------------------------- lifecycle
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish queued saves, stop the writer thread; raise for failures no handle reported. Idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
+        self._writer.join(timeout)
+        if self._writer.is_alive():
+            raise TimeoutError(f"checkpoint writer still busy after {timeout} s")
+        self._raise_unreported()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._close_on_exit(exc_type is not None)
+
+    async def __aenter__(self) -> "CheckpointManager":
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await asyncio.to_thread(self._close_on_exit, exc_type is not None)
+
+    def __repr__(self) -> str:
+        return f"CheckpointManager({self._storage.url!r}, keep_last_n={self.keep_last_n}, compression={self.compression!r})"
+
+    def _close_on_exit(self, unwinding: bool) -> None:
+        if not unwinding:
+            self.close()
+            return
+        try:
+            self.close()
+        except CheckpointError as exc:  # do not mask the exception already propagating
+            log.error("checkpoint saves failed while unwinding: %s", exc)
+
+    # ------------------------------------------------------------- internals
+
+    def _admit(self, data: Any, step: Any, metadata: Mapping[str, Any], owned: bool) -> _SaveJob:
+        """Validate a save request in the caller's thread (no IO, no copy of ``bytes``)."""
+        layout.validate_step(step)
+        if isinstance(data, bytes):
+            payload: Buffer = data
+        elif owned:
+            payload = data
+        elif isinstance(data, (bytearray, memoryview)):
+            payload = bytes(data)  # the caller may mutate it after we return
+        else:
+            raise TypeError(f"checkpoint data must be bytes, bytearray or memoryview, not {type(data).__name__}")
+        job = _SaveJob(step, payload, check_metadata(metadata), concurrent.futures.Future())
+        with self._lock:
+            self._check_acceptable(step)
+        return job
+
+    def _check_acceptable(self, step: int) -> None:
+        if self._closed:
+            raise CheckpointError(f"CheckpointManager for {self._storage.url} is closed")
+        if step in self._pending:
+            raise CheckpointError(f"step {step} is already queued for saving")
+        if step in self._known_committed:
+            raise CheckpointError(f"step {step} already exists (committed) under {self._storage.url}")
+
+    def _enqueue(self, job: _SaveJob) -> SaveHandle:
+        """Queue ``job``; the caller holds a slot, which is given back if the job is refused."""
+        with self._lock:
+            try:
+                self._check_acceptable(job.step)
+            except CheckpointError:
+                self._slots.release()
+                raise
+            self._pending.add(job.step)
+            self._outstanding.add(job.future)
+            self._queue.put(job)
+        return SaveHandle(job.step, job.future, self._failure_seen)
+
+    def _run_writer(self) -> None:
+        while (job := self._queue.get()) is not None:
+            outcome: SaveResult | CheckpointError
+            try:
+                outcome = self._write_step(job)
+            except CheckpointError as exc:
+                outcome = exc
+            except Exception as exc:  # noqa: BLE001 - reported through the handle, never lost
+                outcome = CheckpointError(f"saving step {job.step} to {self._storage.url} failed: {exc!r}")
+                outcome.__cause__ = exc
+            job.data = None  # free the payload before a new save can take the slot
+            with self._lock:
+                self._pending.discard(job.step)
+                if isinstance(outcome, CheckpointError):
+                    self._unreported[job.future] = (job.step, outcome)
+            self._slots.release()
+            if isinstance(outcome, CheckpointError):
+                job.future.set_exception(outcome)
+            else:
+                # The handle completes at the commit; retention (deleting old steps can
+                # take a while) runs afterwards, before the next save, and flush waits for it.
+                job.future.set_result(outcome)
+                self._apply_retention(job.step)
+            with self._lock:
+                self._outstanding.discard(job.future)
+                self._idle.notify_all()
+
+    def _write_step(self, job: _SaveJob) -> SaveResult:
+        started = time.perf_counter()
+        step, storage = job.step, self._storage
+        assert job.data is not None
+        manifest_key = layout.manifest_key(step)
+        try:
+            existing = storage.read_if_exists(manifest_key)
+        except OSError as exc:
+            raise CheckpointError(f"step {step}: cannot reach {storage.describe(manifest_key)}: {exc}") from exc
+        if existing is not None:
+            raise CheckpointError(f"step {step} already exists (committed) at {storage.describe(manifest_key)}")
+
+        codec, stored = compress(job.data, self.compression)
+        report = PartReport(step, _RANK, len(stored), crc32c(stored), codec)
+        part_key = layout.part_key(step, _RANK, codec, report.checksum)
+        try:
+            storage.write_part(part_key, stored)
+        except OSError as exc:
+            self._discard_part(part_key)
+            raise CheckpointError(f"step {step}: writing {storage.describe(part_key)} failed: {exc}") from exc
+
+        commit = StepCommit(step, _WORLD_SIZE)
+        commit.add(report)
+        manifest = commit.manifest(created_unix=time.time(), metadata=job.metadata)
+        try:
+            storage.write_manifest(manifest_key, encode_manifest(manifest))
+        except FileExistsError as exc:
+            raise CheckpointError(f"step {step} already exists (committed) at {storage.describe(manifest_key)}") from exc
+        except OSError as exc:
+            # The part stays: if the write did land after all, a manifest names it.
+            raise CheckpointError(f"step {step}: committing {storage.describe(manifest_key)} failed: {exc}") from exc
+        with self._lock:
+            self._known_committed.add(step)
+        return SaveResult(step, len(job.data), len(stored), codec, time.perf_counter() - started)
+
+    def _apply_retention(self, just_committed: int) -> None:
+        """Delete old committed steps and orphans; a failure here does not fail the save."""
+        try:
+            view = scan_listing(self._storage.list_files())
+            plan = plan_retention(view, self.keep_last_n, protected={just_committed})
+            for step in plan.delete_committed + plan.delete_orphans:
+                self._storage.delete_step(step, view.files.get(step, ()))
+        except OSError as exc:
+            log.warning("retention under %s failed (will retry after the next save): %s", self._storage.url, exc)
+            return
+        with self._lock:
+            self._known_committed = set(view.committed) - set(plan.delete_committed)
+
+    def _discard_part(self, key: str) -> None:
+        try:
+            self._storage.remove(key)
+        except OSError:
+            pass  # orphan cleanup removes it after the next commit
+
+    def _scan(self) -> StorageView:
+        try:
+            return scan_listing(self._storage.list_files())
+        except OSError as exc:
+            raise CheckpointError(f"cannot list checkpoints under {self._storage.url}: {exc}") from exc
+
+    def _resolve(self, step: int | None) -> int:
+        if step is not None:
+            return layout.validate_step(step)
+        newest = self._scan().newest_committed
+        if newest is None:
+            raise FileNotFoundError(f"no committed checkpoint under {self._storage.url}")
+        return newest
+
+    def _read_manifest(self, step: int) -> Manifest:
+        key = layout.manifest_key(step)
+        source = self._storage.describe(key)
+        try:
+            raw = self._storage.read(key)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint step {step} is not committed under {self._storage.url}") from None
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {source}: {exc}") from exc
+        return decode_manifest(raw, expected_step=step, source=source)
+
+    def _read_part(self, manifest: Manifest, record: PartRecord) -> bytes:
+        key = layout.part_key(manifest.step, record.rank, record.codec, record.checksum)
+        source = self._storage.describe(key)
+        try:
+            stored = self._storage.read(key)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source} is missing") from None
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: cannot read {source}: {exc}") from exc
+        verify_part(manifest.step, record, stored, source)
+        try:
+            return decompress(record.codec, stored)
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source}: {exc}") from exc
+
+    def _failure_seen(self, future: concurrent.futures.Future[SaveResult]) -> None:
+        with self._lock:
+            self._unreported.pop(future, None)
+
+    def _raise_unreported(self) -> None:
+        """Raise one CheckpointError for failed saves no handle has reported yet."""
+        with self._lock:
+            failures, self._unreported = list(self._unreported.values()), {}
+        if failures:
+            summary = "; ".join(f"step {step}: {error}" for step, error in failures)
+            raise CheckpointError(f"{len(failures)} checkpoint save(s) failed: {summary}") from failures[0][1]

@@ -1,0 +1,300 @@
+"""Where checkpoint bytes go: the local filesystem or any fsspec filesystem.
+
+Both backends offer the same operations on keys relative to the checkpoint root (keys
+come from :mod:`.layout` and are joined with :func:`layout.join_under`):
+
+- ``write_part``: the part is at its final key and durable when this returns.
+- ``write_manifest``: atomic and create-only; ``FileExistsError`` if the key exists.
+  Local: temp file, fsync, ``os.replace``, fsync of the directory. S3 and ``memory://``:
+  one PUT with ``If-None-Match: *`` (s3fs ``mode="create"``). Never a rename or copy on
+  an object store.
+- ``read``/``read_if_exists``, ``list_files`` (key -> size), ``delete_step`` (manifest
+  first, so a crash mid-delete leaves an uncommitted step, never a manifest without parts).
+
+Errors are ``OSError``s (an fsspec filesystem's other exceptions, such as botocore's
+``EndpointConnectionError``, are re-raised as ``OSError(EIO)`` naming the original); the
+manager wraps them in CheckpointError with the step and key.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import fsspec
+from fsspec.utils import get_protocol
+
+from ..errors import ConfigError, DtruntimeError
+from . import layout
+from .integrity import Buffer
+
+_WRITE_SLICE = 64 << 20
+
+
+class Storage(ABC):
+    """Operations the checkpoint manager needs from a store; see the module docstring."""
+
+    url: str
+
+    @abstractmethod
+
+    def write_part(self, key: str, data: Buffer) -> None: ...
+
+    @abstractmethod
+
+    def write_manifest(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+
+    def read(self, key: str) -> bytes: ...
+
+    @abstractmethod
+
+    def list_files(self) -> dict[str, int]: ...
+
+    @abstractmethod
+
+    def delete_step(self, step: int, keys: Iterable[str]) -> None: ...
+
+    @abstractmethod
+
+    def remove(self, key: str) -> None: ...
+
+    def read_if_exists(self, key: str) -> bytes | None:
+        try:
+            return self.read(key)
+        except FileNotFoundError:
+            return None
+
+    def describe(self, key: str) -> str:
+        """The full location of ``key``, for error messages."""
+        return layout.join_under(self.url, key)
+
+
+class LocalStorage(Storage):
+    """Plain files with fsync: data, then directory entries, are durable before returning."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.url = self.root
+
+    def _path(self, key: str) -> str:
+        return layout.join_under(self.root, key)
+
+    def write_part(self, key: str, data: Buffer) -> None:
+        path = self._path(key)
+        self._ensure_dir(os.path.dirname(path))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(os.path.dirname(path))
+
+    def write_manifest(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        if os.path.exists(path):
+            raise FileExistsError(errno.EEXIST, "manifest already exists", path)
+        self._ensure_dir(directory)
+        temp = os.path.join(directory, layout.MANIFEST_TEMP_NAME)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        _fsync_dir(directory)
+
+    def read(self, key: str) -> bytes:
+        with open(self._path(key), "rb") as handle:
+            return handle.read()
+
+    def list_files(self) -> dict[str, int]:
+        listing: dict[str, int] = {}
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return listing
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False) or layout.parse_step_dir(entry.name) is None:
+                continue
+            try:
+                for child in os.scandir(entry.path):
+                    if child.is_file(follow_symlinks=False):
+                        listing[f"{entry.name}/{child.name}"] = child.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:  # deleted while listing
+                continue
+        return listing
+
+    def delete_step(self, step: int, keys: Iterable[str]) -> None:
+        directory = self._path(layout.step_dir(step))
+        try:
+            os.remove(self._path(layout.manifest_key(step)))
+            _fsync_dir(directory)
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(directory, ignore_errors=False)
+        _fsync_dir(self.root)
+
+    def remove(self, key: str) -> None:
+        os.remove(self._path(key))
+
+    def _ensure_dir(self, directory: str) -> None:
+        if os.path.isdir(directory):
+            return
+        parent = os.path.dirname(directory)
+        os.makedirs(directory, exist_ok=True)
+        _fsync_dir(parent)
+
+
+class FsspecStorage(Storage):
+    """Any fsspec filesystem; object stores get one PUT per object and no rename or copy."""
+
+    #: Parts of at least twice this size are sent as S3 multipart uploads of this chunk size.
+    multipart_chunksize = 50 << 20
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, url: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.url = url.rstrip("/")
+        protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+        self._is_s3 = bool(protocols & {"s3", "s3a"})
+        self._create_only_put = self._is_s3 or "memory" in protocols
+
+    def _path(self, key: str) -> str:
+        return layout.join_under(self.root, key)
+
+    def write_part(self, key: str, data: Buffer) -> None:
+        with _as_oserror():
+            payload = data if isinstance(data, bytes) else bytes(data)
+            if self._is_s3:
+                self.fs.pipe_file(self._path(key), payload, chunksize=self.multipart_chunksize)
+            else:
+                self.fs.pipe_file(self._path(key), payload)
+
+    def write_manifest(self, key: str, data: bytes) -> None:
+        with _as_oserror():
+            path = self._path(key)
+            if not self._create_only_put:
+                if self.fs.exists(path):
+                    raise FileExistsError(errno.EEXIST, "manifest already exists", path)
+                self.fs.pipe_file(path, data)
+                return
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                # s3fs maps a failed If-None-Match to FileExistsError when the server names the
+                # condition; servers that omit it give a generic PreconditionFailed.
+                if "PreconditionFailed" in str(exc) or "Precondition" in str(exc.__cause__ or ""):
+                    raise FileExistsError(errno.EEXIST, "manifest already exists", path) from exc
+                raise
+
+    def read(self, key: str) -> bytes:
+        with _as_oserror():
+            return self.fs.cat_file(self._path(key))
+
+    def list_files(self) -> dict[str, int]:
+        with _as_oserror():
+            self.fs.invalidate_cache(self.root)
+            try:
+                found = self.fs.find(self.root, detail=True)
+            except FileNotFoundError:
+                return {}
+            prefix = self.fs._strip_protocol(self.root).rstrip("/") + "/"
+            return {
+                name[len(prefix) :]: int(info.get("size") or 0)
+                for name, info in found.items()
+                if name.startswith(prefix) and info.get("type", "file") == "file"
+            }
+
+    def delete_step(self, step: int, keys: Iterable[str]) -> None:
+        with _as_oserror():
+            manifest = layout.manifest_key(step)
+            keys = list(keys)
+            if manifest in keys:
+                self.fs.rm([self._path(manifest)])
+            others = [self._path(k) for k in keys if k != manifest]
+            if others:
+                self.fs.rm(others)
+
+    def remove(self, key: str) -> None:
+        with _as_oserror():
+            self.fs.rm([self._path(key)])
+
+
+def open_storage(storage_path: str, backend: str | None, storage_options: Mapping[str, Any] | None) -> Storage:
+    """Build the storage for ``storage_path`` (a path or fsspec URL) and ``backend``.
+
+    ``backend=None`` follows the URL: a plain path or ``file://`` is local, ``s3://`` is
+    S3, ``memory://`` is memory, any other fsspec protocol is used as it is. An explicit
+    backend that contradicts the URL's protocol is a ConfigError; with ``backend="s3"``
+    or ``"memory"`` a path without protocol gets that protocol (``/ckpt`` → ``s3://ckpt``).
+    """
+    if not isinstance(storage_path, str) or not storage_path.strip():
+        raise ConfigError("storage_path", f"must be a non-empty path or URL, not {storage_path!r}")
+    options = dict(storage_options or {})
+    has_protocol = "://" in storage_path
+    protocol = get_protocol(storage_path) if has_protocol else None
+    if backend is None:
+        backend = {None: "local", "file": "local", "local": "local", "s3": "s3", "s3a": "s3"}.get(
+            protocol, protocol
+        )
+    if backend == "local":
+        if protocol not in (None, "file", "local"):
+            raise ConfigError("backend", f"backend 'local' cannot use {storage_path!r}; pass backend={protocol!r}")
+        if options:
+            raise ConfigError("storage_options", "the local backend takes no storage_options")
+        root = storage_path.split("://", 1)[1] if has_protocol else storage_path
+        return LocalStorage(root)
+    if not isinstance(backend, str) or not backend:
+        raise ConfigError("backend", f"must be 'local', 's3', 'memory' or an fsspec protocol, not {backend!r}")
+    expected = ("s3", "s3a") if backend == "s3" else (backend,)
+    if has_protocol and protocol not in expected:
+        raise ConfigError("backend", f"backend {backend!r} cannot use {storage_path!r} (protocol {protocol!r})")
+    url = storage_path if has_protocol else f"{backend}://{storage_path.lstrip('/')}"
+    try:
+        fs = fsspec.filesystem(backend, **options)
+    except (ImportError, ValueError, TypeError) as exc:
+        raise ConfigError("backend", f"cannot open {backend!r} storage: {exc}") from exc
+    root = fs._strip_protocol(url)
+    if not root.strip("/"):
+        raise ConfigError("storage_path", f"{storage_path!r} names no bucket or directory")
+    return FsspecStorage(fs, root, url)
+
+
+@contextmanager
+
+
+def _as_oserror() -> Iterator[None]:
+    """Re-raise a filesystem library's non-OSError exception as ``OSError(EIO)``."""
+    try:
+        yield
+    except (OSError, DtruntimeError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - botocore/aiohttp errors are not OSErrors
+        raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _write_all(fd: int, data: Buffer) -> None:
+    view = memoryview(data).cast("B")
+    offset = 0
+    while offset < len(view):
+        offset += os.write(fd, view[offset : offset + _WRITE_SLICE])
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
