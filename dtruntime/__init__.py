@@ -1,6 +1,7 @@
 """dtruntime: a control plane for distributed PyTorch training without a control server."""
 
 from .config import Config
+from .data import DatasetRegistry
 from .errors import (
     BarrierTimeout,
     CheckpointError,
@@ -21,6 +22,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatasetError",
+    "DatasetRegistry",
     "DtruntimeError",
     "NoQuorumError",
     "ProtocolError",

@@ -78,6 +78,7 @@ __all__ = [
     "completed_ranges",
     "epoch_stream",
     "merge_ranges",
+    "piece_order",
     "resume",
     "shard_offsets",
     "split_ranges",
@@ -450,18 +451,19 @@ def _padding_samples(index: int, num_members: int, short: int, total: int) -> li
 # --------------------------------------------------------------------------- epoch streams
 
 
-def epoch_stream(assignment: Assignment, member_id: str) -> np.ndarray:
-    """The global sample indices ``member_id`` reads this epoch, in order (padding last).
+def piece_order(seed: int, epoch: int, piece: Piece, shuffle: bool = True) -> np.ndarray:
+    """Global sample indices of ``piece`` in reading order: ascending, or permuted per
+    ``(seed, epoch, piece)`` when ``shuffle``."""
+    indices = np.arange(piece.start, piece.end, dtype=np.int64)
+    if shuffle:
+        _epoch_rng(seed, epoch, 1, piece.shard_id, piece.start).shuffle(indices)
+    return indices
 
-    With ``shuffle`` the samples inside each piece are permuted per ``(seed, epoch, shard)``.
-    """
+
+def epoch_stream(assignment: Assignment, member_id: str) -> np.ndarray:
+    """The global sample indices ``member_id`` reads this epoch, in order (padding last)."""
     work = assignment[member_id]
-    parts = []
-    for piece in work.pieces:
-        indices = np.arange(piece.start, piece.end, dtype=np.int64)
-        if assignment.shuffle:
-            _epoch_rng(assignment.seed, assignment.epoch, 1, piece.shard_id, piece.start).shuffle(indices)
-        parts.append(indices)
+    parts = [piece_order(assignment.seed, assignment.epoch, p, assignment.shuffle) for p in work.pieces]
     parts.append(np.asarray(work.padding, dtype=np.int64))
     return np.concatenate(parts)
 
