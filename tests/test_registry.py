@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import fsspec
 import numpy as np
 import pytest
-from datasets_helpers import write_csv_files, write_parquet_files, write_tfrecord_files
+from datasets_helpers import memory_root, moto_endpoint, write_csv_files, write_parquet_files, write_tfrecord_files  # noqa: F401
 
 from dtruntime import DatasetRegistry
 from dtruntime.data import DatasetSpec, MembershipView, check_same_spec
@@ -227,3 +227,23 @@ def test_memory_url_paths_keep_their_protocol(memory_root):
     spec = DatasetRegistry().register("t", f"{memory_root}/t")
     assert all(p.startswith("memory://") for p in spec.files)
     assert fsspec.filesystem("memory").exists(spec.files[0])
+
+
+def test_s3_dataset_through_a_moto_server(moto_endpoint):
+    import s3fs
+
+    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing"}
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("dtruntime-data")
+    write_parquet_files("memory://s3-staging", [90, 60], row_group_size=16)
+    memory = fsspec.filesystem("memory")
+    for name in memory.ls("/s3-staging", detail=False):
+        fs.pipe_file(f"dtruntime-data/train/{name.rsplit('/', 1)[1]}", memory.cat_file(name))
+    memory.rm("/s3-staging", recursive=True)
+
+    registry = DatasetRegistry(rank=0, world_size=2, storage_options=options)
+    spec = registry.register("s3ds", "s3://dtruntime-data/train", "parquet", total_samples=150, shard_size=40)
+    assert spec.files == ("s3://dtruntime-data/train/part-000.parquet", "s3://dtruntime-data/train/part-001.parquet")
+    values = read_values(registry, "s3ds", 1, 0)
+    assert values == [i for r in registry.get_assignment("s3ds", 1, 0) for i in r.sample_order()]
+    assert registry.get_shard("s3ds", 1, 0)

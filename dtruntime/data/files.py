@@ -11,7 +11,7 @@ stamp, so a changed file is rescanned.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,12 +49,12 @@ def check_format(format: str | None) -> str:
     return format
 
 
-def resolve(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def resolve(path: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and filesystem-local path of an fsspec URL."""
     if not isinstance(path, str) or not path:
         raise DatasetError(f"path must be a non-empty string (local path or fsspec URL), not {path!r}")
     try:
-        return fsspec.core.url_to_fs(path)
+        return fsspec.core.url_to_fs(path, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
         raise DatasetError(f"cannot open path {path!r}: {exc}") from exc
 

@@ -160,7 +160,9 @@ class DatasetRegistry:
     """Datasets and their per-rank, per-epoch assignments (see the module docstring).
 
     ``coordinator_url`` is accepted for compatibility with the original API; the assignment is
-    computed locally either way.
+    computed locally either way. ``storage_options`` go to fsspec when opening dataset URLs
+    (``{"endpoint_url": ...}`` for an S3-compatible store); they are not part of the spec, so
+    credentials never enter a fingerprint.
     """
 
     _CACHE_SIZE = 16
@@ -173,12 +175,14 @@ class DatasetRegistry:
         rank: int | None = None,
         world_size: int | None = None,
         config: DatasetConfig | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if orchestrator is not None and not callable(getattr(orchestrator, "members", None)):
             raise DatasetError("orchestrator must have a members() method returning live members")
         self.coordinator_url = coordinator_url
         self._orchestrator = orchestrator
         self._config = config or DatasetConfig()
+        self._storage_options = dict(storage_options or {})
         self._rank = _env_int("RANK", 0) if rank is None else rank
         self._world_size = _env_int("WORLD_SIZE", 1) if world_size is None else world_size
         if orchestrator is None:
@@ -232,7 +236,7 @@ class DatasetRegistry:
                 dataset_files.check_format(format)
             total = total_samples
         else:
-            fs, root = dataset_files.resolve(path)
+            fs, root = dataset_files.resolve(path, self._storage_options)
             format, files = dataset_files.discover(fs, root, format, path)
             counts = [dataset_files.count_samples(fs, f, format, max_record_bytes) for f in files]
             total = sum(counts)
