@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError
-from .readers import read_slice
+from .readers import OpenFiles, read_slice
 from .readers.tfrecord import DEFAULT_MAX_RECORD_BYTES
 
 __all__ = ["PrefetchIterator", "load_record", "make_shard_dataset", "shard_dataset_class"]
@@ -161,6 +161,7 @@ def load_record(
     *,
     columns: Sequence[str] | None = None,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    open_files: OpenFiles | None = None,
 ) -> list[Any]:
     """Everything one :class:`~dtruntime.data.registry.ShardAssignment` holds, in its sample
     order: ``pyarrow.RecordBatch`` objects for tables, ``bytes`` per TFRecord record."""
@@ -168,7 +169,14 @@ def load_record(
     for piece in record.file_slices:
         items.extend(
             read_slice(
-                fs, format, piece.path, piece.row_start, piece.row_end, columns=columns, max_record_bytes=max_record_bytes
+                fs,
+                format,
+                piece.path,
+                piece.row_start,
+                piece.row_end,
+                columns=columns,
+                max_record_bytes=max_record_bytes,
+                open_files=open_files,
             )
         )
     if not (record.shuffle and not record.padding and record.num_samples > 1):
@@ -208,15 +216,37 @@ class _ShardDatasetBody:
     def num_samples(self) -> int:
         return sum(r.num_samples for r in self.records)
 
-    def _load(self, record: Any) -> list[Any]:
-        return load_record(self.fs, self.format, record, columns=self.columns, max_record_bytes=self.max_record_bytes)
-
     def __iter__(self) -> PrefetchIterator:
         records = self.records
         worker = _torch_worker_info()
         if worker is not None:
             records = records[worker.id :: worker.num_workers]
-        return PrefetchIterator(records, self._load, self.prefetch_shards)
+        return PrefetchIterator(records, _RecordLoader(self, len(records)), self.prefetch_shards)
+
+
+class _RecordLoader:
+    """Loads records for one iteration, keeping the last few files open between records.
+
+    Used by one thread at a time (the prefetch thread, or the consumer when prefetch is 0);
+    the files close when the last record is loaded or the loader is collected.
+    """
+
+    def __init__(self, dataset: _ShardDatasetBody, count: int) -> None:
+        self._dataset = dataset
+        self._remaining = count
+        self._open_files = OpenFiles(dataset.fs)
+        weakref.finalize(self, self._open_files.close)
+
+    def __call__(self, record: Any) -> list[Any]:
+        d = self._dataset
+        try:
+            return load_record(
+                d.fs, d.format, record, columns=d.columns, max_record_bytes=d.max_record_bytes, open_files=self._open_files
+            )
+        finally:
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self._open_files.close()
 
 
 def _torch_worker_info() -> Any:

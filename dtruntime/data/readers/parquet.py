@@ -33,5 +33,5 @@ def read_rows(
     first = int(np.searchsorted(bounds, row_start, side="right")) - 1
     last = int(np.searchsorted(bounds, row_end, side="left"))  # exclusive
     groups = list(range(first, last))
-    table = parquet_file.read_row_groups(groups, columns=list(columns) if columns is not None else None, use_threads=False)
+    table = parquet_file.read_row_groups(groups, columns=list(columns) if columns is not None else None)
     return table.slice(row_start - int(bounds[first]), row_end - row_start)
