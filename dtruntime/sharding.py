@@ -21,30 +21,36 @@ Choices, and why
    canonical order (by key, then id) before anything else, so the caller's list order is
    irrelevant.
 2. **Placement = rendezvous (HRW) hashing with bounded loads.** Each shard ranks members by a
-   32-bit score ``fmix32(shard_key ^ member_key)`` and goes to its best-ranked member that still
-   has room, shards being visited in the (pseudo-random) order of their keys. Room is
-   ``max_load`` (default 1.25) times the mean load in samples, but never less than the largest
-   shard. Rendezvous rather than a ring with virtual nodes: no vnode tuning, and when a member
-   leaves, its shards go to their second choices, which are spread uniformly over the
-   survivors; the cap bounds the file-level max/mean load, which a plain ring does not
-   (a ring's max/mean grows like log N). Placement does not depend on the epoch, so caches
-   stay warm from one epoch to the next. One ``(S, N)`` vectorised scoring pass plus a loop
-   that touches only shards whose first choice is full keeps 10,000 x 256 well under 50 ms.
+   32-bit score ``fmix32(shard_key ^ member_key)``. Every member first accepts its first-choice
+   shards (in shard-key order) while its load stays within the cap; the rejected shards then go,
+   in shard-key order, to their best-ranked member with room. The cap is ``max_load`` (default
+   1.25) times the mean load in samples, but never less than the largest shard, so file-level
+   max/mean load is at most ~1.25 (a plain ring reaches 1.5 at N=256 and 3.6 at N=512 with
+   1,000 shards). Rendezvous rather than a ring with virtual nodes: no vnode tuning, and a
+   leaver's shards go to their second choices, which are uniform over the survivors. Placement
+   does not depend on the epoch, so caches stay warm from one epoch to the next. The scores are
+   one vectorised ``(S, N)`` pass computed in cache-sized row blocks; the Python loops touch only
+   the few shards whose first choice is full, so 10,000 x 256 takes ~30 ms.
 3. **Exact sample split.** DDP needs every rank to run the same number of steps, so every
    member gets exactly ``T = ceil(total / N)`` samples. The ``P = N*T - total`` (< N) members
    last in canonical order hold ``T - 1`` real samples and one *padding* sample, recorded in
    :attr:`MemberAssignment.padding` (global sample indices read twice), never hidden. A member
    keeps its placed shards in decreasing score order up to its quota; the tail beyond the quota
-   (the *overflow*: a few percent of samples when shards are many per member) is handed, in
+   (the *overflow*, ~6% of samples at 39 shards per member, less with more) is handed, in
    shard-key order, to under-full members in that shard's own rendezvous order. Most shards
    stay whole; a shard is cut only at a quota boundary.
-4. **Movement.** The placement moves about 1/N of the samples when one of N members leaves or
-   joins (rendezvous: only the leaver's shards, or the shards the joiner now wins, move; the
-   load cap adds a little). The exact split adds movement of the overflow on top, because
-   every quota changes with N; ``benchmarks/bench_sharding.py`` reports both figures beside
-   ``DistributedSampler`` and a plain ring. Mid-epoch losses do not go through a re-split at
-   all: :func:`take_over` hands exactly the lost members' unfinished ranges to the survivors,
-   moving nothing else.
+4. **Movement, and its limit.** When one of N members leaves or joins, the *placement* moves
+   about 1/N of the samples (sample-weighted, x N: 0.94..1.20, mean 1.02 over N = 8..256 with
+   10,000 shards; ``benchmarks/bench_sharding.py``), which is what decides cache warmth. The
+   exact split costs more at large N: every quota changes with N, so quota cuts and the
+   overflow shift, and per-sample ownership moves 0.98/N (N=8) to ~3.7/N (N=256, 39 shards per
+   member). That is a property of any history-free exact split over whole shards: the leaver's
+   shards land on survivors in lumps of one shard while each survivor must grow by exactly
+   ``T/(N-1)`` samples, so the excess has to be redistributed, and where it goes depends on every
+   quota. (Stable-allocation and round-based re-placement of the overflow were tried and moved
+   more.) It stays far below ``DistributedSampler``, which moves (N-1)/N. Mid-epoch losses do
+   not re-split at all: :func:`take_over` hands exactly the lost members' unfinished ranges to
+   the survivors and moves nothing else.
 5. **Shuffling.** With ``shuffle=True`` the order of a member's pieces and the order of the
    samples inside each piece are permuted per ``(seed, epoch)``; *which* samples a member gets
    does not change with the epoch. Progress is therefore a single *cursor* per member (how many
