@@ -254,3 +254,30 @@ def test_shard_dataset_is_a_torch_iterable_dataset(tmp_path):
 def test_make_shard_dataset_rejects_bad_prefetch(tmp_path):
     with pytest.raises(DatasetError, match="prefetch_shards"):
         make_shard_dataset(None, "parquet", [], prefetch_shards=-2)
+
+
+def test_unreadable_file_is_named(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    fs = fsspec.filesystem("file")
+    with pytest.raises(DatasetError, match="bad.parquet"):
+        list(read_slice(fs, "parquet", str(tmp_path / "bad.parquet"), 0, 1))
+    with pytest.raises(DatasetError, match="unknown format 'orc'"):
+        list(read_slice(fs, "orc", str(tmp_path / "bad.parquet"), 0, 1))
+
+
+def test_dataloader_workers_split_records_without_duplicates(tmp_path):
+    torch = pytest.importorskip("torch")
+    from dtruntime import DatasetRegistry
+
+    write_parquet_files(str(tmp_path), [120, 80], row_group_size=16)
+    registry = DatasetRegistry(rank=0, world_size=1)
+    registry.register("d", str(tmp_path), shard_size=25, shuffle=True, seed=3)
+    loader = torch.utils.data.DataLoader(
+        registry.open_shard("d", 0, 1, columns=["x"]),
+        batch_size=None,
+        num_workers=2,
+        collate_fn=lambda b: b.column("x").to_pylist(),
+        timeout=60,
+    )
+    values = [v for batch in loader for v in batch]
+    assert sorted(values) == list(range(200))

@@ -67,7 +67,31 @@ def read_slice(
     max_record_bytes: int = tfrecord.DEFAULT_MAX_RECORD_BYTES,
     open_files: OpenFiles | None = None,
 ) -> Iterator[Any]:
-    """Yield rows ``[row_start, row_end)`` of one file (batches for tables, bytes for TFRecord)."""
+    """Yield rows ``[row_start, row_end)`` of one file (batches for tables, bytes for TFRecord).
+
+    Every failure is a :class:`DatasetError` naming the file (TFRecord damage keeps its
+    subclass and offset).
+    """
+    try:
+        yield from _read_slice(fs, format, path, row_start, row_end, columns, max_record_bytes, open_files)
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(
+            f"cannot read rows [{row_start}, {row_end}) of {format} file {path!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _read_slice(
+    fs: Any,
+    format: str,
+    path: str,
+    row_start: int,
+    row_end: int,
+    columns: Sequence[str] | None,
+    max_record_bytes: int,
+    open_files: OpenFiles | None,
+) -> Iterator[Any]:
     if row_end <= row_start:
         return
     if format == "csv":
