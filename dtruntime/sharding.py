@@ -22,7 +22,7 @@ Choices, and why
    irrelevant.
 2. **Placement = rendezvous (HRW) hashing with bounded loads.** Each shard ranks members by a
    32-bit score ``fmix32(shard_key ^ member_key)``. Every member first accepts its first-choice
-   shards (in shard-key order) while its load stays within the cap; the rejected shards then go,
+   shards, best score first, while its load stays within the cap; the rejected shards then go,
    in shard-key order, to their best-ranked member with room. The cap is ``max_load`` (default
    1.25) times the mean load in samples, but never less than the largest shard, so file-level
    max/mean load is at most ~1.25 (a plain ring reaches 1.5 at N=256 and 3.6 at N=512 with
@@ -349,8 +349,8 @@ def assign_shards(
 def _place(weights: np.ndarray, shard_keys: np.ndarray, scores: np.ndarray, max_load: float) -> np.ndarray:
     """Bounded-load rendezvous placement: shard -> member index (canonical order).
 
-    Phase 1 (vectorised): each member accepts its first-choice shards, in shard-key order, while
-    its load stays within the cap. Phase 2: the rejected shards, in shard-key order, go to the
+    Phase 1 (vectorised): each member accepts its first-choice shards, best score first (a shard
+    that only just won it is the first to be refused), while its load stays within the cap. Phase 2: the rejected shards, in shard-key order, go to the
     best-ranked member that still has room for them (one always has: the cap is at least the
     mean load and at least the largest shard).
     """
@@ -360,7 +360,8 @@ def _place(weights: np.ndarray, shard_keys: np.ndarray, scores: np.ndarray, max_
     total = int(weights.sum())
     cap = max(math.ceil(max_load * total / num_members), int(weights.max()))
     owner = scores.argmax(axis=1).astype(np.int64)
-    visit = np.lexsort((shard_keys, owner))  # grouped by first choice, shard-key order inside
+    best = scores[np.arange(num_shards), owner].astype(np.int64)
+    visit = np.lexsort((shard_keys, -best, owner))  # grouped by first choice, best score first
     grouped = owner[visit]
     load_after = np.cumsum(weights[visit])
     group_start = np.searchsorted(grouped, np.arange(num_members), side="left")
