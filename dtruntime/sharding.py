@@ -39,18 +39,20 @@ Choices, and why
    (the *overflow*, ~6% of samples at 39 shards per member, less with more) is handed, in
    shard-key order, to under-full members in that shard's own rendezvous order. Most shards
    stay whole; a shard is cut only at a quota boundary.
-4. **Movement, and its limit.** When one of N members leaves or joins, the *placement* moves
-   about 1/N of the samples (sample-weighted, x N: 0.94..1.20, mean 1.02 over N = 8..256 with
+4. **Movement, and its limits.** When one of N members leaves or joins, the *placement* moves
+   about 1/N of the samples (sample-weighted, x N: 0.94..1.18, mean 1.02 over N = 8..256 with
    10,000 shards; ``benchmarks/bench_sharding.py``), which is what decides cache warmth. The
    exact split costs more at large N: every quota changes with N, so quota cuts and the
-   overflow shift, and per-sample ownership moves 0.98/N (N=8) to ~3.7/N (N=256, 39 shards per
-   member). That is a property of any history-free exact split over whole shards: the leaver's
+   overflow shift, and per-sample ownership moves 0.98/N (N=8) to ~3.4/N (N=256, 39 shards per
+   member). That is inherent in a history-free exact split over whole shards: the leaver's
    shards land on survivors in lumps of one shard while each survivor must grow by exactly
    ``T/(N-1)`` samples, so the excess has to be redistributed, and where it goes depends on every
-   quota. (Stable-allocation and round-based re-placement of the overflow were tried and moved
-   more.) It stays far below ``DistributedSampler``, which moves (N-1)/N. Mid-epoch losses do
-   not re-split at all: :func:`take_over` hands exactly the lost members' unfinished ranges to
-   the survivors and moves nothing else.
+   quota. (Stable allocation and round-based re-placement of the overflow were tried; both moved
+   more.) Both figures degrade when there are only a few shards per member (129 shards of
+   10,000 over 32..128 members moves 3..5/N): choose ``shard_size`` so that each member gets a
+   few dozen shards. Everything stays far below ``DistributedSampler``, which moves (N-1)/N.
+   Mid-epoch losses do not re-split at all: :func:`take_over` hands exactly the lost members'
+   unfinished ranges to the survivors and moves nothing else.
 5. **Shuffling.** With ``shuffle=True`` the order of a member's pieces and the order of the
    samples inside each piece are permuted per ``(seed, epoch)``; *which* samples a member gets
    does not change with the epoch. Progress is therefore a single *cursor* per member (how many
