@@ -179,7 +179,7 @@ class Assignment:
 
 
 def _key64(data: bytes, seed: int) -> int:
-    salt = seed.to_bytes(16, "little", signed=True)
+    salt = (int(seed) % 2**128).to_bytes(16, "little")  # any integer seed; equal mod 2**128 is equal
     return int.from_bytes(hashlib.blake2b(data, digest_size=8, salt=salt).digest(), "little")
 
 
@@ -255,7 +255,7 @@ def _canonical_members(member_ids: Iterable[str], seed: int) -> tuple[list[str],
 
 
 def _epoch_rng(seed: int, epoch: int, *parts: int) -> np.random.Generator:
-    words = [seed & 0xFFFFFFFFFFFFFFFF, epoch, *parts]
+    words = [int(seed) % 2**128, int(epoch), *(int(p) for p in parts)]
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
 
 
