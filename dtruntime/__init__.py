@@ -3,6 +3,7 @@
 from .api.orchestrator import TrainingOrchestrator, WorkerInfo
 from .checkpoint import CheckpointManager
 from .config import Config
+from .data import DatasetRegistry
 from .errors import (
     BarrierTimeout,
     CheckpointError,
@@ -24,6 +25,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatasetError",
+    "DatasetRegistry",
     "DtruntimeError",
     "NoQuorumError",
     "ProtocolError",

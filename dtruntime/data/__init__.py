@@ -1,0 +1,18 @@
+"""Datasets: the registry, file discovery and counting, shard readers, prefetching iteration."""
+
+from .files import FORMATS, FileSlice
+from .prefetch import PrefetchIterator, make_shard_dataset
+from .registry import DatasetRegistry, DatasetSpec, LiveMember, MembershipView, ShardAssignment, check_same_spec
+
+__all__ = [
+    "FORMATS",
+    "DatasetRegistry",
+    "DatasetSpec",
+    "FileSlice",
+    "LiveMember",
+    "MembershipView",
+    "PrefetchIterator",
+    "ShardAssignment",
+    "check_same_spec",
+    "make_shard_dataset",
+]

@@ -1,0 +1,249 @@
+"""DatasetRegistry on real files (local and memory://): assignments, world, specs, bad input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import fsspec
+import numpy as np
+import pytest
+from datasets_helpers import memory_root, moto_endpoint, write_csv_files, write_parquet_files, write_tfrecord_files  # noqa: F401
+
+from dtruntime import DatasetRegistry
+from dtruntime.data import DatasetSpec, MembershipView, check_same_spec
+from dtruntime.errors import DatasetError
+
+
+def read_values(registry: DatasetRegistry, dataset_id: str, rank: int, epoch: int) -> list[int]:
+    values: list[int] = []
+    for item in registry.open_shard(dataset_id, rank, epoch, prefetch_shards=1):
+        if isinstance(item, bytes):
+            values.append(int(item.split(b"-")[1]))
+        else:
+            values.extend(item.column("x").to_pylist())
+    return values
+
+
+def check_covers_exactly(registry: DatasetRegistry, dataset_id: str, world: int, epoch: int, total: int) -> None:
+    seen = np.zeros(total, dtype=np.int64)
+    counts = set()
+    for rank in range(world):
+        records = registry.get_assignment(dataset_id, rank, epoch)
+        counts.add(sum(r.num_samples for r in records))
+        for r in records:
+            if not r.padding:
+                seen[r.start_sample : r.end_sample] += 1
+    assert (seen == 1).all()
+    assert len(counts) == 1
+
+
+@pytest.mark.parametrize(
+    "writer, format",
+    [(write_parquet_files, "parquet"), (write_csv_files, "csv"), (write_tfrecord_files, "tfrecord")],
+)
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_register_count_assign_and_read(tmp_path, memory_root, writer, format, where):
+    root = str(tmp_path / "data") if where == "local" else f"{memory_root}/data"
+    files = writer(root, [130, 0, 77, 201])
+    world = 3
+    registries = [DatasetRegistry(rank=r, world_size=world) for r in range(world)]
+    for registry in registries:
+        spec = registry.register("ds", root, format, shard_size=50, shuffle=True, seed=4)
+    assert spec.total_samples == 408
+    assert spec.file_samples == (130, 0, 77, 201)
+    assert len(spec.files) == len(files) and list(spec.files) == sorted(spec.files)
+    assert len({r.spec("ds").fingerprint() for r in registries}) == 1
+    check_covers_exactly(registries[0], "ds", world, 2, 408)
+
+    all_values = []
+    for rank in range(world):
+        records = registries[rank].get_assignment("ds", rank, 2)
+        expected = [int(i) for r in records for i in r.sample_order()]
+        values = read_values(registries[rank], "ds", rank, 2)
+        assert values == expected, "the reader returns exactly the assigned samples, in order"
+        shard_files = registries[rank].get_shard("ds", rank, 2)
+        assert shard_files == list(dict.fromkeys(p for r in records for p in r.file_paths))
+        assert set(shard_files) <= set(spec.files)
+        all_values.extend(values)
+    assert sorted(set(all_values)) == list(range(408))
+
+
+def test_file_less_dataset_yields_ranges():
+    registry = DatasetRegistry(rank=0, world_size=4)
+    registry.register("imagenet", total_samples=1_281_167, shard_size=10_000, shuffle=True)
+    assert registry.get_shard("imagenet", worker_rank=0, epoch=0) == []
+    check_covers_exactly(registry, "imagenet", 4, 0, 1_281_167)
+    record = registry.get_assignment("imagenet", 1, 0)[0]
+    assert record.file_paths == () and record.end_sample > record.start_sample
+
+
+def test_world_from_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "5")
+    registry = DatasetRegistry("http://coordinator:50051")
+    registry.register("d", total_samples=1000, shard_size=10)
+    registry.get_assignment("d", 4, 0)
+    with pytest.raises(DatasetError, match="worker_rank 5 is out of range for world_size 5"):
+        registry.get_assignment("d", 5, 0)
+    monkeypatch.setenv("WORLD_SIZE", "many")
+    with pytest.raises(DatasetError, match="WORLD_SIZE"):
+        DatasetRegistry()
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    registry = DatasetRegistry()
+    registry.register("d", total_samples=10)
+    assert sum(r.num_samples for r in registry.get_assignment("d", 0, 0)) == 10
+
+
+@dataclass(frozen=True)
+class Member:
+    worker_id: str
+    rank: int
+
+
+class Membership:
+    """A stand-in membership view: the protocol the orchestrator will satisfy."""
+
+    def __init__(self, members):
+        self.live = list(members)
+
+    def members(self):
+        return list(self.live)
+
+
+def test_orchestrator_membership_drives_the_ring():
+    view = Membership([Member(f"host-a/{i}", i) for i in range(4)])
+    assert isinstance(view, MembershipView)
+    registry = DatasetRegistry(orchestrator=view)
+    registry.register("d", total_samples=10_000, shard_size=100)
+    before = {r: registry.get_assignment("d", r, 0) for r in range(4)}
+    assert set(registry.assignment("d", 0).members) == {f"host-a/{i}" for i in range(4)}
+    view.live.pop(2)  # host-a/2 is lost
+    with pytest.raises(DatasetError, match="worker_rank 2 is not a live member"):
+        registry.get_assignment("d", 2, 0)
+    after = {r: registry.get_assignment("d", r, 0) for r in (0, 1, 3)}
+    assert sum(r.num_samples for r in after[0]) == -(-10_000 // 3)
+    assert before != after
+    view.live.clear()
+    with pytest.raises(DatasetError, match="no live members"):
+        registry.get_assignment("d", 0, 0)
+
+
+def test_orchestrator_without_members_method_is_rejected():
+    with pytest.raises(DatasetError, match="members"):
+        DatasetRegistry(orchestrator=object())
+
+
+def test_spec_fingerprint_and_comparison():
+    a = DatasetSpec("d", "/x", "parquet", 10, 5, True, 1, ("/x/a.parquet",), (10,), (("k", "1"),))
+    assert a.fingerprint() == replace(a).fingerprint()
+    assert a.fingerprint() == "d02010bc520a9b89535e32f1fe577663"  # pinned: same in every process and release
+    check_same_spec(a, replace(a))
+    for field, value in [("shard_size", 6), ("seed", 2), ("files", ("/x/b.parquet",)), ("shuffle", False)]:
+        other = replace(a, **{field: value})
+        assert other.fingerprint() != a.fingerprint()
+        with pytest.raises(DatasetError, match=f"different {field}"):
+            check_same_spec(a, other)
+
+
+def test_reregistering_same_spec_is_a_no_op_and_a_different_one_is_named(tmp_path):
+    registry = DatasetRegistry()
+    registry.register("d", total_samples=100, shard_size=10, seed=1)
+    registry.register("d", total_samples=100, shard_size=10, seed=1)
+    with pytest.raises(DatasetError, match="different shard_size"):
+        registry.register("d", total_samples=100, shard_size=20, seed=1)
+
+
+def test_counts_follow_file_changes(memory_root):
+    root = f"{memory_root}/grow"
+    write_parquet_files(root, [10])
+    assert DatasetRegistry().register("g", root).total_samples == 10
+    write_parquet_files(root, [25])
+    assert DatasetRegistry().register("g", root).total_samples == 25
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(path="{root}", format="avro"), "unknown format 'avro'"),
+        (dict(path="{root}/nowhere", format="parquet"), "does not exist"),
+        (dict(path="{root}", format="parquet", total_samples=99), "total_samples=99 was declared but .* hold 30"),
+        (dict(path="{root}", format="csv"), "holds no csv files"),
+        (dict(path=None), "give a path, or total_samples"),
+        (dict(path="{root}", shard_size=0), "shard_size must be a positive integer"),
+        (dict(path="{root}", seed="x"), "seed must be an integer"),
+        (dict(path="{root}", total_samples=-1), "total_samples must be an integer >= 0"),
+        (dict(total_samples=5, format="avro"), "unknown format"),
+    ],
+)
+def test_bad_registration_names_the_problem(tmp_path, kwargs, message):
+    root = str(tmp_path)
+    write_parquet_files(root, [30])
+    kwargs = {k: v.format(root=root) if isinstance(v, str) else v for k, v in kwargs.items()}
+    with pytest.raises(DatasetError, match=message):
+        DatasetRegistry().register("d", **kwargs)
+
+
+def test_format_inferred_or_ambiguity_named(tmp_path):
+    write_parquet_files(str(tmp_path / "p"), [5])
+    assert DatasetRegistry().register("d", str(tmp_path / "p")).format == "parquet"
+    write_csv_files(str(tmp_path / "p"), [5])
+    with pytest.raises(DatasetError, match="several formats"):
+        DatasetRegistry().register("e", str(tmp_path / "p"))
+
+
+def test_damaged_file_is_named(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"not a parquet file")
+    with pytest.raises(DatasetError, match="bad.parquet"):
+        DatasetRegistry().register("d", str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda r: r.get_assignment("d", 0, -1), "epoch must be an integer >= 0"),
+        (lambda r: r.get_shard("d", 3, 0), "worker_rank 3 is out of range for world_size 2"),
+        (lambda r: r.get_shard("d", -1, 0), "out of range"),
+        (lambda r: r.get_shard("missing", 0, 0), "'missing' is not registered"),
+        (lambda r: r.open_shard("d", 0, 0), "no files to read"),
+    ],
+)
+def test_bad_requests_name_the_problem(call, message):
+    registry = DatasetRegistry(rank=0, world_size=2)
+    registry.register("d", total_samples=100)
+    with pytest.raises(DatasetError, match=message):
+        call(registry)
+
+
+def test_bad_world_is_rejected():
+    with pytest.raises(DatasetError, match="world_size"):
+        DatasetRegistry(rank=0, world_size=0)
+    with pytest.raises(DatasetError, match="rank 3 is out of range"):
+        DatasetRegistry(rank=3, world_size=2)
+
+
+def test_memory_url_paths_keep_their_protocol(memory_root):
+    write_tfrecord_files(f"{memory_root}/t", [3])
+    spec = DatasetRegistry().register("t", f"{memory_root}/t")
+    assert all(p.startswith("memory://") for p in spec.files)
+    assert fsspec.filesystem("memory").exists(spec.files[0])
+
+
+def test_s3_dataset_through_a_moto_server(moto_endpoint):
+    import s3fs
+
+    options = {"endpoint_url": moto_endpoint, "key": "testing", "secret": "testing"}
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("dtruntime-data")
+    write_parquet_files("memory://s3-staging", [90, 60], row_group_size=16)
+    memory = fsspec.filesystem("memory")
+    for name in memory.ls("/s3-staging", detail=False):
+        fs.pipe_file(f"dtruntime-data/train/{name.rsplit('/', 1)[1]}", memory.cat_file(name))
+    memory.rm("/s3-staging", recursive=True)
+
+    registry = DatasetRegistry(rank=0, world_size=2, storage_options=options)
+    spec = registry.register("s3ds", "s3://dtruntime-data/train", "parquet", total_samples=150, shard_size=40)
+    assert spec.files == ("s3://dtruntime-data/train/part-000.parquet", "s3://dtruntime-data/train/part-001.parquet")
+    values = read_values(registry, "s3ds", 1, 0)
+    assert values == [i for r in registry.get_assignment("s3ds", 1, 0) for i in r.sample_order()]
+    assert registry.get_shard("s3ds", 1, 0)
