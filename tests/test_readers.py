@@ -12,7 +12,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from datasets_helpers import memory_root, write_csv_files, write_parquet_files  # noqa: F401
+from .datasets_helpers import memory_root, write_csv_files, write_parquet_files  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
