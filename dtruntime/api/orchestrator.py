@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
+from ..logs import configure_from_env
 from ..errors import BarrierTimeout, DtruntimeError, NoQuorumError, ProtocolError, WorkerLostError
 from ..protocol.events import BarrierFailed, BarrierReleased, DeclaredDead, Event, LeaderChanged, WorkerLost
 from ..protocol.messages import MemberEntry, Outcome, Status
@@ -86,6 +87,7 @@ class TrainingOrchestrator:
         **overrides: Any,
     ) -> None:
         env = os.environ if env is None else env
+        configure_from_env(env)
         if config is None:
             self.config = Config.load(env=env, **overrides)
         else:
@@ -274,7 +276,10 @@ class TrainingOrchestrator:
             self._settle(event.barrier_id, self._barrier_error(event))
         elif isinstance(event, WorkerLost):
             self._lost[event.worker_id] = event
-            log.warning("worker %s (rank %d) lost%s", event.worker_id, event.rank, " (left)" if event.left else "")
+            if event.left:
+                log.info("worker %s (rank %d) left", event.worker_id, event.rank)
+            else:
+                log.warning("worker %s (rank %d) lost", event.worker_id, event.rank)
         elif isinstance(event, DeclaredDead):
             log.error("this worker was declared dead by the cluster; rejoined as incarnation %d",
                       event.new_incarnation)
