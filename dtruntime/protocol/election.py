@@ -22,7 +22,8 @@ Rules (Raft's voting, without a log):
   takes its term back (after a partition heals, stale DEAD verdicts can briefly cost
   the rightful leader its quorum; better candidates follow it and would not campaign).
   A follower that hears its leader gossip no leadership stops following it, and
-  re-adopts a leader at the same term only from the leader itself.
+  re-adopts a leader the leader itself disowned only from that leader. A leader that hears
+  of any newer term steps down, even when it cannot see that term's leader.
 
 Invariant: at most one leader per term, because two quorums of the same world share a
 voter and a voter grants one candidate per term. A restarted process has forgotten its
@@ -82,6 +83,7 @@ class Election:
         self._next_campaign_at = now
         self._best_cache: tuple[int, bool] = (-1, False)  # (view version, am I the best?)
         self._suspended_term = -1  # a term this node won, then paused for lack of quorum
+        self._denied: tuple[int, str] = (-1, "")  # (term, leader) that leader itself disowned
 
     # -- evaluation -------------------------------------------------------------
 
@@ -196,18 +198,26 @@ class Election:
     def on_leader_silent(self, sender: str) -> None:
         """``sender``, our leader, gossiped that it does not lead: stop following it."""
         if sender == self.leader_id and not self.is_leader:
+            self._denied = (self.leader_term, sender)
             self._set_leader(None)
 
     def on_leader_claim(self, term: int, leader_id: str, view: Membership, *, first_hand: bool) -> None:
         """Follow ``leader_id`` if it claims a newer term (from ``Leader`` or gossip).
 
-        ``first_hand`` marks a claim sent by the claimed leader itself. A follower that
-        stopped following a leader re-adopts it at the same term only first-hand: a
-        leader that restarted (and so forgot its term) is not revived by hearsay.
+        ``first_hand`` marks a claim sent by the claimed leader itself. A claim the
+        leader itself disowned (it restarted and forgot its term, or paused) is re-adopted
+        only first-hand, so hearsay cannot revive it.
         """
-        if not leader_id or (leader_id != self.worker_id and not view.is_live(leader_id)):
-            return  # a claim for a worker we do not see alive: wait for gossip to introduce it
         self.highest_term = max(self.highest_term, term)
+        if not leader_id or (leader_id != self.worker_id and not view.is_live(leader_id)):
+            # A newer term whose leader we do not see: we cannot follow it, but a leader
+            # of an older term now knows it is stale and steps down (it campaigns above
+            # ``highest_term`` if it is the best candidate).
+            if self.is_leader and term > self.leader_term:
+                self.is_leader = False
+                self.leader_term = term
+                self._set_leader(None)
+            return
         if term > self.leader_term:
             self.leader_term = term
             if self._campaign is not None and self._campaign.term <= term:
@@ -218,7 +228,7 @@ class Election:
             mine = leader_id == self.worker_id
             self._set_leader(None if mine else leader_id)
         elif (
-            first_hand
+            (first_hand or (term, leader_id) != self._denied)
             and term == self.leader_term
             and self.leader_id is None
             and not self.is_leader
