@@ -141,13 +141,14 @@ def test_bad_arguments_name_the_argument() -> None:
     assert info.value.key == "coordinator_url"
 
 
-@pytest.mark.parametrize("worker_id", ["worker-0", "gpu node 3", "a.b", "host:7", "é", "x" * 128])
+@pytest.mark.parametrize("worker_id", ["worker-0", "gpu-node-3", "a.b", "host:7", "w@host+1", "x" * 128])
 def test_valid_worker_ids(worker_id: str) -> None:
     assert validate_worker_id(worker_id) == worker_id
 
 
 @pytest.mark.parametrize(
     "worker_id", ["", "a/b", "a\\b", "..", "x/../y", "a..b", "tab\there", "nl\n", "\x00", " lead", "trail ",
+                  "gpu node 3", "é", "-dash-first",
                   "x" * 129, 7, None, b"bytes"],
 )
 def test_invalid_worker_ids(worker_id: object) -> None:

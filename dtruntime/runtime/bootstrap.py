@@ -33,11 +33,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..protocol import codec
 
 log = logging.getLogger(__name__)
 
 MASTER_PORT_OFFSET = 1
-MAX_WORKER_ID_CHARS = 128
 MAX_PEERS = 1024
 MAX_WORLD_SIZE = 1 << 20
 
@@ -133,22 +133,18 @@ def coordinator_from_master(master_addr: str, master_port: str | int) -> str:
 
 
 def validate_worker_id(worker_id: object, *, key: str = "worker_id") -> str:
-    """Return ``worker_id`` if it is safe to use in messages, logs and storage paths.
+    """Return ``worker_id`` if the wire protocol accepts it, else raise ConfigError naming ``key``.
 
-    Rules: a non-empty ``str`` of at most 128 characters, all printable, no leading or
-    trailing whitespace, no path separator (``/`` or ``\\``), not containing ``..``.
+    One rule for configuration and the wire (:func:`dtruntime.protocol.codec.validate_worker_id`):
+    letters, digits and ``._:@+-``, at most 128 characters, no ``..`` — so an id accepted
+    here is never dropped by a peer, and is safe in logs and storage paths.
     """
     if not isinstance(worker_id, str):
         raise ConfigError(key, f"must be a string, not {type(worker_id).__name__}")
-    if not worker_id:
-        raise ConfigError(key, "must not be empty")
-    if len(worker_id) > MAX_WORKER_ID_CHARS:
-        raise ConfigError(key, f"must be at most {MAX_WORKER_ID_CHARS} characters, got {len(worker_id)}")
-    if not worker_id.isprintable() or worker_id != worker_id.strip():
-        raise ConfigError(key, f"{worker_id!r} must be printable with no surrounding whitespace")
-    if "/" in worker_id or "\\" in worker_id or ".." in worker_id:
-        raise ConfigError(key, f"{worker_id!r} must not contain '/', '\\\\' or '..'")
-    return worker_id
+    try:
+        return codec.validate_worker_id(worker_id)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
 
 
 def resolve_bootstrap(
