@@ -305,7 +305,11 @@ class TrainingOrchestrator:
         if event.reason == Outcome.TIMEOUT:
             if not event.workers and not self._running().snapshot.has_quorum:
                 return NoQuorumError(f"barrier {event.barrier_id!r}: no quorum, so no leader to release it")
-            missing = f"not arrived: {names}" if names else event.detail
+            joined = len(self._running().snapshot.members)
+            missing = f"not arrived: {names}" if names else (
+                f"{event.detail}; {joined} of {self.world_size} workers have joined"
+                if event.detail else f"{joined} of {self.world_size} workers have joined"
+            )
             return BarrierTimeout(f"barrier {event.barrier_id!r} timed out ({missing})", event.workers)
         if event.detail.startswith("no quorum"):
             return NoQuorumError(f"barrier {event.barrier_id!r} failed: {event.detail}")
