@@ -124,7 +124,7 @@ class Node:
         return self._after(now)
 
     def leave(self, now: float) -> Ready:
-        """Announce a clean exit (LEFT) to a few peers and the leader; the node stops."""
+        """Announce a clean exit (LEFT) to every live peer, fail local waits; the node stops."""
         if not self._left:
             self.waits.fail_all("this worker left the cluster")
             left = self.membership.leave()
