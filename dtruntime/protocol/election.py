@@ -195,9 +195,13 @@ class Election:
         if len(campaign.votes) >= self.quorum:
             self._win(view)
 
-    def on_leader_silent(self, sender: str) -> None:
-        """``sender``, our leader, gossiped that it does not lead: stop following it."""
-        if sender == self.leader_id and not self.is_leader:
+    def on_leader_silent(self, sender: str, term: int) -> None:
+        """``sender``, our leader, gossiped at ``term`` that it does not lead: stop following it.
+
+        Gossip from an older term was sent before the sender won (and overtaken by its
+        announcement on the way): it says nothing about the current term.
+        """
+        if sender == self.leader_id and not self.is_leader and term >= self.leader_term:
             self._denied = (self.leader_term, sender)
             self._set_leader(None)
 

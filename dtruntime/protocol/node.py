@@ -161,7 +161,7 @@ class Node:
         first_hand = gossip.leader_id == message.sender
         self.election.on_leader_claim(gossip.leader_term, gossip.leader_id, self.membership, first_hand=first_hand)
         if gossip.leader_id != message.sender:
-            self.election.on_leader_silent(message.sender)
+            self.election.on_leader_silent(message.sender, gossip.leader_term)
         if isinstance(message, Ping):
             self.membership.on_ping(message, self._gossip)
         elif isinstance(message, Ack):
