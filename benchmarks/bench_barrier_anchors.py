@@ -138,10 +138,29 @@ def zmq_hub(world: int, total_barriers: int, endpoint_info: dict) -> None:
     context.term()
 
 
+def dtruntime_worker(rank: int, world: int, iters: int, endpoint_info: dict, result_queue: Any) -> None:
+    """dtruntime: ``TrainingOrchestrator.wait_barrier_sync(f"b{i}")``, default configuration.
+
+    Rank 0 binds the coordinator endpoint; the others join through it. Every barrier has
+    its own id, as a training loop's ``f"epoch_{n}"`` or ``f"step_{n}"`` would.
+    """
+    from dtruntime import TrainingOrchestrator
+
+    coordinator = f"tcp://{endpoint_info['host']}:{endpoint_info['port']}"
+    orchestrator = TrainingOrchestrator(f"worker-{rank}", coordinator, world, rank, env={})
+    with orchestrator:
+        orchestrator.register_worker_sync(endpoint_info["host"], 0, timeout=120)
+        samples = _timed(lambda i: orchestrator.wait_barrier_sync(f"b{i}"), iters, endpoint_info["warmup"])
+        result_queue.put((rank, samples))
+        # Leave together, so nobody's departure lands in another's timed barrier.
+        orchestrator.wait_barrier_sync("done", timeout=120)
+
+
 BARRIERS: dict[str, WorkerFn] = {
     "tcpstore": tcpstore_worker,
     "gloo": gloo_worker,
     "zmq": zmq_worker,
+    "dtruntime": dtruntime_worker,
 }
 HUBS: dict[str, HubFn] = {"zmq": zmq_hub}
 
