@@ -9,7 +9,7 @@ barrier from its own call to its own return. The p50/p99 reported pool all ranks
 samples. Barriers that need a helper process (the bare ZeroMQ hub) name it in
 :data:`HUBS`.
 
-Adding a barrier (dtruntime's orchestrator, later) is one entry in ``BARRIERS``: a
+Adding a barrier (``dtruntime`` is one: the orchestrator at default settings) is one entry in ``BARRIERS``: a
 module-level function ``worker_fn(rank, world, iters, endpoint_info, result_queue)``
 that runs ``endpoint_info["warmup"]`` untimed barriers and ``iters`` timed ones, then
 puts ``(rank, [nanoseconds per barrier, ...])`` on ``result_queue``. ``endpoint_info``
