@@ -9,7 +9,7 @@ barrier from its own call to its own return. The p50/p99 reported pool all ranks
 samples. Barriers that need a helper process (the bare ZeroMQ hub) name it in
 :data:`HUBS`.
 
-Adding a barrier (dtruntime's orchestrator, later) is one entry in ``BARRIERS``: a
+Adding a barrier (``dtruntime`` is one: the orchestrator at default settings) is one entry in ``BARRIERS``: a
 module-level function ``worker_fn(rank, world, iters, endpoint_info, result_queue)``
 that runs ``endpoint_info["warmup"]`` untimed barriers and ``iters`` timed ones, then
 puts ``(rank, [nanoseconds per barrier, ...])`` on ``result_queue``. ``endpoint_info``
@@ -138,10 +138,29 @@ def zmq_hub(world: int, total_barriers: int, endpoint_info: dict) -> None:
     context.term()
 
 
+def dtruntime_worker(rank: int, world: int, iters: int, endpoint_info: dict, result_queue: Any) -> None:
+    """dtruntime: ``TrainingOrchestrator.wait_barrier_sync(f"b{i}")``, default configuration.
+
+    Rank 0 binds the coordinator endpoint; the others join through it. Every barrier has
+    its own id, as a training loop's ``f"epoch_{n}"`` or ``f"step_{n}"`` would.
+    """
+    from dtruntime import TrainingOrchestrator
+
+    coordinator = f"tcp://{endpoint_info['host']}:{endpoint_info['port']}"
+    orchestrator = TrainingOrchestrator(f"worker-{rank}", coordinator, world, rank, env={})
+    with orchestrator:
+        orchestrator.register_worker_sync(endpoint_info["host"], 0, timeout=120)
+        samples = _timed(lambda i: orchestrator.wait_barrier_sync(f"b{i}"), iters, endpoint_info["warmup"])
+        result_queue.put((rank, samples))
+        # Leave together, so nobody's departure lands in another's timed barrier.
+        orchestrator.wait_barrier_sync("done", timeout=120)
+
+
 BARRIERS: dict[str, WorkerFn] = {
     "tcpstore": tcpstore_worker,
     "gloo": gloo_worker,
     "zmq": zmq_worker,
+    "dtruntime": dtruntime_worker,
 }
 HUBS: dict[str, HubFn] = {"zmq": zmq_hub}
 

@@ -261,3 +261,13 @@ def test_flood_from_another_process_is_counted_and_survived() -> None:
         honest_auth = FrameAuthenticator(SECRET)
         assert honest.send(receiver.endpoint, honest_auth.seal(b"still alive"))
         assert [receiver_auth.open(f) for f in collect(receiver, 1)] == [b"still alive"]
+
+
+def test_poll_consumes_the_wake_so_the_next_poll_can_block() -> None:
+    # A wake left pending would make every later poll return at once: a busy loop.
+    with ZmqTransport() as transport:
+        transport.wake()
+        transport.wake()
+        assert transport.poll(10_000) == []
+        with pytest.raises(BlockingIOError):
+            transport._wake_rx.recv(1)  # nothing left to make the next poll return early

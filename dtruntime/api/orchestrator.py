@@ -215,8 +215,11 @@ class TrainingOrchestrator:
 
     def _register(self, ip: str | None, port: int, gpu_count: int, memory_bytes: int) -> "Future[str]":
         with self._lock:
-            if self._driver is None:
+            started = self._driver is None
+            if started:
                 self._start(ip, port, gpu_count, memory_bytes)
+        if started:  # outside self._lock: event handlers take it while holding the driver's lock
+            self._running().submit(lambda node, now: self._check_joined(node))
         return self._joined
 
     def _join_timeout(self, timeout: float | None) -> DtruntimeError:
@@ -246,7 +249,6 @@ class TrainingOrchestrator:
         self._driver = Driver(node, transport, self._auth, on_event=self._on_event)
         log.info("worker %s (rank %d/%d) listening on %s", info.worker_id, info.rank, info.world_size, endpoint)
         self._driver.start()
-        self._driver.submit(lambda node, now: self._check_joined(node))
 
     def _check_joined(self, node: Node) -> None:
         if node.joined and not self._joined.done():

@@ -1,18 +1,33 @@
 """The one IO loop: a background thread that runs a protocol Node over a Transport.
 
-The driver thread owns the node and the transport. Every other thread talks to it
-through :meth:`Driver.submit`, which queues a function to run against the node inside
-the driver thread and wakes the transport's poll; the function's result comes back in
-a ``concurrent.futures.Future`` (``asyncio.wrap_future`` makes it awaitable).
+The driver thread owns the transport's receiving side and runs the node's timers and
+inbound messages. Every other thread talks to the node through :meth:`Driver.submit`,
+which runs a function against the node under the driver's lock; the function's result
+comes back in a ``concurrent.futures.Future`` (``asyncio.wrap_future`` makes it
+awaitable).
+
+The lock (not a hand-off to the driver thread) is what makes this fast: the driver
+holds it for everything but the wait inside ``transport.poll``, so a caller takes it,
+runs its request (a barrier arrival, say), seals and sends the resulting messages
+itself and returns, with no wake-up of the driver thread on the critical path. The
+driver thread is woken only when a request moved the next timer deadline earlier.
+Sending from the caller's thread is safe: the transport's sending side (the peer
+DEALER sockets, the authenticator's ``seal``) is only ever used under the lock, and a
+mutex is the full memory barrier ZeroMQ asks for when a socket changes threads; the
+receiving ROUTER socket stays with the driver thread. A request made while the lock is
+held by the same thread (an event handler calling back in) is queued for the driver
+thread instead, as before.
 
 Inbound frames pass three gates before the node sees them, in this order: the frame
 authenticator (bad MAC, replay, wrong mode), the codec (schema, types, sizes, ids) and
 a per-sender rate limit. A frame failing any gate is dropped and counted in
 :attr:`Driver.counters`; the node keeps running. Nothing from the network is unpickled.
 
-Invariants: the node is only touched from the driver thread; events are dispatched in
-the driver thread, in order, to ``on_event`` (which must not block); after
-:meth:`close` returns the thread has ended and the transport is closed.
+Invariants: the node and the transport's sending side are only touched under the
+lock, by one thread at a time; events are dispatched under the lock, in order, to
+``on_event`` (which must not block; it runs in the driver thread or in a thread calling
+:meth:`submit`); after :meth:`close` returns the thread has ended and the transport is
+closed.
 """
 
 from __future__ import annotations
@@ -74,6 +89,8 @@ class Driver:
         self._on_event = on_event
         self._clock = clock
         self._limiter = rate_limiter or PeerRateLimiter(rate=5000.0, burst=10000.0)
+        self._lock = threading.Lock()
+        self._owner: int | None = None  # thread ident holding self._lock
         self._requests: queue.SimpleQueue[tuple[Callable[[Node, float], Any], Future]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._deadline = 0.0
@@ -97,17 +114,34 @@ class Driver:
         self._thread.start()
 
     def submit(self, function: Callable[[Node, float], T]) -> "Future[T]":
-        """Run ``function(node, now)`` in the driver thread; a returned Ready is handled.
+        """Run ``function(node, now)`` under the driver's lock; a returned Ready is handled.
 
-        The future raises the function's exception, or DtruntimeError if the driver
-        has stopped.
+        Runs in the calling thread (so the future is done on return) unless that thread
+        already holds the lock, e.g. an event handler calling back in: then the request
+        is queued for the driver thread. The future raises the function's exception, or
+        DtruntimeError if the driver has stopped.
         """
         future: Future[T] = Future()
         if self._stop.is_set() or self._failure is not None:
             future.set_exception(DtruntimeError("the dtruntime driver is stopped"))
             return future
-        self._requests.put((function, future))
-        self._transport.wake()
+        if self._owner == threading.get_ident():
+            self._requests.put((function, future))
+            self._transport.wake()
+            return future
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                if self._stop.is_set() or self._failure is not None:
+                    future.set_exception(DtruntimeError("the dtruntime driver is stopped"))
+                    return future
+                deadline_before = self._deadline
+                self._run_one(function, future)
+                wake = self._deadline < deadline_before or not self._requests.empty()
+            finally:
+                self._owner = None
+        if wake:  # the driver sleeps against the old, later deadline
+            self._transport.wake()
         return future
 
     def close(self, timeout: float = 5.0) -> None:
@@ -127,7 +161,16 @@ class Driver:
 
     # -- the loop ---------------------------------------------------------------------
 
+    def _acquire(self) -> None:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def _release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
     def _run(self) -> None:
+        self._acquire()
         try:
             self._handle(self._node.tick(self._clock()))
             while not self._stop.is_set():
@@ -136,7 +179,12 @@ class Driver:
                 if now >= self._deadline:
                     self._handle(self._node.tick(now))
                 wait = min(max(self._deadline - self._clock(), 0.0), MAX_POLL_WAIT)
-                payloads = self._transport.poll(math.ceil(wait * 1000))
+                # Only the wait happens without the lock: callers run their requests then.
+                self._release()
+                try:
+                    payloads = self._transport.poll(math.ceil(wait * 1000))
+                finally:
+                    self._acquire()
                 if payloads:
                     self._receive(payloads)
             self._run_requests()  # answer anything queued before stop (a leave, a close)
@@ -144,8 +192,11 @@ class Driver:
             self._failure = exc
             log.exception("dtruntime driver stopped on an unexpected error")
         finally:
-            self._fail_pending()
-            self._transport.close()
+            try:
+                self._fail_pending()
+                self._transport.close()
+            finally:
+                self._release()
 
     def _run_requests(self) -> None:
         while True:
@@ -153,16 +204,19 @@ class Driver:
                 function, future = self._requests.get_nowait()
             except queue.Empty:
                 return
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = function(self._node, self._clock())
-            except BaseException as exc:
-                future.set_exception(exc)
-                continue
-            if isinstance(result, Ready):
-                self._handle(result)
-            future.set_result(result)
+            self._run_one(function, future)
+
+    def _run_one(self, function: Callable[[Node, float], Any], future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = function(self._node, self._clock())
+        except BaseException as exc:
+            future.set_exception(exc)
+            return
+        if isinstance(result, Ready):
+            self._handle(result)
+        future.set_result(result)
 
     def _receive(self, payloads: list[bytes]) -> None:
         now = self._clock()

@@ -181,7 +181,8 @@ class ZmqTransport:
             raise ConfigError("bind_endpoint", f"cannot bind {bind_endpoint!r}: {exc}") from None
         self._poller = zmq.Poller()
         self._poller.register(self._router, zmq.POLLIN)
-        self._poller.register(self._wake_rx, zmq.POLLIN)
+        self._wake_fd = self._wake_rx.fileno()
+        self._poller.register(self._wake_fd, zmq.POLLIN)
 
     @property
     def endpoint(self) -> str:
@@ -229,7 +230,10 @@ class ZmqTransport:
         """
         self._check_open()
         ready = dict(self._poller.poll(timeout_ms))
-        if self._wake_rx in ready:
+        # zmq.Poller reports a plain socket by its file descriptor, not by the object
+        # registered: looking the object up never matched, the wake byte was never
+        # drained, and every later poll returned at once (a busy loop holding the GIL).
+        if self._wake_fd in ready:
             self._drain_wake()
         payloads: list[bytes] = []
         if self._router not in ready:
