@@ -82,6 +82,7 @@ class Membership:
         self._rng = rng
         self._out = outbox
         self.members: dict[str, MemberEntry] = {me.worker_id: me}
+        self._by_rank: dict[int, dict[str, None]] = {me.rank: {me.worker_id: None}}  # rank -> ids, never shrinks
         self.live_count = 1
         self._news: dict[str, list] = {}  # worker_id -> [entry, times sent]
         self._suspicions: list[tuple[float, int, str, int]] = []  # (deadline, seq, id, incarnation)
@@ -136,6 +137,7 @@ class Membership:
             self.rejected += 1  # a rank changes only with a new incarnation, to a free rank
             return
         self.members[entry.worker_id] = entry
+        self._by_rank.setdefault(entry.rank, {})[entry.worker_id] = None
         if news:
             self._queue_news(entry)
         was_live = current is not None and current.is_live
@@ -175,7 +177,7 @@ class Membership:
         """
         if not entry.is_live or entry.rank >= self.world_size:
             return False
-        holders = [e for e in self.members.values() if e.rank == entry.rank and e.worker_id != entry.worker_id]
+        holders = [self.members[w] for w in self._by_rank.get(entry.rank, ()) if w != entry.worker_id]
         return not holders or (direct and not any(e.is_live for e in holders))
 
     def _about_me(self, entry: MemberEntry) -> None:
