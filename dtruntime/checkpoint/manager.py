@@ -174,12 +174,12 @@ class CheckpointManager:
         self._unreported: dict[concurrent.futures.Future[SaveResult], tuple[int, CheckpointError]] = {}
         self._idle = threading.Condition(self._lock)
         self._closed = False
-        self._writer = threading.Thread(target=self._run_writer, name="dtruntime-checkpoint-writer", daemon=True)
-        self._writer.start()
-        if self._orchestrator is not None:
+        if self._orchestrator is not None:  # one manager per orchestrator: it owns the manifests
             self._orchestrator.set_commit_handler(
                 LeaderCommitter(self._storage, self.world_size, self.keep_last_n, self._metadata_for, self._committed)
             )
+        self._writer = threading.Thread(target=self._run_writer, name="dtruntime-checkpoint-writer", daemon=True)
+        self._writer.start()
 
     @classmethod
     def from_config(cls, config: Any, storage_path: str | None = None, **overrides: Any) -> "CheckpointManager":
@@ -350,9 +350,16 @@ class CheckpointManager:
             if not self._closed:
                 self._closed = True
                 self._queue.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._writer.join(timeout)
         if self._writer.is_alive():
             raise TimeoutError(f"checkpoint writer still busy after {timeout} s")
+        with self._lock:  # with an orchestrator, written parts may still await their commit
+            while self._outstanding:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{len(self._outstanding)} checkpoint steps still uncommitted after {timeout} s")
+                self._idle.wait(remaining)
         self._raise_unreported()
 
     async def aclose(self) -> None:
