@@ -23,12 +23,14 @@ def free_port() -> int:
 
 
 class WorkerProcess:
-    """One ``tests.workers.barrier_worker`` process; its report lines are collected."""
+    """One worker process (``tests.workers.barrier_worker`` by default); its report lines are collected."""
 
-    def __init__(self, rank: int, world: int, coordinator: str, extra: list[str]) -> None:
+    def __init__(
+        self, rank: int, world: int, coordinator: str, extra: list[str], module: str = "tests.workers.barrier_worker"
+    ) -> None:
         self.rank = rank
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        command = [sys.executable, "-m", "tests.workers.barrier_worker", "--rank", str(rank), "--world", str(world),
+        command = [sys.executable, "-m", module, "--rank", str(rank), "--world", str(world),
                    "--coordinator", coordinator, *extra]
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True)
@@ -62,10 +64,12 @@ class WorkerProcess:
 class Cluster:
     """``world`` worker processes joined through rank 0's port; killed on exit."""
 
-    def __init__(self, world: int, extra: list[str] | Callable[[int], list[str]] = ()) -> None:
+    def __init__(
+        self, world: int, extra: list[str] | Callable[[int], list[str]] = (), module: str = "tests.workers.barrier_worker"
+    ) -> None:
         self.coordinator = f"tcp://127.0.0.1:{free_port()}"
         self.workers = [
-            WorkerProcess(rank, world, self.coordinator, extra(rank) if callable(extra) else list(extra))
+            WorkerProcess(rank, world, self.coordinator, extra(rank) if callable(extra) else list(extra), module)
             for rank in range(world)
         ]
 

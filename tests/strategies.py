@@ -27,6 +27,7 @@ def strategy_for(hint: object) -> st.SearchStrategy:
             Kind.OPT_WORKER_ID: st.just("") | WORKER_IDS,
             Kind.ENDPOINT: ENDPOINTS,
             Kind.BARRIER_ID: BARRIER_IDS,
+            Kind.CODEC: st.sampled_from(["none", "gzip", "zstd"]),
         }[kind]
     if origin is tuple:
         return st.lists(strategy_for(typing.get_args(hint)[0]), max_size=4).map(tuple)

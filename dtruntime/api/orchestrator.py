@@ -13,6 +13,13 @@ or port behind.
 Barrier outcomes become exceptions: a lost worker raises :class:`WorkerLostError`
 naming it and its rank, a timeout raises :class:`BarrierTimeout` naming who had not
 arrived, a lost majority raises :class:`NoQuorumError`.
+
+Checkpoints (used by ``CheckpointManager(..., orchestrator=...)``): :meth:`report_part`
+tells the leader that this rank's part of a step is durable and returns a future that
+completes when the step is committed (CheckpointError when it is abandoned). The
+manager registers a :class:`CommitHandler` that owns the storage; on the leader, each
+``CommitDue`` and each takeover of leadership runs the handler in one commit thread,
+in order, never in the driver thread, and its decision goes back to the node.
 """
 
 from __future__ import annotations
@@ -24,16 +31,26 @@ import random
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import Config
 from ..logs import configure_from_env
-from ..errors import BarrierTimeout, DtruntimeError, NoQuorumError, ProtocolError, WorkerLostError
-from ..protocol.events import BarrierFailed, BarrierReleased, DeclaredDead, Event, LeaderChanged, WorkerLost
-from ..protocol.messages import MemberEntry, Outcome, Status
+from ..errors import BarrierTimeout, CheckpointError, DtruntimeError, NoQuorumError, ProtocolError, WorkerLostError
+from ..protocol.events import (
+    BarrierFailed,
+    BarrierReleased,
+    CheckpointAbandoned,
+    CheckpointCommitted,
+    CommitDue,
+    DeclaredDead,
+    Event,
+    LeaderChanged,
+    WorkerLost,
+)
+from ..protocol.messages import CommitOutcome, MemberEntry, Outcome, PartDone, Status
 from ..protocol.node import Node
 from ..protocol.settings import ProtocolSettings
 from ..runtime.auth import FrameAuthenticator, load_secret
@@ -62,6 +79,18 @@ class WorkerInfo:
             entry.worker_id, entry.rank, entry.local_rank, entry.endpoint, entry.gpu_count,
             entry.memory_bytes, entry.status == Status.SUSPECT,
         )
+
+
+class CommitHandler(Protocol):
+    """Decides checkpoint steps from storage on the leader (see ``checkpoint.leader``)."""
+
+    def decide(
+        self, step: int, reports: tuple[PartDone, ...], missing_ranks: tuple[int, ...]
+    ) -> tuple[CommitOutcome, tuple[int, ...]]: ...
+
+    def recover(self) -> list[int]:
+        """On becoming leader: finish what storage allows; return every committed step."""
+        ...
 
 
 class TrainingOrchestrator:
@@ -104,6 +133,10 @@ class TrainingOrchestrator:
         self._joined: Future[str] = Future()
         self._lost: dict[str, WorkerLost] = {}
         self._declared_dead = False
+        self._commits: dict[int, Future[None]] = {}
+        self._commit_handler: CommitHandler | None = None
+        self._commit_backlog: list[CommitDue] = []  # dues that came before a handler
+        self._commit_thread: ThreadPoolExecutor | None = None
 
     # -- properties -----------------------------------------------------------------
 
@@ -178,11 +211,52 @@ class TrainingOrchestrator:
         self._running().submit(lambda node, now: node.tick(now)).result(timeout=10)
 
     def close_sync(self) -> None:
-        """Leave the cluster and release the thread, sockets and port. Idempotent."""
+        """Leave the cluster and release the threads, sockets and port. Idempotent."""
         driver = self._driver
         if driver is not None:
             driver.close()
+        with self._lock:
+            commit_thread, self._commit_thread = self._commit_thread, None
+        if commit_thread is not None:
+            commit_thread.shutdown(wait=True)  # a manifest write in progress finishes
         self._fail_barriers(DtruntimeError("the orchestrator is closed"))
+
+    # -- checkpoint commit ------------------------------------------------------------
+
+    def report_part(self, step: int, size: int, checksum: int, codec: str, *, ok: bool = True) -> "Future[None]":
+        """Report this rank's durable part of ``step`` (``ok=False``: its write failed).
+
+        The future completes when the leader committed the step, or raises
+        CheckpointError naming the ranks whose part was missing.
+        """
+        driver = self._running()
+        future: Future[None] = Future()
+        with self._lock:
+            if step in self._commits:
+                raise CheckpointError(f"checkpoint step {step} is already waiting for its commit")
+            self._commits[step] = future
+        submitted = driver.submit(lambda node, now: node.part_written(step, self.rank, size, checksum, codec, now, ok=ok))
+
+        def on_submitted(done: Future) -> None:
+            error = done.exception()
+            if error is not None:
+                self._settle_commit(step, CheckpointError(f"checkpoint step {step}: cannot report the part: {error}"))
+
+        submitted.add_done_callback(on_submitted)
+        return future
+
+    def set_commit_handler(self, handler: CommitHandler) -> None:
+        """Register the storage owner that decides steps while this worker leads (one per process)."""
+        with self._lock:
+            if self._commit_handler is not None:
+                raise ProtocolError("a checkpoint commit handler is already registered with this orchestrator")
+            self._commit_handler = handler
+            self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="dtruntime-commit")
+            backlog, self._commit_backlog = self._commit_backlog, []
+        if self._driver is not None and self._driver.snapshot.is_leader:
+            self._schedule(self._recover)
+        for due in backlog:
+            self._schedule(lambda handler, due=due: self._decide(handler, due))
 
     def __enter__(self) -> "TrainingOrchestrator":
         return self
@@ -270,8 +344,66 @@ class TrainingOrchestrator:
         submitted.add_done_callback(on_submitted)
         return future
 
+    def _schedule(self, work: Any) -> None:
+        """Run ``work(handler)`` in the commit thread (never the driver thread's IO)."""
+        with self._lock:
+            handler, thread = self._commit_handler, self._commit_thread
+        if handler is None or thread is None:
+            return
+        try:
+            thread.submit(work, handler)
+        except RuntimeError:  # shut down by close()
+            pass
+
+    def _decide(self, handler: CommitHandler, due: CommitDue) -> None:
+        try:
+            outcome, missing = handler.decide(due.step, due.reports, due.missing_ranks)
+        except Exception:  # noqa: BLE001 - never leave the ranks waiting on a bug
+            log.exception("deciding checkpoint step %d failed", due.step)
+            outcome, missing = CommitOutcome.FAILED, ()
+        self._resolve(due.step, outcome, missing)
+
+    def _recover(self, handler: CommitHandler) -> None:
+        try:
+            committed = handler.recover()
+        except Exception as exc:  # noqa: BLE001 - storage trouble: steps are decided as they come
+            log.warning("checkpoint recovery after taking over as leader failed: %s", exc)
+            return
+        for step in committed:
+            self._resolve(step, CommitOutcome.COMMITTED, ())
+
+    def _resolve(self, step: int, outcome: CommitOutcome, missing: tuple[int, ...]) -> None:
+        driver = self._driver
+        if driver is not None:
+            driver.submit(lambda node, now: node.commit_resolved(step, outcome, now, missing))
+
+    def _settle_commit(self, step: int, error: BaseException | None) -> None:
+        with self._lock:
+            future = self._commits.pop(step, None)
+        if future is None or future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+    def _on_commit_event(self, event: Event) -> None:
+        if isinstance(event, CommitDue):
+            with self._lock:
+                if self._commit_handler is None:
+                    self._commit_backlog.append(event)
+                    return
+            self._schedule(lambda handler: self._decide(handler, event))
+        elif isinstance(event, CheckpointCommitted):
+            self._settle_commit(event.step, None)
+        elif isinstance(event, CheckpointAbandoned):
+            self._settle_commit(event.step, _abandoned_error(event))
+        elif isinstance(event, LeaderChanged) and event.leader_id == self.worker_id:
+            self._schedule(self._recover)
+
     def _on_event(self, event: Event) -> None:
         """Runs in the driver thread: turn node events into future outcomes."""
+        self._on_commit_event(event)
         if isinstance(event, BarrierReleased):
             self._settle(barrier_id=event.barrier_id, error=None)
         elif isinstance(event, BarrierFailed):
@@ -332,9 +464,25 @@ class TrainingOrchestrator:
     def _fail_barriers(self, error: Exception) -> None:
         with self._lock:
             pending, self._barriers = self._barriers, {}
+            commits, self._commits = self._commits, {}
         for future in pending.values():
             _fail(future, error)
+        for step, future in commits.items():
+            _fail(future, CheckpointError(f"checkpoint step {step}: {error}"))
         _fail(self._joined, error)
+
+
+def _abandoned_error(event: CheckpointAbandoned) -> CheckpointError:
+    if event.detail:
+        return CheckpointError(f"checkpoint step {event.step} was not committed: {event.detail}")
+    if event.outcome == CommitOutcome.FAILED:
+        return CheckpointError(
+            f"checkpoint step {event.step} was not committed: the leader could not write its manifest"
+        )
+    return CheckpointError(
+        f"checkpoint step {event.step} was abandoned: rank(s) {list(event.missing_ranks)} did not write "
+        "their part (lost or failed)"
+    )
 
 
 def _fail(future: Future, error: BaseException) -> None:

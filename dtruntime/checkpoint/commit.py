@@ -72,6 +72,11 @@ class StepCommit:
         return len(self._reports) == self.world_size
 
     @property
+    def reports(self) -> tuple[PartReport, ...]:
+        """The reports in, by rank."""
+        return tuple(self._reports[r] for r in sorted(self._reports))
+
+    @property
     def missing_ranks(self) -> tuple[int, ...]:
         return tuple(r for r in range(self.world_size) if r not in self._reports)
 

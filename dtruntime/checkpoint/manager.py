@@ -17,6 +17,15 @@ leaves the part for orphan cleanup rather than risk deleting a part a manifest n
 
 Reads (``load``, ``list_checkpoints``) run in the caller's thread (asyncio variants in
 the default executor) and go straight to storage, so another process's commits are seen.
+
+With an orchestrator and a world of more than one rank, the writer writes this rank's
+part only (its key names the rank) and reports it through the orchestrator; its slot is
+free again as soon as the part is written, and the handle completes when the leader
+reports the step committed (CheckpointError naming the missing ranks when it is
+abandoned). A failed write is reported too, so the other ranks' handles fail at once
+instead of waiting. Manifests and retention are the leader's: the manager registers a
+:class:`~.leader.LeaderCommitter` with the orchestrator, which runs it in its commit
+thread while this worker leads. ``load`` returns this rank's part by default.
 """
 
 from __future__ import annotations
@@ -33,10 +42,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DtruntimeError
 from . import layout
 from .commit import PartReport, StepCommit, StorageView, scan_listing
 from .compression import compress, decompress, validate_setting
+from .leader import LeaderCommitter
 from .integrity import Buffer, crc32c
 from .manifest import Manifest, PartRecord, check_metadata, decode_manifest, encode_manifest, verify_part
 from .retention import plan_retention, validate_keep_last_n
@@ -45,10 +55,6 @@ from .storage import Storage, open_storage
 
 log = logging.getLogger("dtruntime.checkpoint")
 
-# The single-writer path is a world of one; the leader commit of a multi-rank world
-# collects one PartReport per rank into the same StepCommit.
-_RANK = 0
-_WORLD_SIZE = 1
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,11 @@ class _SaveJob:
     data: Buffer | None
     metadata: dict[str, Any]
     future: concurrent.futures.Future[SaveResult]
+    # Set once the part is written, for the SaveResult of a leader-committed step.
+    raw_size: int = 0
+    stored_size: int = 0
+    codec: str = ""
+    started: float = 0.0
 
 
 class CheckpointManager:
@@ -129,6 +140,9 @@ class CheckpointManager:
         compression: ``"auto"`` (default), ``"none"``, ``"gzip"`` or ``"zstd"``.
         storage_options: passed to the fsspec filesystem (e.g. ``endpoint_url`` for s3fs).
         max_in_flight: saves queued or being written at once; further saves wait.
+        orchestrator: a :class:`~dtruntime.TrainingOrchestrator` (registered before the
+            first save): every rank saves its own part of each step and the leader
+            commits it. Without one, or in a world of one, this process commits alone.
     """
 
     def __init__(
@@ -139,6 +153,7 @@ class CheckpointManager:
         compression: str = "auto",
         storage_options: Mapping[str, Any] | None = None,
         max_in_flight: int = 2,
+        orchestrator: Any = None,
     ) -> None:
         self.keep_last_n = validate_keep_last_n(keep_last_n)
         self.compression = validate_setting(compression)
@@ -146,6 +161,10 @@ class CheckpointManager:
             raise ConfigError("max_in_flight", f"must be a positive integer, not {max_in_flight!r}")
         self.max_in_flight = max_in_flight
         self._storage: Storage = open_storage(storage_path, backend, storage_options)
+        self.rank = 0 if orchestrator is None else orchestrator.rank
+        self.world_size = 1 if orchestrator is None else orchestrator.world_size
+        self._orchestrator = orchestrator if self.world_size > 1 else None
+        self._metadata: dict[int, dict[str, Any]] = {}  # this rank's metadata per step, for the leader
         self._slots = InFlightSlots(max_in_flight)
         self._queue: queue.SimpleQueue[_SaveJob | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -155,6 +174,10 @@ class CheckpointManager:
         self._unreported: dict[concurrent.futures.Future[SaveResult], tuple[int, CheckpointError]] = {}
         self._idle = threading.Condition(self._lock)
         self._closed = False
+        if self._orchestrator is not None:  # one manager per orchestrator: it owns the manifests
+            self._orchestrator.set_commit_handler(
+                LeaderCommitter(self._storage, self.world_size, self.keep_last_n, self._metadata_for, self._committed)
+            )
         self._writer = threading.Thread(target=self._run_writer, name="dtruntime-checkpoint-writer", daemon=True)
         self._writer.start()
 
@@ -259,30 +282,37 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------- loading
 
-    async def load(self, step: int | None = None) -> bytes:
+    async def load(self, step: int | None = None, rank: int | None = None) -> bytes:
         """Bytes of ``step`` (None: newest committed step), verified; see :meth:`load_bytes`."""
-        return await asyncio.to_thread(self.load_bytes, step)
+        return await asyncio.to_thread(self.load_bytes, step, rank)
 
     async def list_checkpoints(self) -> list[int]:
         """Committed steps, ascending; see :meth:`list_checkpoints_sync`."""
         return await asyncio.to_thread(self.list_checkpoints_sync)
 
-    def load_bytes(self, step: int | None = None) -> bytes:
-        """Read and verify every part of ``step`` (None: the newest step with a manifest).
+    def load_bytes(self, step: int | None = None, rank: int | None = None) -> bytes:
+        """Read and verify ``rank``'s part (None: this manager's rank) of ``step`` (None: the
+        newest step with a manifest).
 
         FileNotFoundError when that step (or any step) is not committed; CheckpointError
-        naming step, rank and file when a part is missing, the wrong size or fails its
-        CRC, or the manifest is damaged.
+        naming step, rank and file when the part is missing, the wrong size or fails its
+        CRC, when the manifest has no such rank, or the manifest is damaged.
         """
         manifest = self._read_manifest(self._resolve(step))
-        parts = [self._read_part(manifest, record) for record in manifest.parts]
-        return parts[_RANK]
+        wanted = self.rank if rank is None else layout.validate_rank(rank)
+        for record in manifest.parts:
+            if record.rank == wanted:
+                return self._read_part(manifest, record)
+        raise CheckpointError(f"checkpoint step {manifest.step} has no part of rank {wanted} (world of {manifest.world_size})")
 
-    def load_state(self, step: int | None = None, *, map_location: Any = "cpu", weights_only: bool = True) -> Any:
+    def load_state(
+        self, step: int | None = None, *, rank: int | None = None, map_location: Any = "cpu", weights_only: bool = True
+    ) -> Any:
         """``torch.load`` of :meth:`load_bytes` (``weights_only=True``: tensors and plain containers)."""
         import torch
 
-        return torch.load(io.BytesIO(self.load_bytes(step)), map_location=map_location, weights_only=weights_only)
+        data = self.load_bytes(step, rank)
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
 
     def list_checkpoints_sync(self) -> list[int]:
         """Committed steps, ascending: those whose manifest exists and decodes."""
@@ -303,7 +333,9 @@ class CheckpointManager:
         """The newest committed step whose every part verifies, or None. Reads the data."""
         for step in reversed(self.list_checkpoints_sync()):
             try:
-                self.load_bytes(step)
+                manifest = self._read_manifest(step)
+                for record in manifest.parts:
+                    self._read_part(manifest, record)
             except (CheckpointError, FileNotFoundError) as exc:
                 log.warning("checkpoint step %d does not verify: %s", step, exc)
                 continue
@@ -318,9 +350,16 @@ class CheckpointManager:
             if not self._closed:
                 self._closed = True
                 self._queue.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         self._writer.join(timeout)
         if self._writer.is_alive():
             raise TimeoutError(f"checkpoint writer still busy after {timeout} s")
+        with self._lock:  # with an orchestrator, written parts may still await their commit
+            while self._outstanding:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{len(self._outstanding)} checkpoint steps still uncommitted after {timeout} s")
+                self._idle.wait(remaining)
         self._raise_unreported()
 
     async def aclose(self) -> None:
@@ -385,39 +424,66 @@ class CheckpointManager:
                 self._slots.release()
                 raise
             self._pending.add(job.step)
+            if self._orchestrator is not None:
+                self._metadata[job.step] = job.metadata
             self._outstanding.add(job.future)
             self._queue.put(job)
         return SaveHandle(job.step, job.future, self._failure_seen)
 
     def _run_writer(self) -> None:
         while (job := self._queue.get()) is not None:
-            outcome: SaveResult | CheckpointError
+            started = time.perf_counter()
+            outcome: SaveResult | CheckpointError | concurrent.futures.Future[None]
             try:
-                outcome = self._write_step(job)
+                outcome = self._write_step(job, started)
             except CheckpointError as exc:
                 outcome = exc
             except Exception as exc:  # noqa: BLE001 - reported through the handle, never lost
                 outcome = CheckpointError(f"saving step {job.step} to {self._storage.url} failed: {exc!r}")
                 outcome.__cause__ = exc
             job.data = None  # free the payload before a new save can take the slot
-            with self._lock:
-                self._pending.discard(job.step)
-                if isinstance(outcome, CheckpointError):
-                    self._unreported[job.future] = (job.step, outcome)
-            self._slots.release()
-            if isinstance(outcome, CheckpointError):
-                job.future.set_exception(outcome)
+            if isinstance(outcome, concurrent.futures.Future):
+                # The part is durable and reported; the leader's verdict completes the job.
+                self._slots.release()
+                outcome.add_done_callback(lambda verdict, job=job: self._on_verdict(job, verdict))
             else:
-                # The handle completes at the commit; retention (deleting old steps can
-                # take a while) runs afterwards, before the next save, and flush waits for it.
-                job.future.set_result(outcome)
-                self._apply_retention(job.step)
-            with self._lock:
-                self._outstanding.discard(job.future)
-                self._idle.notify_all()
+                self._finish(job, outcome, release_slot=True)
 
-    def _write_step(self, job: _SaveJob) -> SaveResult:
-        started = time.perf_counter()
+    def _on_verdict(self, job: _SaveJob, verdict: concurrent.futures.Future[None]) -> None:
+        """Runs where the orchestrator settles the commit (its driver thread): no IO here."""
+        error = verdict.exception()
+        if error is None:
+            seconds = time.perf_counter() - job.started
+            self._finish(job, SaveResult(job.step, job.raw_size, job.stored_size, job.codec, seconds))
+        else:
+            wrapped = error if isinstance(error, CheckpointError) else CheckpointError(f"step {job.step}: {error}")
+            self._finish(job, wrapped)
+
+    def _finish(self, job: _SaveJob, outcome: SaveResult | CheckpointError, release_slot: bool = False) -> None:
+        with self._lock:
+            self._pending.discard(job.step)
+            self._metadata.pop(job.step, None)
+            if isinstance(outcome, CheckpointError):
+                self._unreported[job.future] = (job.step, outcome)
+            else:
+                self._known_committed.add(job.step)
+        if release_slot:
+            self._slots.release()
+        if isinstance(outcome, CheckpointError):
+            job.future.set_exception(outcome)
+        else:
+            # The handle completes at the commit; retention (deleting old steps can take
+            # a while) runs afterwards, before the next save, and flush waits for it. With
+            # an orchestrator, retention is the leader's, after each commit.
+            job.future.set_result(outcome)
+            if self._orchestrator is None:
+                self._apply_retention(job.step)
+        with self._lock:
+            self._outstanding.discard(job.future)
+            self._idle.notify_all()
+
+    def _write_step(self, job: _SaveJob, started: float) -> SaveResult | concurrent.futures.Future[None]:
+        """Write this rank's part; then commit it (alone) or report it (to the leader)."""
         step, storage = job.step, self._storage
         assert job.data is not None
         manifest_key = layout.manifest_key(step)
@@ -429,15 +495,20 @@ class CheckpointManager:
             raise CheckpointError(f"step {step} already exists (committed) at {storage.describe(manifest_key)}")
 
         codec, stored = compress(job.data, self.compression)
-        report = PartReport(step, _RANK, len(stored), crc32c(stored), codec)
-        part_key = layout.part_key(step, _RANK, codec, report.checksum)
+        report = PartReport(step, self.rank, len(stored), crc32c(stored), codec)
+        part_key = layout.part_key(step, self.rank, codec, report.checksum)
         try:
             storage.write_part(part_key, stored)
         except OSError as exc:
             self._discard_part(part_key)
+            if self._orchestrator is not None:
+                self._report(report, ok=False)  # the other ranks' saves of this step fail at once
             raise CheckpointError(f"step {step}: writing {storage.describe(part_key)} failed: {exc}") from exc
 
-        commit = StepCommit(step, _WORLD_SIZE)
+        if self._orchestrator is not None:
+            job.raw_size, job.stored_size, job.codec, job.started = len(job.data), len(stored), codec, started
+            return self._report(report, ok=True)
+        commit = StepCommit(step, 1)
         commit.add(report)
         manifest = commit.manifest(created_unix=time.time(), metadata=job.metadata)
         try:
@@ -447,9 +518,22 @@ class CheckpointManager:
         except OSError as exc:
             # The part stays: if the write did land after all, a manifest names it.
             raise CheckpointError(f"step {step}: committing {storage.describe(manifest_key)} failed: {exc}") from exc
+        return SaveResult(step, len(job.data), len(stored), codec, time.perf_counter() - started)
+
+    def _report(self, report: PartReport, ok: bool) -> concurrent.futures.Future[None]:
+        try:
+            return self._orchestrator.report_part(report.step, report.size, report.checksum, report.codec, ok=ok)
+        except DtruntimeError as exc:
+            raise CheckpointError(f"step {report.step}: cannot report the part to the leader: {exc}") from exc
+
+    def _metadata_for(self, step: int) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._metadata.get(step, {}))
+
+    def _committed(self, step: int) -> None:
+        """The leader committer saw ``step`` committed (called in the commit thread)."""
         with self._lock:
             self._known_committed.add(step)
-        return SaveResult(step, len(job.data), len(stored), codec, time.perf_counter() - started)
 
     def _apply_retention(self, just_committed: int) -> None:
         """Delete old committed steps and orphans; a failure here does not fail the save."""

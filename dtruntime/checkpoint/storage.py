@@ -5,7 +5,7 @@ come from :mod:`.layout` and are joined with :func:`layout.join_under`):
 
 - ``write_part``: the part is at its final key and durable when this returns.
 - ``write_manifest``: atomic and create-only; ``FileExistsError`` if the key exists.
-  Local: temp file, fsync, ``os.replace``, fsync of the directory. S3 and ``memory://``:
+  Local: temp file, fsync, ``os.link`` (create-only), fsync of the directory. S3 and ``memory://``:
   one PUT with ``If-None-Match: *`` (s3fs ``mode="create"``). Never a rename or copy on
   an object store.
 - ``read``/``read_if_exists``, ``list_files`` (key -> size), ``delete_step`` (manifest
@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -98,19 +99,36 @@ class LocalStorage(Storage):
         _fsync_dir(os.path.dirname(path))
 
     def write_manifest(self, key: str, data: bytes) -> None:
+        """Temp file (own name per writer), fsync, then ``os.link`` to the final name:
+        atomic and create-only, so two leaders committing one step at once cannot both
+        win nor tear the file. Where hard links are unsupported, ``os.replace`` after an
+        existence check (create-only against anything but a simultaneous writer)."""
         path = self._path(key)
         directory = os.path.dirname(path)
         if os.path.exists(path):
             raise FileExistsError(errno.EEXIST, "manifest already exists", path)
         self._ensure_dir(directory)
-        temp = os.path.join(directory, layout.MANIFEST_TEMP_NAME)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        temp = os.path.join(directory, f"{layout.MANIFEST_TEMP_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
-            _write_all(fd, data)
-            os.fsync(fd)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                raise FileExistsError(errno.EEXIST, "manifest already exists", path) from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                os.replace(temp, path)
         finally:
-            os.close(fd)
-        os.replace(temp, path)
+            try:
+                os.remove(temp)
+            except FileNotFoundError:
+                pass
         _fsync_dir(directory)
 
     def read(self, key: str) -> bytes:

@@ -38,6 +38,7 @@ MAX_ENDPOINT_LEN = 256
 
 _WORKER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+\-]*")
 _ENDPOINT_RE = re.compile(r"(tcp|ipc|inproc|sim)://[\x21-\x7e]+")
+_CODEC_RE = re.compile(r"[a-z0-9]{1,16}")
 
 Encoder = Callable[[Any], Any]
 Decoder = Callable[[Any, str], Any]
@@ -66,6 +67,13 @@ def validate_barrier_id(value: str) -> str:
     return value
 
 
+def validate_codec_name(value: str) -> str:
+    """Return ``value`` if it is a valid compression codec name (1-16 of ``a-z0-9``)."""
+    if not isinstance(value, str) or not _CODEC_RE.fullmatch(value):
+        raise ValueError(f"bad codec name {str(value)[:80]!r}")
+    return value
+
+
 def _check_string(kind: Kind, value: str) -> None:
     if kind is Kind.WORKER_ID:
         validate_worker_id(value)
@@ -75,6 +83,8 @@ def _check_string(kind: Kind, value: str) -> None:
     elif kind is Kind.ENDPOINT:
         if len(value) > MAX_ENDPOINT_LEN or not _ENDPOINT_RE.fullmatch(value):
             raise ValueError(f"bad endpoint {value[:80]!r}")
+    elif kind is Kind.CODEC:
+        validate_codec_name(value)
     else:
         validate_barrier_id(value)
 

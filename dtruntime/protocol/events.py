@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .messages import MemberEntry, Outcome
+from .messages import CommitOutcome, MemberEntry, Outcome, PartDone
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,46 @@ class BarrierFailed:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class CommitDue:
+    """Leader only: checkpoint ``step`` must be decided against storage now.
+
+    Emitted once per step and leadership when every rank reported its part
+    (``missing_ranks`` empty) or when the ranks in ``missing_ranks`` can no longer
+    report (declared dead, left, or their write failed). ``reports`` are the reports
+    received, by rank. The local API settles it from storage, never in the driver
+    thread: a manifest already there means COMMITTED; all parts there means write the
+    manifest, then COMMITTED (or FAILED if that write fails); otherwise ABANDONED. It
+    answers with :meth:`Node.commit_resolved`.
+    """
+
+    step: int
+    reports: tuple[PartDone, ...]
+    missing_ranks: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointCommitted:
+    """Checkpoint ``step``, to which this node reported a part, is committed."""
+
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointAbandoned:
+    """Checkpoint ``step``, to which this node reported a part, will never be committed.
+
+    ``outcome`` is ABANDONED (``missing_ranks`` had no part) or FAILED (the leader could
+    not write the manifest); ``detail`` explains local causes (this worker left).
+    """
+
+    step: int
+    outcome: CommitOutcome
+    missing_ranks: tuple[int, ...]
+    detail: str = ""
+
+
 Event = (
     LeaderChanged | MemberJoined | WorkerLost | DeclaredDead | QuorumChanged | BarrierReleased | BarrierFailed
+    | CommitDue | CheckpointCommitted | CheckpointAbandoned
 )

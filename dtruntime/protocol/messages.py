@@ -24,12 +24,14 @@ class Kind(Enum):
     OPT_WORKER_ID = "opt_worker_id"  # validated worker id or "" for none
     ENDPOINT = "endpoint"  # transport address, e.g. tcp://10.0.0.1:50051 or sim://w3
     BARRIER_ID = "barrier_id"  # printable text chosen by the user
+    CODEC = "codec"  # a compression codec name: 1-16 lowercase letters and digits
 
 
 WorkerId = Annotated[str, Kind.WORKER_ID]
 OptWorkerId = Annotated[str, Kind.OPT_WORKER_ID]
 Endpoint = Annotated[str, Kind.ENDPOINT]
 BarrierId = Annotated[str, Kind.BARRIER_ID]
+CodecName = Annotated[str, Kind.CODEC]
 
 
 class MsgType(IntEnum):
@@ -45,6 +47,8 @@ class MsgType(IntEnum):
     LEADER = 8
     ARRIVE = 9
     RELEASE = 10
+    PART_DONE = 11
+    STEP_RESULT = 12
 
 
 class Status(IntEnum):
@@ -62,6 +66,14 @@ class Outcome(IntEnum):
     RELEASED = 0  # every expected member arrived (elastic: every live one)
     LOST = 1  # an expected member was declared dead
     TIMEOUT = 2  # the barrier's timeout passed first
+
+
+class CommitOutcome(IntEnum):
+    """How a checkpoint step ended."""
+
+    COMMITTED = 0  # the manifest exists: every rank's part is in the checkpoint
+    ABANDONED = 1  # a rank's part is missing (its rank was lost or its write failed)
+    FAILED = 2  # every part is there, but the leader could not write the manifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +220,42 @@ class Release:
     result: BarrierResult
 
 
-Message = Join | Members | Ping | Ack | PingReq | VoteRequest | Vote | Leader | Arrive | Release
+@dataclass(frozen=True, slots=True)
+class PartDone:
+    """``sender`` (rank ``rank`` at ``incarnation``) finished its part of checkpoint ``step``.
+
+    ``ok``: the part is durable at the key that ``(step, rank, codec, checksum)`` names,
+    with ``size`` bytes; ``ok=False``: writing it failed, so the step cannot complete.
+    Sent to the leader, re-sent periodically and to every new leader until a
+    ``StepResult`` for the step arrives.
+    """
+
+    sender: WorkerId
+    incarnation: int
+    step: int
+    rank: int
+    size: int
+    checksum: int
+    codec: CodecName
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """How checkpoint ``step`` ended: leader to ranks, or a rank telling a new leader.
+
+    ``missing_ranks`` names the ranks whose part was missing (ABANDONED).
+    """
+
+    sender: WorkerId
+    step: int
+    outcome: CommitOutcome
+    missing_ranks: tuple[int, ...]
+
+
+Message = (
+    Join | Members | Ping | Ack | PingReq | VoteRequest | Vote | Leader | Arrive | Release | PartDone | StepResult
+)
 
 MESSAGE_TYPES: dict[MsgType, type] = {
     MsgType.JOIN: Join,
@@ -221,5 +268,7 @@ MESSAGE_TYPES: dict[MsgType, type] = {
     MsgType.LEADER: Leader,
     MsgType.ARRIVE: Arrive,
     MsgType.RELEASE: Release,
+    MsgType.PART_DONE: PartDone,
+    MsgType.STEP_RESULT: StepResult,
 }
 TYPE_OF_CLASS: dict[type, MsgType] = {cls: tag for tag, cls in MESSAGE_TYPES.items()}

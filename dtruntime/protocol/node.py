@@ -1,7 +1,8 @@
 """The protocol node: membership, election and barriers composed behind one interface.
 
 Inputs: :meth:`Node.step` for a message that arrived, :meth:`Node.tick` for the passage
-of time, :meth:`Node.arrive` and :meth:`Node.leave` for local requests. Each returns a
+of time, :meth:`Node.arrive`, :meth:`Node.part_written`, :meth:`Node.commit_resolved`
+and :meth:`Node.leave` for local requests. Each returns a
 :class:`~dtruntime.protocol.outbox.Ready`: messages for the driver to send, events for
 the local API, and the latest time at which ``tick`` must be called next.
 
@@ -24,7 +25,8 @@ from collections.abc import Sequence
 
 from ..errors import ProtocolError
 from .barrier import BarrierBook, Waits
-from .codec import validate_barrier_id
+from .codec import validate_barrier_id, validate_codec_name
+from .commit import CommitBook, Saves
 from .election import Election
 from .events import QuorumChanged
 from .membership import Membership
@@ -32,16 +34,19 @@ from .messages import (
     Ack,
     Arrive,
     BarrierResult,
+    CommitOutcome,
     Gossip,
     Join,
     Leader,
     MemberEntry,
     Members,
     Message,
+    PartDone,
     Ping,
     PingReq,
     Release,
     Status,
+    StepResult,
     Vote,
     VoteRequest,
 )
@@ -75,6 +80,8 @@ class Node:
         self.election = Election(member.worker_id, world_size, settings, rng, self._out, now)
         self.book = BarrierBook(world_size, self.election.quorum, settings)
         self.waits = Waits(member.worker_id, settings, self._out)
+        self.commits = CommitBook(member.worker_id, world_size, settings, self._out)
+        self.saves = Saves(member.worker_id, settings, self._out)
         self._seeds = [s for s in seeds if s != member.endpoint]
         self.joined = not self._seeds
         self._join_attempts = 0
@@ -109,6 +116,8 @@ class Node:
         self.waits.tick(now)
         if self.waits.resend_due(now):
             self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation, now), now)
+        if self.saves.resend_due(now):
+            self._deliver_reports(self.saves.reports(self.membership.me.incarnation))
         return self._after(now)
 
     def arrive(self, barrier_id: str, now: float, *, timeout: float | None = None, elastic: bool = False) -> Ready:
@@ -123,10 +132,44 @@ class Node:
         self._deliver_arrivals([arrival], now)
         return self._after(now)
 
+    def part_written(
+        self, step: int, rank: int, size: int, checksum: int, codec: str, now: float, *, ok: bool = True
+    ) -> Ready:
+        """Report this rank's part of checkpoint ``step`` (``ok=False``: writing it failed).
+
+        The part must be durable before the call. The step's outcome comes as a
+        ``CheckpointCommitted`` or ``CheckpointAbandoned`` event.
+        """
+        if self._left:
+            raise ProtocolError("this node has left the cluster")
+        if rank != self.membership.me.rank:
+            raise ProtocolError(f"this worker has rank {self.membership.me.rank}, not {rank}")
+        values = (step, size, checksum)
+        if any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63 for v in values):
+            raise ProtocolError(f"step, size and checksum must be integers in [0, 2**63), got {values}")
+        try:
+            validate_codec_name(codec)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        report = PartDone(self.worker_id, self.membership.me.incarnation, step, rank, size, checksum, codec, ok)
+        self.saves.start(report, now)
+        self._deliver_reports([report])
+        return self._after(now)
+
+    def commit_resolved(
+        self, step: int, outcome: CommitOutcome, now: float, missing_ranks: tuple[int, ...] = ()
+    ) -> Ready:
+        """The local API decided checkpoint ``step`` from storage (after a ``CommitDue``,
+        or a scan on becoming leader); the first decision for a step stands."""
+        if not self._left:
+            self.commits.resolve(step, outcome, missing_ranks)
+        return self._after(now)
+
     def leave(self, now: float) -> Ready:
         """Announce a clean exit (LEFT) to every live peer, fail local waits; the node stops."""
         if not self._left:
             self.waits.fail_all("this worker left the cluster")
+            self.saves.fail_all("this worker left the cluster")
             left = self.membership.leave()
             gossip = Gossip(self.election.leader_term, self.election.leader_id or "", (left,))
             peers = [e for e in self.membership.members.values() if e.is_live and e.worker_id != self.worker_id]
@@ -221,6 +264,24 @@ class Node:
         else:
             self.dropped["release_not_from_leader"] += 1
 
+    def _on_part_done(self, message: PartDone, now: float) -> None:
+        if not self.election.is_leader:
+            self.dropped["part_done_not_leader"] += 1
+            return
+        result = self.commits.report(message, self.membership)
+        if result is not None:
+            self._send_step_result(result, message.sender)
+
+    def _on_step_result(self, message: StepResult, now: float) -> None:
+        """A step's result ends this rank's wait; one sent to us as leader is also a report.
+
+        Results state what storage holds, so they are taken from any sender (a rank
+        reporting an earlier leader's result, or a leader this node does not know yet).
+        """
+        if self.election.is_leader:
+            self.commits.learn(message)
+        self.saves.on_result(message)
+
     # -- internals ------------------------------------------------------------------
 
     def _gossip(self, recipient: str) -> Gossip:
@@ -255,6 +316,29 @@ class Node:
             for arrival in arrivals:
                 self._out.send(leader.endpoint, arrival)
 
+    def _deliver_reports(self, reports: list[PartDone]) -> None:
+        leader_id = self.election.leader_id
+        if leader_id is None:
+            return  # re-sent when a leader is known
+        if self.election.is_leader:
+            for report in reports:
+                result = self.commits.report(report, self.membership)
+                if result is not None:
+                    self.saves.on_result(result)
+            return
+        leader = self.membership.get(leader_id)
+        if leader is not None:
+            for report in reports:
+                self._out.send(leader.endpoint, report)
+
+    def _send_step_result(self, result: StepResult, worker_id: str) -> None:
+        if worker_id == self.worker_id:
+            self.saves.on_result(result)
+            return
+        entry = self.membership.get(worker_id)
+        if entry is not None:
+            self._out.send(entry.endpoint, StepResult(self.worker_id, result.step, result.outcome, result.missing_ranks))
+
     def _send_result(self, result: BarrierResult, worker_id: str) -> None:
         if worker_id == self.worker_id:
             self.waits.on_result(result)
@@ -276,17 +360,23 @@ class Node:
             self.waits.fail_all("this worker was declared dead by the cluster")
         if view_changed and self.election.is_leader:
             self.book.on_view_change(self.membership)
+            self.commits.on_view_change(self.membership)
         if self.election.leader_id != leader_before or self.election.is_leader != was_leader:
             self._on_leader_change(now, was_leader)
         for decision in self.book.decisions:
             for worker_id in decision.arrived:
                 self._send_result(decision.result, worker_id)
         self.book.decisions.clear()
+        for commit in self.commits.decisions:
+            for worker_id in commit.reporters:
+                self._send_step_result(commit.result, worker_id)
+        self.commits.decisions.clear()
         deadline = min(
             self.membership.next_deadline(),
             self.election.next_deadline(now),
             self.book.next_deadline(),
             self.waits.next_deadline(),
+            self.saves.next_deadline(),
             self._next_join_at if not self.joined else float("inf"),
         )
         return self._out.drain(deadline)
@@ -294,18 +384,24 @@ class Node:
     def _on_leader_change(self, now: float, was_leader: bool) -> None:
         if was_leader and not self.election.is_leader:
             self.book.clear_open()
+            self.commits.clear_open()
         leader_id = self.election.leader_id
         if leader_id is None:
             return
         if self.election.is_leader:
             for result in self.waits.recent.values():
                 self.book.learn(result)
+            for step_result in self.saves.recent.values():
+                self.commits.learn(step_result)
         else:
             leader = self.membership.get(leader_id)
             if leader is not None:
                 for result in self.waits.recent.values():
                     self._out.send(leader.endpoint, Release(self.worker_id, result))
+                for step_result in self.saves.recent.values():
+                    self._send_step_result(step_result, leader_id)
         self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation, now), now)
+        self._deliver_reports(self.saves.reports(self.membership.me.incarnation))
 
     def _check_quorum(self) -> None:
         live, needed = self.membership.live_count, self.election.quorum
@@ -328,4 +424,6 @@ _HANDLERS = {
     Leader: Node._on_leader,
     Arrive: Node._on_arrive,
     Release: Node._on_release,
+    PartDone: Node._on_part_done,
+    StepResult: Node._on_step_result,
 }

@@ -27,6 +27,7 @@ class ProtocolSettings:
     reconnect_periods: int = 10  # every this many periods, ping one DEAD member (heals partitions)
     resend_periods: int = 2  # pending barrier arrivals are re-sent this often
     barrier_history: int = 4096  # decided barriers the leader remembers, for late re-sends
+    commit_history: int = 1024  # decided checkpoint steps the leader remembers, likewise
 
     def __post_init__(self) -> None:
         if self.probe_period <= 0 or self.heartbeat_timeout <= 0:

@@ -3,6 +3,9 @@
 * **One leader per term**: no two nodes ever believe different leaders for one term.
 * **Barrier safety**: a node passes barrier ``(id, generation)`` only after every
   world member that the release does not name as excluded called ``arrive`` for it.
+* **Commit safety**: a node sees ``CheckpointCommitted(step)`` only after every rank of
+  the world wrote its part of ``step`` and a manifest for it was written; no step is
+  seen committed by one node and abandoned by another.
 
 Liveness (convergence after faults stop) is measured by the scenarios with
 :meth:`SimCluster.converged`, against a stated bound.
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..protocol.events import BarrierReleased, Event, LeaderChanged
+from ..protocol.events import BarrierReleased, CheckpointAbandoned, CheckpointCommitted, Event, LeaderChanged
 
 if TYPE_CHECKING:
     from .sim import SimCluster
@@ -31,6 +34,12 @@ class Invariants:
         self.leader_of_term: dict[int, str] = {}
         self._arrivals: dict[tuple[str, int], dict[str, None]] = {}
         self.barriers_passed = 0
+        self._parts: dict[int, dict[int, None]] = {}
+        self.committed: dict[int, None] = {}  # steps some node saw committed
+        self.abandoned: dict[int, None] = {}  # steps some node saw abandoned (not for a local cause)
+
+    def on_part(self, step: int, rank: int) -> None:
+        self._parts.setdefault(step, {})[rank] = None
 
     def on_arrive(self, worker_id: str, barrier_id: str, generation: int) -> None:
         key = (barrier_id, generation)
@@ -45,6 +54,23 @@ class Invariants:
                 )
         elif isinstance(event, BarrierReleased):
             self._check_release(worker_id, event)
+        elif isinstance(event, CheckpointCommitted):
+            self._check_commit(worker_id, event.step)
+        elif isinstance(event, CheckpointAbandoned) and not event.detail:
+            self.abandoned[event.step] = None
+            if event.step in self.committed:
+                self._violate(f"step {event.step} abandoned at {worker_id} but committed elsewhere")
+
+    def _check_commit(self, worker_id: str, step: int) -> None:
+        self.committed[step] = None
+        parts = self._parts.get(step, {})
+        missing = [r for r in range(self._cluster.world_size) if r not in parts]
+        if missing:
+            self._violate(f"step {step} committed at {worker_id} before ranks {missing[:5]} wrote their parts")
+        if step not in self._cluster.manifests:
+            self._violate(f"step {step} committed at {worker_id} without a manifest")
+        if step in self.abandoned:
+            self._violate(f"step {step} committed at {worker_id} but abandoned elsewhere")
 
     def _check_release(self, worker_id: str, event: BarrierReleased) -> None:
         key = (event.barrier_id, event.generation)

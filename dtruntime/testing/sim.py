@@ -10,6 +10,13 @@ Faults: message loss, duplication, delay (and so reordering), symmetric partitio
 messages queue up and are delivered on resume), crash (messages dropped) and restart
 (a fresh node with a higher incarnation joins through the seeds).
 
+Checkpoints: :meth:`SimCluster.save` stores a rank's part in a shared simulated store and
+reports it; the worker that gets ``CommitDue`` decides it from that store the way the
+real API does (manifest there: committed; every part there: write the manifest, then
+committed; otherwise abandoned), ``commit_delay`` later for the manifest and again for
+the answer, so a crash can fall between them. A worker that becomes leader scans the
+store and finishes in-flight steps whose parts are all there.
+
 With ``codec=True`` every message is encoded and decoded on its way, as over ZeroMQ,
 and the bytes are counted; scale runs may turn it off for speed.
 """
@@ -23,8 +30,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..protocol import codec
-from ..protocol.events import Event
-from ..protocol.messages import MemberEntry, Message, Status
+from ..protocol.events import CommitDue, Event, LeaderChanged
+from ..protocol.messages import CommitOutcome, MemberEntry, Message, Status
 from ..protocol.node import Node
 from ..protocol.outbox import Ready
 from ..protocol.settings import ProtocolSettings
@@ -73,6 +80,7 @@ class SimCluster:
         workers_per_host: int = 8,
         codec: bool = True,
         trace: bool = True,
+        commit_delay: float = 0.005,
     ) -> None:
         self.seed = seed
         self.settings = settings
@@ -91,6 +99,9 @@ class SimCluster:
         self.invariants = Invariants(self)
         self.sent_by_type: Counter[str] = Counter()
         self.listeners: list[Callable[[str, Event], None]] = []
+        self.commit_delay = commit_delay
+        self.parts: dict[int, dict[int, None]] = {}  # the simulated store: step -> ranks with a part
+        self.manifests: dict[int, None] = {}  # steps whose manifest was written
         self.workers: dict[str, SimWorker] = {}
         self._by_endpoint: dict[str, SimWorker] = {}
         seed_endpoint = _endpoint(0)
@@ -158,6 +169,10 @@ class SimCluster:
             if self.tracing:
                 self.trace.append(f"{self.now:.6f} {worker.worker_id} {event!r}")
             self.invariants.on_event(worker.worker_id, event)
+            if isinstance(event, CommitDue):
+                self._decide_later(worker, worker.node, event)
+            elif isinstance(event, LeaderChanged) and event.leader_id == worker.worker_id:
+                self._recover_later(worker, worker.node)
             for listener in self.listeners:
                 listener(worker.worker_id, event)
         deadline = max(ready.next_deadline, self.now + 1e-6)
@@ -205,6 +220,60 @@ class SimCluster:
             return
         self.invariants.on_arrive(worker_id, barrier_id, worker.node.waits.generation(barrier_id))
         self._handle(worker, worker.node.arrive(barrier_id, self.now, timeout=timeout, elastic=elastic))
+
+    def save(self, worker_id: str, step: int, *, ok: bool = True) -> None:
+        """``worker_id`` writes its part of ``step`` (``ok=False``: the write fails) and reports it."""
+        worker = self.workers[worker_id]
+        if not worker.up or worker.paused:
+            return
+        if ok:
+            self.parts.setdefault(step, {})[worker.rank] = None
+            self.invariants.on_part(step, worker.rank)
+        self._handle(worker, worker.node.part_written(step, worker.rank, 1, step % 2**32, "none", self.now, ok=ok))
+
+    def _decide_later(self, worker: SimWorker, node: Node, due: CommitDue) -> None:
+        step = due.step
+
+        def write() -> None:
+            if self._still(worker, node, write):
+                if step not in self.manifests and len(self.parts.get(step, {})) == self.world_size:
+                    self.manifests[step] = None
+                    self._note(f"{worker.worker_id} writes the manifest of step {step}")
+                self.at(self.now + self.commit_delay, answer)
+
+        def answer() -> None:
+            if self._still(worker, node, answer):
+                stored = self.parts.get(step, {})
+                absent = [r.rank for r in due.reports if r.rank not in stored]
+                missing = tuple(sorted({*due.missing_ranks, *absent}))
+                if step in self.manifests:
+                    self._handle(worker, node.commit_resolved(step, CommitOutcome.COMMITTED, self.now))
+                else:
+                    self._handle(worker, node.commit_resolved(step, CommitOutcome.ABANDONED, self.now, missing))
+
+        self.at(self.now + self.commit_delay, write)
+
+    def _recover_later(self, worker: SimWorker, node: Node) -> None:
+        def recover() -> None:
+            if not self._still(worker, node, recover) or not node.is_leader:
+                return
+            newest = max(self.manifests, default=-1)
+            for step, ranks in sorted(self.parts.items()):
+                if step not in self.manifests and step > newest and len(ranks) == self.world_size:
+                    self.manifests[step] = None
+                    self._note(f"{worker.worker_id} finishes step {step} from storage")
+                    self._handle(worker, node.commit_resolved(step, CommitOutcome.COMMITTED, self.now))
+
+        self.at(self.now + self.commit_delay, recover)
+
+    def _still(self, worker: SimWorker, node: Node, action: Callable[[], None]) -> bool:
+        """Whether ``node`` still runs (a paused one retries ``action`` a little later)."""
+        if not worker.up or worker.node is not node:
+            return False
+        if worker.paused:
+            self.at(self.now + self.commit_delay, action)
+            return False
+        return True
 
     # -- faults -----------------------------------------------------------------------
 
