@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,10 +17,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+_PORTS = random.Random()  # test-side only: which free port to try first
+
+
+def free_port(span: int = 1) -> int:
+    """A port P on 127.0.0.1 with P .. P+span-1 all free, below the kernel's ephemeral range.
+
+    Ephemeral ports (32768+) are also handed out as the source ports of outgoing
+    connections, so one could be taken by a peer's reconnect attempt before our process
+    binds it; ports under 32768 are only ever bound explicitly.
+    """
+    for _ in range(200):
+        port = _PORTS.randrange(20000, 32768 - span)
+        try:
+            for offset in range(span):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair found below 32768")
 
 
 class WorkerProcess:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ import uuid
 
 import fsspec
 import pytest
+
+from .cluster import free_port
 
 from dtruntime.data.readers.tfrecord import write_records
 
@@ -74,18 +75,13 @@ def memory_root():
         fs.rm(root, recursive=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def moto_endpoint():
     """A moto S3 server on 127.0.0.1 (its own process, killed by pid afterwards)."""
     pytest.importorskip("moto")
     pytest.importorskip("s3fs")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

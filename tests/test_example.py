@@ -59,7 +59,7 @@ def _alive(pid: int) -> bool:
 def torchrun(args: list[str], **popen: object) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
-               "--master-port", str(free_port()), EXAMPLE, *args]
+               "--master-port", str(free_port(span=2)), EXAMPLE, *args]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **popen)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,11 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ..cluster import free_port
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _responds(port: int) -> bool:
@@ -37,7 +33,7 @@ def moto_endpoint() -> Iterator[str]:
     """``http://127.0.0.1:PORT`` of a ``python -m moto.server`` subprocess, killed by pid at the end."""
     pytest.importorskip("moto")
     pytest.importorskip("s3fs")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
