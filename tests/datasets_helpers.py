@@ -4,17 +4,11 @@ global sample index. (Kept out of conftest.py so it cannot clash with other suit
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 
 import fsspec
 import pytest
 
-from .cluster import free_port
 
 from dtruntime.data.readers.tfrecord import write_records
 
@@ -73,33 +67,3 @@ def memory_root():
     yield root
     if fs.exists(root):
         fs.rm(root, recursive=True)
-
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    """A moto S3 server on 127.0.0.1 (its own process, killed by pid afterwards)."""
-    pytest.importorskip("moto")
-    pytest.importorskip("s3fs")
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing"),
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.1)
-        yield endpoint
-    finally:
-        process.kill()
-        process.wait(timeout=10)

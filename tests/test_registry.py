@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import fsspec
 import numpy as np
 import pytest
-from .datasets_helpers import memory_root, moto_endpoint, write_csv_files, write_parquet_files, write_tfrecord_files  # noqa: F401
+from .datasets_helpers import memory_root, write_csv_files, write_parquet_files, write_tfrecord_files  # noqa: F401
 
 from dtruntime import DatasetRegistry
 from dtruntime.data import DatasetSpec, MembershipView, check_same_spec

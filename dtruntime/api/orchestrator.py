@@ -380,12 +380,7 @@ class TrainingOrchestrator:
     def _settle_commit(self, step: int, error: BaseException | None) -> None:
         with self._lock:
             future = self._commits.pop(step, None)
-        if future is None or future.done():
-            return
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+        _settle_future(future, error)
 
     def _on_commit_event(self, event: Event) -> None:
         if isinstance(event, CommitDue):
@@ -454,12 +449,7 @@ class TrainingOrchestrator:
     def _settle(self, barrier_id: str, error: BaseException | None) -> None:
         with self._lock:
             future = self._barriers.pop(barrier_id, None)
-        if future is None or future.done():
-            return
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
+        _settle_future(future, error)
 
     def _fail_barriers(self, error: Exception) -> None:
         with self._lock:
@@ -483,6 +473,16 @@ def _abandoned_error(event: CheckpointAbandoned) -> CheckpointError:
         f"checkpoint step {event.step} was abandoned: rank(s) {list(event.missing_ranks)} did not write "
         "their part (lost or failed)"
     )
+
+
+def _settle_future(future: Future[None] | None, error: BaseException | None) -> None:
+    """Resolve a waiter's future with success or ``error``, unless it is gone or already done."""
+    if future is None or future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 def _fail(future: Future, error: BaseException) -> None:
