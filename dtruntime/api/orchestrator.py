@@ -251,12 +251,14 @@ class TrainingOrchestrator:
             if self._commit_handler is not None:
                 raise ProtocolError("a checkpoint commit handler is already registered with this orchestrator")
             self._commit_handler = handler
-            self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="dtruntime-commit")
-            backlog, self._commit_backlog = self._commit_backlog, []
-        if self._driver is not None and self._driver.snapshot.is_leader:
-            self._schedule(self._recover)
-        for due in backlog:
-            self._schedule(lambda handler, due=due: self._decide(handler, due))
+            thread = self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="dtruntime-commit")
+            # Queued under the lock, so a CommitDue the driver raises meanwhile runs after
+            # the backlog: steps are decided in the order they became due.
+            if self._driver is not None and self._driver.snapshot.is_leader:
+                thread.submit(self._recover, handler)
+            for due in self._commit_backlog:
+                thread.submit(self._decide, handler, due)
+            self._commit_backlog = []
 
     def __enter__(self) -> "TrainingOrchestrator":
         return self

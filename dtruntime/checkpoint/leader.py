@@ -17,6 +17,13 @@ Decision for a step (:meth:`LeaderCommitter.decide`):
   that storage does not hold. Nothing is deleted then: retention removes the parts once
   a newer step commits (deleting now could race with a late writer's manifest).
 
+Retention after each commit deletes old committed steps and *incomplete* in-flight steps
+older than the newest commit. An in-flight step whose every rank's part is stored is
+kept: steps can be decided out of order (a rank's report of step 10 dropped as stale and
+re-sent after its report of step 40 went through), and such a step is still waiting for
+its decision, which will commit it. Each rank writes its steps in order, so when a newer
+step commits, an older incomplete one can no longer complete.
+
 On taking over (:meth:`LeaderCommitter.recover`): finish every in-flight step whose parts
 are all there, delete incomplete ones older than the newest commit (orphans), and
 return every committed step so the node answers late reports at once.
@@ -127,15 +134,24 @@ class LeaderCommitter:
         self._on_committed(step)
         self._retain(step)
 
-    def _retain(self, protected: int | None) -> None:
-        """Apply retention (keep_last_n, orphans); a failure is retried after the next commit."""
+    def _retain(self, just_committed: int | None) -> None:
+        """Apply retention (keep_last_n, incomplete orphans); a failure is retried after the next commit."""
         try:
             view = self._scan()
-            plan = plan_retention(view, self.keep_last_n, protected=set() if protected is None else {protected})
+            protected = {step for step in view.in_flight if self._is_complete(view, step)}
+            if just_committed is not None:
+                protected.add(just_committed)
+            plan = plan_retention(view, self.keep_last_n, protected=protected)
             for step in plan.delete_committed + plan.delete_orphans:
                 self.storage.delete_step(step, view.files.get(step, ()))
         except (OSError, CheckpointError) as exc:
             log.warning("retention under %s failed: %s", self.storage.url, exc)
+
+    def _is_complete(self, view: StorageView, step: int) -> bool:
+        try:
+            return recover_step(view, step, self.world_size).is_complete
+        except CheckpointError:  # two parts for one rank: never finishable
+            return False
 
     def _delete(self, step: int, view: StorageView) -> None:
         try:

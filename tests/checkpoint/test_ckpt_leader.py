@@ -89,3 +89,15 @@ def test_recovery_finishes_complete_steps_and_deletes_older_orphans(storage):
     view = scan_listing(storage.list_files())
     assert view.committed == (1, 2) and sorted(view.in_flight) == [3]
     assert seen == [1, 2]
+
+
+def test_a_newer_commit_keeps_an_older_complete_step_for_its_late_decision(storage):
+    older = tuple(write_part(storage, 10, rank) for rank in range(WORLD))
+    write_part(storage, 5, 0)  # incomplete and older: no rank will ever finish it
+    newer = tuple(write_part(storage, 40, rank) for rank in range(WORLD))
+    leader, seen = committer(storage)
+    assert leader.decide(40, newer, ()) == (CommitOutcome.COMMITTED, ())
+    view = scan_listing(storage.list_files())
+    assert sorted(view.in_flight) == [10], "the orphan goes, the complete step waiting for its decision stays"
+    assert leader.decide(10, older, ()) == (CommitOutcome.COMMITTED, ())
+    assert scan_listing(storage.list_files()).committed == (10, 40) and seen == [40, 10]
