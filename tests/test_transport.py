@@ -195,6 +195,32 @@ def test_close_releases_threads_sockets_and_port() -> None:
         b.send(endpoint, b"x")
 
 
+def test_close_with_flush_delivers_what_is_still_queued_within_the_bound() -> None:
+    from .cluster import free_port as free_low_port
+
+    endpoint = f"tcp://127.0.0.1:{free_low_port()}"
+    sender = ZmqTransport()
+    assert sender.send(endpoint, b"last words")  # queued: nobody listens there yet
+    closing = threading.Thread(target=sender.close, args=(5000,))
+    closing.start()
+    with ZmqTransport(endpoint) as receiver:  # the peer comes up while the sender closes
+        assert collect(receiver, 1) == [b"last words"]
+    closing.join(10)
+    assert not closing.is_alive() and sender.closed
+    with ZmqTransport() as other, pytest.raises(ValueError, match="flush_ms"):
+        other.close(-1)
+
+
+def test_close_flush_is_bounded_when_the_peer_never_comes() -> None:
+    from .cluster import free_port as free_low_port
+
+    sender = ZmqTransport()
+    assert sender.send(f"tcp://127.0.0.1:{free_low_port()}", b"to nobody")
+    started = time.monotonic()
+    sender.close(300)
+    assert time.monotonic() - started < 5, "close waits at most about flush_ms"
+
+
 def test_bind_conflict_is_a_config_error_and_leaks_nothing() -> None:
     with ZmqTransport() as holder:
         before = os_threads()

@@ -57,6 +57,10 @@ log = logging.getLogger("dtruntime.driver")
 
 T = TypeVar("T")
 MAX_POLL_WAIT = 0.2  # seconds; an upper bound on how long the loop sleeps
+# On a graceful close, how long queued messages (the LEFT notices, and barrier releases
+# a leader sent just before its caller closed) may take to go out before the sockets
+# close. Without it a busy machine can drop a release the peers still wait for.
+CLOSE_FLUSH_MS = 500
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Driver:
         self._owner: int | None = None  # thread ident holding self._lock
         self._requests: queue.SimpleQueue[tuple[Callable[[Node, float], Any], Future]] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._flush_ms = 0  # CLOSE_FLUSH_MS once a graceful leave was queued
         self._deadline = 0.0
         self._view_version = -1
         self._leader_seen: tuple[str | None, bool] = (None, False)
@@ -145,11 +150,13 @@ class Driver:
         return future
 
     def close(self, timeout: float = 5.0) -> None:
-        """Announce departure, stop the thread and close the transport. Idempotent."""
+        """Announce departure, stop the thread and close the transport, giving queued
+        messages up to ``CLOSE_FLUSH_MS`` to go out. Idempotent."""
         if self._thread.is_alive() and not self._stop.is_set():
             leaving = self.submit(lambda node, now: node.leave(now))
             try:
                 leaving.result(timeout)
+                self._flush_ms = CLOSE_FLUSH_MS
             except Exception:  # leaving is best effort; the peers' detector covers it
                 pass
         self._stop.set()
@@ -157,7 +164,7 @@ class Driver:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         if not self._thread.is_alive() and not getattr(self._transport, "closed", False):
-            self._transport.close()
+            self._transport.close(self._flush_ms)
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -194,7 +201,7 @@ class Driver:
         finally:
             try:
                 self._fail_pending()
-                self._transport.close()
+                self._transport.close(self._flush_ms)
             finally:
                 self._release()
 

@@ -83,8 +83,9 @@ class Transport(Protocol):
         """Make a concurrent or the next ``poll`` return at once. Safe from any thread."""
         ...
 
-    def close(self) -> None:
-        """Release every socket, port and thread. Idempotent."""
+    def close(self, flush_ms: int = 0) -> None:
+        """Release every socket, port and thread, after giving queued messages up to
+        ``flush_ms`` to go out. Idempotent."""
         ...
 
 
@@ -112,7 +113,9 @@ class ZmqTransport:
             are down.
 
     Socket options and why:
-        ``LINGER 0`` so close never waits for unsent messages (the protocol resends);
+        ``LINGER 0`` so close never waits for unsent messages (the protocol resends),
+        except a graceful ``close(flush_ms)``, which gives queued messages (a leaver's
+        last barrier releases and its LEFT notices) that long to go out;
         ``TCP_KEEPALIVE`` so half-open inbound connections from vanished hosts are
         reaped; ZMTP heartbeats on DEALERs (``HEARTBEAT_IVL``/``TIMEOUT``) so a dead
         outbound connection is noticed in seconds and reconnected when the peer comes
@@ -177,7 +180,7 @@ class ZmqTransport:
             self._wake_rx.setblocking(False)
             self._wake_tx.setblocking(False)
         except (zmq.ZMQError, OSError) as exc:
-            self._release()
+            self._release(0)
             raise ConfigError("bind_endpoint", f"cannot bind {bind_endpoint!r}: {exc}") from None
         self._poller = zmq.Poller()
         self._poller.register(self._router, zmq.POLLIN)
@@ -267,17 +270,21 @@ class ZmqTransport:
             except (BlockingIOError, InterruptedError):
                 pass  # the buffer is full of wake bytes: the poller is already woken
 
-    def close(self) -> None:
-        """Close every socket with linger 0 and end the context's threads. Idempotent.
+    def close(self, flush_ms: int = 0) -> None:
+        """Close every socket and end the context's threads. Idempotent.
 
+        Messages still queued for peers get up to ``flush_ms`` milliseconds to be sent
+        (0: dropped at once); a peer that is down costs at most that long, never more.
         Call it from the thread that owns the transport once no ``poll`` is running;
         afterwards the bound port is free again.
         """
+        if isinstance(flush_ms, bool) or not isinstance(flush_ms, int) or flush_ms < 0:
+            raise ValueError(f"flush_ms must be a non-negative integer, not {flush_ms!r}")
         with self._wake_lock:
             if self._closed:
                 return
             self._closed = True
-        self._release()
+        self._release(flush_ms)
 
     def __enter__(self) -> "ZmqTransport":
         return self
@@ -285,9 +292,9 @@ class ZmqTransport:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _release(self) -> None:
+    def _release(self, flush_ms: int) -> None:
         for sock in self._peers.values():
-            sock.close(linger=0)
+            sock.close(linger=flush_ms)
         self._peers.clear()
         if self._router is not None:
             self._router.close(linger=0)
