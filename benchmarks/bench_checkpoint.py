@@ -5,7 +5,8 @@
 Per payload size (MiB of fp32 weights in a torch state dict):
   stall      caller time of ``await save_async`` (slot free) vs torch.save+fsync (sync)
              and DCP ``async_save`` (blocking part and completion; gloo group of 1)
-  write      bytes / (save_async call -> handle done) vs raw os.write+fsync of the same bytes
+  write      bytes / (save_async call -> handle done) vs raw os.write+fsync of the same bytes,
+             the two alternating save by save (disk speed drifts here)
   load       ``load_bytes`` (manifest + part + CRC) vs raw ``open().read()`` (both page-cache warm)
   compress   effective MiB/s and ratio of auto / zstd / gzip on 64 MiB of the weights
   s3         (``--s3``) moto server via s3fs: save / load vs raw ``pipe_file`` / ``cat_file``
@@ -93,17 +94,25 @@ def dcp_async(state: dict, directory: Path, reps: int) -> tuple[list[float], lis
     return blocking, total
 
 
-async def ours(data: bytes, root: Path, reps: int) -> dict:
-    stalls, totals = [], []
+async def ours(data: bytes, root: Path, reps: int, raw_dir: Path) -> dict:
+    """``reps`` saves, each right after a raw write+fsync of the same bytes to a new file
+    (the previous raw file deleted untimed, as our retention deletes old steps), so disk
+    drift, which here reaches tens of percent within minutes, hits both sides alike."""
+    stalls, totals, raw = [], [], []
     async with CheckpointManager(str(root), keep_last_n=2) as manager:
         for step in range(reps):
+            await manager.flush()  # our janitor's deletes do not slow the raw write down
+            raw.append(fsync_write(raw_dir / f"raw-{step}.bin", data))
+            if step:
+                (raw_dir / f"raw-{step - 1}.bin").unlink()
             start = time.perf_counter()
             handle = await manager.save_async(data, step)
             stalls.append(time.perf_counter() - start)
             result = await handle
             totals.append(time.perf_counter() - start)
         codec = result.codec
-    return {"stalls": stalls, "totals": totals, "codec": codec, "last_step": reps - 1}
+    (raw_dir / f"raw-{reps - 1}.bin").rename(raw_dir / "raw.bin")
+    return {"stalls": stalls, "totals": totals, "raw": raw, "codec": codec, "last_step": reps - 1}
 
 
 def median(values: list[float]) -> float:
@@ -124,11 +133,8 @@ def bench_size(size_mib: int, reps: int, workdir: Path) -> dict:
     torch_sync = [torch_save_fsync(state, workdir / "torch.pt") for _ in range(2)]
     (workdir / "torch.pt").unlink()
     dcp_block, dcp_total = dcp_async(state, workdir, reps=2)
-    # Disk throughput here drifts by tens of percent between minutes: time raw writes both
-    # before and after ours and compare medians, so a drift does not favour either side.
-    raw_write = [fsync_write(workdir / "raw.bin", data) for _ in range(3)]
-    result = asyncio.run(ours(data, workdir / "ckpt", reps))
-    raw_write += [fsync_write(workdir / "raw.bin", data) for _ in range(3)]
+    result = asyncio.run(ours(data, workdir / "ckpt", reps, workdir))
+    raw_write = result["raw"]
 
     with CheckpointManager(str(workdir / "ckpt")) as manager:
         load_times, raw_reads = [], []

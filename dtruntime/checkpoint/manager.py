@@ -1,7 +1,7 @@
 """CheckpointManager: asynchronous, verified checkpoints on local disk, S3 or any fsspec store.
 
 Threads: one writer thread per manager takes save jobs from a FIFO queue, so saves
-commit in the order they were queued. ``save_async``/``save_bytes``/``save`` validate
+commit in the order they were queued; a janitor thread applies retention. ``save_async``/``save_bytes``/``save`` validate
 their input, wait for one of ``max_in_flight`` slots (the memory bound: a queued save
 holds a reference to its payload until it is written), queue the job and return a
 :class:`SaveHandle`; the handle completes once the step is durable and committed.
@@ -9,11 +9,14 @@ holds a reference to its payload until it is written), queue the job and return 
 
 Per save, the writer: refuses a step whose manifest exists; compresses per the setting;
 writes the part to its final key (size and CRC-32C in its name); writes the manifest
-(the commit) and completes the handle; then applies retention before taking the next
-job (deleting a large old step can take 0.2 s, which a save should not wait for);
-``flush`` waits for retention too. A failure before the commit deletes only the part
-it wrote itself, so an earlier checkpoint is never touched; a failed manifest write
-leaves the part for orphan cleanup rather than risk deleting a part a manifest names.
+(the commit), completes the handle and asks the janitor for retention. The janitor
+deletes old steps while the writer goes on with the next save (deleting a large step
+takes 0.2 s, which a save should not wait for); it never deletes a step that is queued
+or being written (it reads the queued steps before it lists storage, so a step queued
+later is not in its listing either). ``flush`` waits for retention too. A failure
+before the commit deletes only the part it wrote itself, so an earlier checkpoint is
+never touched; a failed manifest write leaves the part for orphan cleanup rather than
+risk deleting a part a manifest names.
 
 Reads (``load``, ``list_checkpoints``) run in the caller's thread (asyncio variants in
 the default executor) and go straight to storage, so another process's commits are seen.
@@ -174,12 +177,18 @@ class CheckpointManager:
         self._unreported: dict[concurrent.futures.Future[SaveResult], tuple[int, CheckpointError]] = {}
         self._idle = threading.Condition(self._lock)
         self._closed = False
+        # Retention requests (committed steps) for the janitor; the counters let flush wait.
+        self._retention_queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._retention_requested = 0
+        self._retention_done = 0
         if self._orchestrator is not None:  # one manager per orchestrator: it owns the manifests
             self._orchestrator.set_commit_handler(
                 LeaderCommitter(self._storage, self.world_size, self.keep_last_n, self._metadata_for, self._committed)
             )
         self._writer = threading.Thread(target=self._run_writer, name="dtruntime-checkpoint-writer", daemon=True)
         self._writer.start()
+        self._janitor = threading.Thread(target=self._run_janitor, name="dtruntime-checkpoint-janitor", daemon=True)
+        self._janitor.start()
 
     @classmethod
     def from_config(cls, config: Any, storage_path: str | None = None, **overrides: Any) -> "CheckpointManager":
@@ -273,11 +282,10 @@ class CheckpointManager:
         with self._lock:
             snapshot = set(self._outstanding)
             while snapshot & self._outstanding:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    busy = len(snapshot & self._outstanding)
-                    raise TimeoutError(f"{busy} checkpoint saves still running after {timeout} s")
-                self._idle.wait(remaining)
+                self._wait_idle(deadline, f"{len(snapshot & self._outstanding)} checkpoint saves still running")
+            requested = self._retention_requested
+            while self._retention_done < requested:
+                self._wait_idle(deadline, "checkpoint retention still running")
         self._raise_unreported()
 
     # ---------------------------------------------------------------- loading
@@ -356,10 +364,11 @@ class CheckpointManager:
             raise TimeoutError(f"checkpoint writer still busy after {timeout} s")
         with self._lock:  # with an orchestrator, written parts may still await their commit
             while self._outstanding:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"{len(self._outstanding)} checkpoint steps still uncommitted after {timeout} s")
-                self._idle.wait(remaining)
+                self._wait_idle(deadline, f"{len(self._outstanding)} checkpoint steps still uncommitted")
+        self._retention_queue.put(None)  # after every request: the janitor finishes them first
+        self._janitor.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if self._janitor.is_alive():
+            raise TimeoutError(f"checkpoint retention still running after {timeout} s")
         self._raise_unreported()
 
     async def aclose(self) -> None:
@@ -379,6 +388,13 @@ class CheckpointManager:
 
     def __repr__(self) -> str:
         return f"CheckpointManager({self._storage.url!r}, keep_last_n={self.keep_last_n}, compression={self.compression!r})"
+
+    def _wait_idle(self, deadline: float | None, busy: str) -> None:
+        """Wait (holding ``self._lock``) for the next progress; TimeoutError past ``deadline``."""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError(f"{busy} after the timeout")
+        self._idle.wait(remaining)
 
     def _close_on_exit(self, unwinding: bool) -> None:
         if not unwinding:
@@ -472,12 +488,13 @@ class CheckpointManager:
         if isinstance(outcome, CheckpointError):
             job.future.set_exception(outcome)
         else:
-            # The handle completes at the commit; retention (deleting old steps can take
-            # a while) runs afterwards, before the next save, and flush waits for it. With
-            # an orchestrator, retention is the leader's, after each commit.
-            job.future.set_result(outcome)
+            # The handle completes at the commit; the janitor deletes old steps meanwhile.
+            # With an orchestrator, retention is the leader's, after each commit.
             if self._orchestrator is None:
-                self._apply_retention(job.step)
+                with self._lock:
+                    self._retention_requested += 1
+                self._retention_queue.put(job.step)
+            job.future.set_result(outcome)
         with self._lock:
             self._outstanding.discard(job.future)
             self._idle.notify_all()
@@ -535,18 +552,44 @@ class CheckpointManager:
         with self._lock:
             self._known_committed.add(step)
 
-    def _apply_retention(self, just_committed: int) -> None:
-        """Delete old committed steps and orphans; a failure here does not fail the save."""
+    def _run_janitor(self) -> None:
+        """Apply retention after commits; requests queued meanwhile are handled in one pass."""
+        while (step := self._retention_queue.get()) is not None:
+            just_committed, stopping = {step}, False
+            while not self._retention_queue.empty():
+                more = self._retention_queue.get()
+                if more is None:
+                    stopping = True
+                    break
+                just_committed.add(more)
+            try:
+                self._apply_retention(just_committed)
+            except Exception:  # noqa: BLE001 - a bug here must not stop later retention
+                log.exception("retention under %s failed", self._storage.url)
+            with self._lock:
+                self._retention_done += len(just_committed)
+                self._idle.notify_all()
+            if stopping:
+                return
+
+    def _apply_retention(self, just_committed: set[int]) -> None:
+        """Delete old committed steps and orphans; a failure here does not fail the save.
+
+        The queued steps are read *before* listing storage: a step queued afterwards
+        cannot be in the listing, so no step being written is ever deleted.
+        """
+        with self._lock:
+            protected = just_committed | self._pending
         try:
             view = scan_listing(self._storage.list_files())
-            plan = plan_retention(view, self.keep_last_n, protected={just_committed})
+            plan = plan_retention(view, self.keep_last_n, protected=protected)
             for step in plan.delete_committed + plan.delete_orphans:
                 self._storage.delete_step(step, view.files.get(step, ()))
         except OSError as exc:
             log.warning("retention under %s failed (will retry after the next save): %s", self._storage.url, exc)
             return
         with self._lock:
-            self._known_committed = set(view.committed) - set(plan.delete_committed)
+            self._known_committed = (self._known_committed | set(view.committed)) - set(plan.delete_committed)
 
     def _discard_part(self, key: str) -> None:
         try:

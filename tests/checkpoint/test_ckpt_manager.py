@@ -30,7 +30,8 @@ def store(request, tmp_path) -> str:
 
 
 def _writer_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "dtruntime-checkpoint-writer"]
+    names = ("dtruntime-checkpoint-writer", "dtruntime-checkpoint-janitor")
+    return [t for t in threading.enumerate() if t.name in names]
 
 
 def test_save_list_load_round_trip_newest_first(store):
@@ -234,13 +235,20 @@ def test_a_missing_part_is_named(tmp_path):
 
 
 class _GatedMemoryFS(MemoryFileSystem):
-    """memory:// whose part writes wait for ``gate`` (bounded) or fail with ``fail_with``."""
+    """memory:// whose part writes wait for ``gate`` (bounded) or fail with ``fail_with``,
+    and whose deletes wait for ``delete_gate`` (bounded)."""
 
     protocol = "gatedmem"
     gate = threading.Event()
+    delete_gate = threading.Event()
     fail_with: OSError | None = None
     store: dict = {}
     pseudo_dirs = [""]
+
+    def rm(self, path, recursive=False, maxdepth=None):
+        if not self.delete_gate.wait(TIMEOUT):
+            raise TimeoutError("test delete gate never opened")
+        return super().rm(path, recursive=recursive, maxdepth=maxdepth)
 
     def pipe_file(self, path, value, mode="overwrite", **kwargs):
         if "/part-" in path:
@@ -255,9 +263,12 @@ class _GatedMemoryFS(MemoryFileSystem):
 def gated_fs():
     fsspec.register_implementation("gatedmem", _GatedMemoryFS, clobber=True)
     _GatedMemoryFS.gate = threading.Event()
+    _GatedMemoryFS.delete_gate = threading.Event()
+    _GatedMemoryFS.delete_gate.set()
     _GatedMemoryFS.fail_with = None
     yield _GatedMemoryFS
     _GatedMemoryFS.gate.set()
+    _GatedMemoryFS.delete_gate.set()
 
 
 def test_at_most_max_in_flight_saves_then_callers_wait(gated_fs):
@@ -285,6 +296,21 @@ def test_at_most_max_in_flight_saves_then_callers_wait(gated_fs):
         assert [h.result(TIMEOUT).step for h in (first, second, third[0])] == [1, 2, 3]
         assert manager._slots.in_use == 0
         assert manager.list_checkpoints_sync() == [1, 2, 3]
+
+
+def test_saves_go_on_while_retention_deletes_and_flush_waits_for_it(gated_fs):
+    gated_fs.gate.set()
+    gated_fs.delete_gate.clear()  # every delete hangs until the test opens the gate
+    with CheckpointManager(f"gatedmem://{uuid.uuid4().hex}", keep_last_n=1) as manager:
+        manager.save_bytes(b"1", 1).result(TIMEOUT)
+        manager.save_bytes(b"2", 2).result(TIMEOUT)  # the janitor now hangs deleting step 1
+        manager.save_bytes(b"3", 3).result(TIMEOUT)  # the writer is not held up by it
+        with pytest.raises(TimeoutError, match="retention still running"):
+            manager.flush_sync(0.2)
+        assert manager.list_checkpoints_sync() == [1, 2, 3]
+        gated_fs.delete_gate.set()
+        manager.flush_sync(TIMEOUT)
+        assert manager.list_checkpoints_sync() == [3] and manager.load_bytes() == b"3"
 
 
 def test_disk_full_fails_the_save_cleanly_and_earlier_steps_still_load(gated_fs):
