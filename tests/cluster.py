@@ -61,7 +61,10 @@ class WorkerProcess:
         for line in stream:
             with self._lock:
                 if is_json:
-                    self.lines.append(json.loads(line))
+                    try:
+                        self.lines.append(json.loads(line))
+                    except ValueError:  # shown in failure details, never kills the reader
+                        self.lines.append({"event": "unparsable", "line": line})
                 else:
                     self.stderr.append(line.rstrip())
 

@@ -428,7 +428,7 @@ class TrainingOrchestrator:
                 [self.worker_id], [self.rank],
             )
         if event.reason == Outcome.LOST:
-            ranks = [self._lost[w].rank for w in event.workers if w in self._lost]
+            ranks = self._ranks_of(event.workers)
             return WorkerLostError(
                 f"barrier {event.barrier_id!r} failed: worker(s) {names} (rank(s) {ranks}) lost",
                 event.workers, ranks,
@@ -447,6 +447,18 @@ class TrainingOrchestrator:
         return WorkerLostError(
             f"barrier {event.barrier_id!r} failed: {event.detail} ({self.worker_id})", [self.worker_id], [self.rank]
         )
+
+    def _ranks_of(self, worker_ids: tuple[str, ...]) -> list[int]:
+        """Ranks of lost workers: from this node's loss reports, else from its view (the
+        leader's verdict can arrive before this node's own detector or gossip got there)."""
+        in_view = {entry.worker_id: entry.rank for entry in self._running().snapshot.members}
+        ranks = []
+        for worker_id in worker_ids:
+            lost = self._lost.get(worker_id)
+            rank = lost.rank if lost is not None else in_view.get(worker_id)
+            if rank is not None:
+                ranks.append(rank)
+        return ranks
 
     def _settle(self, barrier_id: str, error: BaseException | None) -> None:
         with self._lock:

@@ -10,15 +10,12 @@ Prints one JSON object per line to stdout: {"event": "registered" | "barrier" | 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 from dtruntime import DtruntimeError, TrainingOrchestrator, WorkerLostError
 
-
-def emit(**fields) -> None:
-    print(json.dumps(fields), flush=True)
+from . import emit
 
 
 def main() -> int:

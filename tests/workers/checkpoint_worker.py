@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import threading
 import time
@@ -23,9 +22,7 @@ import time
 from dtruntime import CheckpointError, CheckpointManager, DtruntimeError, TrainingOrchestrator
 from dtruntime.checkpoint.leader import LeaderCommitter
 
-
-def emit(**fields) -> None:
-    print(json.dumps(fields), flush=True)
+from . import emit
 
 
 def payload(rank: int, step: int) -> bytes:
