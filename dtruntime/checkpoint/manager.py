@@ -553,33 +553,34 @@ class CheckpointManager:
             self._known_committed.add(step)
 
     def _run_janitor(self) -> None:
-        """Apply retention after commits; requests queued meanwhile are handled in one pass."""
+        """Apply retention after commits. Requests queued meanwhile are handled in one pass
+        that protects only the latest commit, which leaves what one pass per commit would."""
         while (step := self._retention_queue.get()) is not None:
-            just_committed, stopping = {step}, False
+            latest, handled, stopping = step, 1, False
             while not self._retention_queue.empty():
                 more = self._retention_queue.get()
                 if more is None:
                     stopping = True
                     break
-                just_committed.add(more)
+                latest, handled = more, handled + 1
             try:
-                self._apply_retention(just_committed)
+                self._apply_retention(latest)
             except Exception:  # noqa: BLE001 - a bug here must not stop later retention
                 log.exception("retention under %s failed", self._storage.url)
             with self._lock:
-                self._retention_done += len(just_committed)
+                self._retention_done += handled
                 self._idle.notify_all()
             if stopping:
                 return
 
-    def _apply_retention(self, just_committed: set[int]) -> None:
+    def _apply_retention(self, just_committed: int) -> None:
         """Delete old committed steps and orphans; a failure here does not fail the save.
 
         The queued steps are read *before* listing storage: a step queued afterwards
         cannot be in the listing, so no step being written is ever deleted.
         """
         with self._lock:
-            protected = just_committed | self._pending
+            protected = {just_committed} | self._pending
         try:
             view = scan_listing(self._storage.list_files())
             plan = plan_retention(view, self.keep_last_n, protected=protected)
