@@ -19,9 +19,9 @@ Decision for a step (:meth:`LeaderCommitter.decide`):
 
 Retention after each commit deletes old committed steps and *incomplete* in-flight steps
 older than the newest commit. An in-flight step whose every rank's part is stored is
-kept: steps can be decided out of order (a rank's report of step 10 dropped as stale and
-re-sent after its report of step 40 went through), and such a step is still waiting for
-its decision, which will commit it. Each rank writes its steps in order, so when a newer
+kept: steps can be decided out of order (a rank's report of step 10 dropped as stale
+and re-sent after its report of step 40 went through), and such a step is still waiting
+for its decision, which will commit it. Each rank writes its steps in order, so when a newer
 step commits, an older incomplete one can no longer complete.
 
 On taking over (:meth:`LeaderCommitter.recover`): finish every in-flight step whose parts

@@ -1,10 +1,11 @@
 """CheckpointManager: asynchronous, verified checkpoints on local disk, S3 or any fsspec store.
 
 Threads: one writer thread per manager takes save jobs from a FIFO queue, so saves
-commit in the order they were queued; a janitor thread applies retention. ``save_async``/``save_bytes``/``save`` validate
-their input, wait for one of ``max_in_flight`` slots (the memory bound: a queued save
-holds a reference to its payload until it is written), queue the job and return a
-:class:`SaveHandle`; the handle completes once the step is durable and committed.
+commit in the order they were queued; a janitor thread applies retention.
+``save_async``/``save_bytes``/``save`` validate their input, wait for one of
+``max_in_flight`` slots (the memory bound: a queued save holds a reference to its
+payload until it is written), queue the job and return a :class:`SaveHandle`; the
+handle completes once the step is durable and committed.
 ``bytes`` payloads are never copied by the caller's thread.
 
 Per save, the writer: refuses a step whose manifest exists; compresses per the setting;
