@@ -69,10 +69,14 @@ def check_store(root: str, backend: str | None, options: dict[str, Any]) -> list
             except Exception as exc:  # noqa: BLE001 - any other failure is a violation
                 problems.append(f"listed step {step} fails to load: {exc!r}")
         if steps:
-            if manager.load_bytes() != payload(steps[-1]):
-                problems.append(f"load() did not return the newest committed step {steps[-1]}")
-            if manager.read_manifest().step != steps[-1]:
-                problems.append("read_manifest() did not resolve to the newest committed step")
+            try:
+                if manager.load_bytes() != payload(steps[-1]):
+                    problems.append(f"load() did not return the newest committed step {steps[-1]}")
+                if manager.read_manifest().step != steps[-1]:
+                    problems.append("read_manifest() did not resolve to the newest committed step")
+            except Exception as exc:  # noqa: BLE001 - any failure is a violation
+                problems.append(f"load() of the newest step failed: {exc!r} (listed {steps}, "
+                                f"now listed {manager.list_checkpoints_sync()})")
     return problems
 
 

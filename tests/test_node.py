@@ -154,3 +154,30 @@ def test_bad_local_requests_raise_protocol_error():
         node.arrive("x", 0.0)
     with pytest.raises(ProtocolError, match="timeout"):
         node.arrive("y", 0.0, timeout=0)
+
+
+def test_leaving_member_relays_its_newest_release_before_announcing_it_left():
+    node = make_node(rank=1)
+    node.step(Members("w0", 1, "w0", (entry(0), entry(1), entry(2))), 0.0)
+    node.arrive("done", 0.0)
+    node.step(Release("w0", BarrierResult("done", 0, Outcome.RELEASED, False, ())), 0.01)
+    sent = [(endpoint, type(m).__name__) for endpoint, m in node.leave(0.02).messages]
+    for peer in ("sim://w0", "sim://w2"):
+        kinds = [kind for endpoint, kind in sent if endpoint == peer]
+        assert kinds == ["Release", "Ping"]
+    assert sent.index(("sim://w2", "Release")) < sent.index(("sim://w0", "Ping"))
+
+
+def test_a_release_relayed_by_a_peer_ends_the_wait_before_its_departure_costs_the_quorum():
+    node = make_node(rank=2, world=3)
+    node.step(Members("w0", 1, "w0", (entry(0), entry(1), entry(2))), 0.0)
+    node.arrive("done", 0.0)
+    failure_from_peer = Release("w1", BarrierResult("done", 0, Outcome.TIMEOUT, False, ("w0",)))
+    assert node.step(failure_from_peer, 0.01).events == []  # only the leader's failures count
+    relayed = Release("w1", BarrierResult("done", 0, Outcome.RELEASED, False, ()))
+    events = node.step(relayed, 0.02).events
+    assert [type(e).__name__ for e in events] == ["BarrierReleased"]
+    left = Gossip(1, "w0", (entry(1, status=Status.LEFT),))
+    events = node.step(Ping("w1", 0, left), 0.03).events
+    events += node.step(Ping("w0", 0, Gossip(1, "w0", (entry(0, status=Status.LEFT),))), 0.04).events
+    assert not any(isinstance(e, BarrierFailed) for e in events)

@@ -28,7 +28,10 @@ did not wait for, and every other member had arrived.
 
 Waiter rules (``Waits``): arrive once per generation; re-send to the leader every
 ``resend_periods`` and to every new leader; a local deadline (timeout plus two probe
-periods) covers a leader that never answers.
+periods) covers a leader that never answers. A member leaving gracefully relays its
+newest RELEASED result to every peer before its LEFT announcement: when every member
+exits right after a final barrier, a waiter whose release is still queued would
+otherwise see the others leave first, lose its quorum and fail a barrier that passed.
 """
 
 from __future__ import annotations
@@ -243,6 +246,13 @@ class Waits:
             )
         else:
             self._out.emit(BarrierFailed(result.barrier_id, result.generation, result.outcome, result.workers))
+
+    def latest_release(self) -> BarrierResult | None:
+        """The newest RELEASED result this node received, if any (relayed when leaving)."""
+        for result in reversed(self.recent.values()):
+            if result.outcome == Outcome.RELEASED:
+                return result
+        return None
 
     def fail_all(self, detail: str) -> None:
         for barrier_id, wait in list(self._waits.items()):

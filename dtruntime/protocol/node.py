@@ -41,6 +41,7 @@ from .messages import (
     MemberEntry,
     Members,
     Message,
+    Outcome,
     PartDone,
     Ping,
     PingReq,
@@ -173,6 +174,10 @@ class Node:
             left = self.membership.leave()
             gossip = Gossip(self.election.leader_term, self.election.leader_id or "", (left,))
             peers = [e for e in self.membership.members.values() if e.is_live and e.worker_id != self.worker_id]
+            released = self.waits.latest_release()
+            if released is not None:  # before any LEFT news, so a waiter keeps its quorum
+                for entry in peers:
+                    self._out.send(entry.endpoint, Release(self.worker_id, released))
             for entry in peers:
                 self._out.send(entry.endpoint, Ping(self.worker_id, 0, gossip))
             self._left = True
@@ -255,11 +260,17 @@ class Node:
             self._send_result(result, message.sender)
 
     def _on_release(self, message: Release, now: float) -> None:
-        """A result from our leader ends a wait; one sent to us as leader is a report."""
+        """A result from our leader ends a wait; one sent to us as leader is a report.
+
+        A RELEASED result is also taken from any other member (a leaving member relays
+        its newest one): it is a decision some leader made for that exact generation,
+        and a release never contradicts a live member's arrival. Failures are taken
+        from the leader only, so a stale leader's verdict cannot fail a live barrier.
+        """
         if self.election.is_leader:
             self.book.learn(message.result)  # a follower reporting an earlier leader's result
             self.waits.on_result(message.result)
-        elif message.sender == self.election.leader_id:
+        elif message.sender == self.election.leader_id or message.result.outcome == Outcome.RELEASED:
             self.waits.on_result(message.result)
         else:
             self.dropped["release_not_from_leader"] += 1
