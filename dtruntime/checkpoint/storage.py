@@ -223,7 +223,6 @@ class FsspecStorage(Storage):
 
     def list_files(self) -> dict[str, int]:
         with _as_oserror():
-            self.fs.invalidate_cache(self.root)
             try:
                 found = self.fs.find(self.root, detail=True)
             except FileNotFoundError:
@@ -280,6 +279,10 @@ def open_storage(storage_path: str, backend: str | None, storage_options: Mappin
     if has_protocol and protocol not in expected:
         raise ConfigError("backend", f"backend {backend!r} cannot use {storage_path!r} (protocol {protocol!r})")
     url = storage_path if has_protocol else f"{backend}://{storage_path.lstrip('/')}"
+    # Other ranks and processes write the same store: a cached directory listing would
+    # hide a manifest written since (s3fs answers reads from it), so listings are never
+    # cached. Nothing else is cached either: every list and read goes to the store.
+    options["use_listings_cache"] = False
     try:
         fs = fsspec.filesystem(backend, **options)
     except (ImportError, ValueError, TypeError) as exc:

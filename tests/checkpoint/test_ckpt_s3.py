@@ -47,6 +47,21 @@ def test_round_trip_retention_and_listing_on_s3(s3_store, s3_options):
     assert {layout.split_key(k.split("/run1/", 1)[1])[0] for k in keys} == {2, 3}
 
 
+def test_a_step_another_process_commits_after_this_one_listed_it_in_flight_loads(s3_store, s3_options):
+    """Found by the S3 crash soak: a stale directory listing hid a manifest written since."""
+    reader = CheckpointManager(s3_store, backend="s3", storage_options=s3_options)
+    # Another process: its own filesystem object, so nothing it writes touches the reader's.
+    writer = CheckpointManager(s3_store, backend="s3", storage_options={**s3_options, "skip_instance_cache": True})
+    with reader, writer:
+        writer.save_bytes(b"zero", 0).result(TIMEOUT)
+        stray = f"{s3_store}/{layout.step_dir(1)}/part-00001-none-00000000.bin"
+        fsspec.filesystem("s3", skip_instance_cache=True, **s3_options).pipe_file(stray, b"x")  # step 1 in flight
+        assert reader.list_checkpoints_sync() == [0]
+        writer.save_bytes(b"one", 1).result(TIMEOUT)
+        assert reader.list_checkpoints_sync() == [0, 1]
+        assert reader.load_bytes() == b"one"
+
+
 def test_one_put_per_part_plus_manifest_and_no_copies(s3_store, s3_options):
     with CheckpointManager(s3_store, storage_options=s3_options, compression="none") as manager:
         log = _RequestLog(manager._storage.fs)
