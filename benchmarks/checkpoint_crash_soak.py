@@ -75,11 +75,6 @@ def check_store(root: str, backend: str | None, options: dict[str, Any]) -> list
                 if manager.read_manifest().step != steps[-1]:
                     problems.append("read_manifest() did not resolve to the newest committed step")
             except Exception as exc:  # noqa: BLE001 - any failure is a violation
-                import traceback
-                traceback.print_exc()
-                storage = manager._storage
-                print("DEBUG files", sorted(storage.list_files()), file=sys.stderr)
-                print("DEBUG dircache", {k: [e['name'] for e in v] for k, v in storage.fs.dircache.items()}, file=sys.stderr)
                 problems.append(f"load() of the newest step failed: {exc!r} (listed {steps}, "
                                 f"now listed {manager.list_checkpoints_sync()})")
     return problems
