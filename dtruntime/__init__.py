@@ -1,6 +1,6 @@
 """dtruntime: a control plane for distributed PyTorch training without a control server."""
 
-from .api.orchestrator import TrainingOrchestrator, WorkerInfo
+from .api.orchestrator import Agreement, TrainingOrchestrator, WorkerInfo
 from .checkpoint import CheckpointManager
 from .config import Config
 from .data import DatasetRegistry
@@ -19,6 +19,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Agreement",
     "BarrierTimeout",
     "CheckpointError",
     "CheckpointManager",

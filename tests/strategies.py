@@ -28,6 +28,7 @@ def strategy_for(hint: object) -> st.SearchStrategy:
             Kind.ENDPOINT: ENDPOINTS,
             Kind.BARRIER_ID: BARRIER_IDS,
             Kind.CODEC: st.sampled_from(["none", "gzip", "zstd"]),
+            Kind.BARRIER_VALUE: st.just("") | BARRIER_IDS,
         }[kind]
     if origin is tuple:
         return st.lists(strategy_for(typing.get_args(hint)[0]), max_size=4).map(tuple)

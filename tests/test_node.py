@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtruntime.errors import ProtocolError
-from dtruntime.protocol.events import BarrierFailed, LeaderChanged
+from dtruntime.protocol.events import BarrierFailed, BarrierReleased, LeaderChanged
 from dtruntime.protocol.messages import (
     Arrive,
     BarrierResult,
@@ -181,3 +181,29 @@ def test_a_release_relayed_by_a_peer_ends_the_wait_before_its_departure_costs_th
     events = node.step(Ping("w1", 0, left), 0.03).events
     events += node.step(Ping("w0", 0, Gossip(1, "w0", (entry(0, status=Status.LEFT),))), 0.04).events
     assert not any(isinstance(e, BarrierFailed) for e in events)
+
+
+def test_release_names_the_members_whose_value_differs_from_the_lowest_ranked_one():
+    node = make_node(rank=0, world=3)
+    node.step(Members("w1", 0, "", (entry(1), entry(2))), 0.0)
+    node.tick(0.2)
+    node.step(Vote("w1", node.election.voted_term, True), 0.21)
+    assert node.is_leader
+    node.step(Arrive("w2", 0, "spec", 0, False, 0, 0, "shard_size=50"), 0.3)
+    node.step(Arrive("w1", 0, "spec", 0, False, 0, 0, "shard_size=100"), 0.31)
+    ready = node.arrive("spec", 0.32, value="shard_size=100")
+    released = [e for e in ready.events if isinstance(e, BarrierReleased)]
+    assert released == [BarrierReleased("spec", 0, (), "w0", "shard_size=100", ("w2",), "shard_size=50")]
+    results = {m.result for _, m in ready.messages if isinstance(m, Release)}
+    assert results == {BarrierResult("spec", 0, Outcome.RELEASED, False, (), "w0", "shard_size=100", ("w2",),
+                                     "shard_size=50")}
+
+
+def test_a_plain_barrier_carries_no_agreement_and_a_bad_value_is_refused():
+    node = Node(entry(0), 1, [], SETTINGS, random.Random(1), 0.0)
+    assert node.arrive("plain", 0.0).events == [BarrierReleased("plain", 0)]
+    assert node.arrive("same", 0.1, value="v").events == [BarrierReleased("same", 0, (), "w0", "v", (), "")]
+    with pytest.raises(ProtocolError, match="barrier value"):
+        node.arrive("bad", 0.2, value="x" * 1025)
+    with pytest.raises(ProtocolError, match="barrier value"):
+        node.arrive("bad", 0.2, value="line\nbreak")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from .datasets_helpers import memory_root, write_csv_files, write_parquet_files, write_tfrecord_files  # noqa: F401
 
-from dtruntime import DatasetRegistry
-from dtruntime.data import DatasetSpec, MembershipView, check_same_spec
+from dtruntime import DatasetRegistry, sharding
+from dtruntime.data import DatasetSpec, MembershipView, check_same_spec, spec_summary
+from dtruntime.data.registry import summary_difference
 from dtruntime.errors import DatasetError
 
 
@@ -121,9 +122,11 @@ def test_orchestrator_membership_drives_the_ring():
     view.live.pop(2)  # host-a/2 is lost
     with pytest.raises(DatasetError, match="worker_rank 2 is not a live member"):
         registry.get_assignment("d", 2, 0)
-    after = {r: registry.get_assignment("d", r, 0) for r in (0, 1, 3)}
+    # An epoch keeps the membership it started with (the lost share is taken over);
+    # the next epoch is split over the survivors.
+    assert {r: registry.get_assignment("d", r, 0) for r in (0, 1, 3)} == {r: before[r] for r in (0, 1, 3)}
+    after = {r: registry.get_assignment("d", r, 1) for r in (0, 1, 3)}
     assert sum(r.num_samples for r in after[0]) == -(-10_000 // 3)
-    assert before != after
     view.live.clear()
     with pytest.raises(DatasetError, match="no live members"):
         registry.get_assignment("d", 0, 0)
@@ -247,3 +250,107 @@ def test_s3_dataset_through_a_moto_server(moto_endpoint):
     values = read_values(registry, "s3ds", 1, 0)
     assert values == [i for r in registry.get_assignment("s3ds", 1, 0) for i in r.sample_order()]
     assert registry.get_shard("s3ds", 1, 0)
+
+
+class AgreeingMembership(Membership):
+    """A stand-in orchestrator whose agreement barrier reports a fixed other worker's summary."""
+
+    def __init__(self, members, other_summary=None):
+        super().__init__(members)
+        self.other_summary = other_summary
+        self.calls = []
+
+    def agree_sync(self, barrier_id, value, timeout=None):
+        from dtruntime import Agreement
+
+        self.calls.append((barrier_id, value, timeout))
+        if self.other_summary is None or self.other_summary == value:
+            return Agreement(barrier_id, "host-a/0", value, (), "")
+        return Agreement(barrier_id, "host-a/0", value, ("host-a/1",), self.other_summary)
+
+
+def test_register_agrees_once_per_dataset_and_names_a_field_that_differs_by_hash():
+    view = AgreeingMembership([Member(f"host-a/{i}", i) for i in range(2)])
+    registry = DatasetRegistry(orchestrator=view, spec_check_timeout=5.0)
+    spec = registry.register("d", total_samples=100, shard_size=10)
+    registry.register("d", total_samples=100, shard_size=10)  # repeated: local no-op
+    assert view.calls == [("dtruntime.dataset:d", spec_summary(spec), 5.0)]
+
+    other = spec_summary(replace(spec, path="s3://bucket/" + "x" * 100, shard_size=10))
+    view = AgreeingMembership(view.live, other_summary=other)
+    with pytest.raises(DatasetError, match=r"path is \(hash [0-9a-f]{12}\) on worker host-a/1 and null here"):
+        DatasetRegistry(orchestrator=view).register("d", total_samples=100, shard_size=10)
+
+
+def test_spec_summary_is_short_and_printable_whatever_the_spec():
+    spec = DatasetSpec("d" * 300, "/data/" + "p" * 5000, "csv", 10**12, 7, True, 3, ("f;1",) * 1000,
+                       (5,) * 1000, (("key", '"' + "v" * 500 + '"'),))
+    summary = spec_summary(spec)
+    assert len(summary) < 500 and summary.isprintable()
+    assert summary_difference(summary, spec_summary(replace(spec, seed=4))) == ("seed", "3", "4")
+
+
+class TakeOverView(AgreeingMembership):
+    """A survivor's stand-in orchestrator: another survivor heard ``other_cursor`` of the lost one."""
+
+    worker_id = "host-a/0"
+
+    def __init__(self, members, heard, other_cursor, other_fingerprint=None):
+        super().__init__(members)
+        self.heard, self.other_cursor, self.other_fingerprint = heard, other_cursor, other_fingerprint
+
+    def progress(self, key):
+        return dict(self.heard)
+
+    def agree_sync(self, barrier_id, value, timeout=None):
+        from dtruntime import Agreement
+
+        if barrier_id.startswith("dtruntime.dataset:"):
+            return Agreement(barrier_id, "host-a/0", value, (), "")  # the spec check: all agree
+        self.calls.append((barrier_id, value, timeout))
+        fingerprint, _, cursor = value.partition(":")
+        other = f"{self.other_fingerprint or fingerprint}:{max(int(cursor), self.other_cursor)}"
+        if other == value:
+            return Agreement(barrier_id, "host-a/0", value, (), "")
+        return Agreement(barrier_id, "host-a/0", value, ("host-a/1",), other)
+
+
+def test_take_over_settles_on_the_furthest_cursor_any_survivor_heard():
+    members = [Member(f"host-a/{i}", i) for i in range(3)]
+    view = TakeOverView(members, heard={"host-a/2": 100}, other_cursor=300)
+    registry = DatasetRegistry(orchestrator=view)
+    registry.register("d", total_samples=3000, shard_size=100, shuffle=True, seed=1)
+    registry.get_assignment("d", 0, 0)
+    assert registry.take_over("d", 0) == []  # nobody lost: nothing to do, no barrier
+    epoch = registry.assignment("d", 0)
+    view.live.pop(2)
+    records = registry.take_over("d", 0, timeout=9.0)
+    assert [value.split(":")[1] for _, value, _ in view.calls] == ["100", "300"]  # two rounds
+    expected = sharding.take_over(epoch, {"host-a/2": sharding.completed_ranges(epoch, "host-a/2", 300)},
+                                  ["host-a/0", "host-a/1"])["host-a/0"]
+    assert [(r.start_sample, r.end_sample) for r in records if not r.padding] == [
+        (p.start, p.end) for p in expected.pieces
+    ]
+
+    view.other_fingerprint = "000000000000"
+    with pytest.raises(DatasetError, match="different memberships"):
+        registry.take_over("d", 0)
+
+
+def test_elastic_epoch_calls_need_an_orchestrator_and_check_their_input():
+    registry = DatasetRegistry(rank=0, world_size=2)
+    registry.register("d", total_samples=100, shard_size=10)
+    with pytest.raises(DatasetError, match="needs an orchestrator"):
+        registry.report_progress("d", 0, 10)
+    with pytest.raises(DatasetError, match="needs an orchestrator"):
+        registry.take_over("d", 0)
+    view = TakeOverView([Member("host-a/0", 0)], heard={}, other_cursor=0)
+    view.set_progress = lambda key, value: None
+    registry = DatasetRegistry(orchestrator=view)
+    registry.register("d", total_samples=100, shard_size=10)
+    with pytest.raises(DatasetError, match="cursor"):
+        registry.report_progress("d", 0, -1)
+    with pytest.raises(DatasetError, match="epoch"):
+        registry.report_progress("d", -1, 0)
+    with pytest.raises(DatasetError, match="never called"):
+        registry.take_over("d", 3)

@@ -12,7 +12,10 @@ or port behind.
 
 Barrier outcomes become exceptions: a lost worker raises :class:`WorkerLostError`
 naming it and its rank, a timeout raises :class:`BarrierTimeout` naming who had not
-arrived, a lost majority raises :class:`NoQuorumError`.
+arrived, a lost majority raises :class:`NoQuorumError`. :meth:`agree` is a barrier at
+which every worker also brings a value; it returns an :class:`Agreement` saying whether
+all values were equal and, if not, who differs from whom (it raises nothing for a
+mismatch: what a mismatch means is the caller's business).
 
 Checkpoints (used by ``CheckpointManager(..., orchestrator=...)``): :meth:`report_part`
 tells the leader that this rank's part of a step is durable and returns a future that
@@ -59,6 +62,26 @@ from ..runtime.driver import Driver
 from ..runtime.transport import ZmqTransport
 
 log = logging.getLogger("dtruntime")
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The values the workers brought to an agreement barrier (:meth:`TrainingOrchestrator.agree`).
+
+    ``reference`` is the lowest-ranked worker and ``reference_value`` its value;
+    ``differing`` names every worker whose value differs from it, and
+    ``differing_value`` is the first one's value. Every worker gets the same record.
+    """
+
+    barrier_id: str
+    reference: str
+    reference_value: str
+    differing: tuple[str, ...]
+    differing_value: str
+
+    @property
+    def agreed(self) -> bool:
+        return not self.differing
 
 
 @dataclass(frozen=True)
@@ -129,7 +152,7 @@ class TrainingOrchestrator:
         self._secret = raw_secret if raw_secret is not None else load_secret(env)
         self._driver: Driver | None = None
         self._lock = threading.Lock()
-        self._barriers: dict[str, Future[None]] = {}
+        self._barriers: dict[str, Future[Agreement]] = {}
         self._joined: Future[str] = Future()
         self._lost: dict[str, WorkerLost] = {}
         self._declared_dead = False
@@ -180,6 +203,12 @@ class TrainingOrchestrator:
         """Wait until every expected worker arrived at ``barrier_id`` (see the module doc)."""
         await asyncio.wrap_future(self._arrive(barrier_id, timeout, elastic))
 
+    async def agree(self, barrier_id: str, value: str, timeout: float | None = None) -> Agreement:
+        """A barrier at which every worker brings ``value`` (at most 1024 printable
+        characters); returns who, if anyone, brought a different one. Errors as for
+        :meth:`wait_barrier`."""
+        return await asyncio.wrap_future(self._arrive(barrier_id, timeout, False, value))
+
     async def heartbeat(self) -> None:
         """Run a gossip round now (they also run automatically every interval)."""
         await asyncio.wrap_future(self._running().submit(lambda node, now: node.tick(now)))
@@ -206,6 +235,9 @@ class TrainingOrchestrator:
 
     def wait_barrier_sync(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
         self._arrive(barrier_id, timeout, elastic).result()
+
+    def agree_sync(self, barrier_id: str, value: str, timeout: float | None = None) -> Agreement:
+        return self._arrive(barrier_id, timeout, False, value).result()
 
     def heartbeat_sync(self) -> None:
         self._running().submit(lambda node, now: node.tick(now)).result(timeout=10)
@@ -275,6 +307,15 @@ class TrainingOrchestrator:
     def is_leader(self) -> bool:
         return self._running().snapshot.is_leader
 
+    def set_progress(self, key: str, value: int) -> None:
+        """Publish this worker's counter ``key`` (at most 256 printable characters; the
+        value only grows); the other workers learn it by gossip within a few heartbeats."""
+        self._running().submit(lambda node, now: node.set_progress(key, value, now)).result()
+
+    def progress(self, key: str) -> dict[str, int]:
+        """Every worker's counter ``key`` as far as this worker has heard, its own included."""
+        return self._running().submit(lambda node, now: node.progress_of(key)).result()
+
     def members(self) -> list[WorkerInfo]:
         """Live workers (including suspects) with their registration info, by rank."""
         return sorted((WorkerInfo.from_entry(e) for e in self._running().snapshot.members), key=lambda w: w.rank)
@@ -330,14 +371,16 @@ class TrainingOrchestrator:
         if node.joined and not self._joined.done():
             self._joined.set_result(self.worker_id)
 
-    def _arrive(self, barrier_id: str, timeout: float | None, elastic: bool) -> "Future[None]":
+    def _arrive(self, barrier_id: str, timeout: float | None, elastic: bool, value: str = "") -> "Future[Agreement]":
         driver = self._running()
-        future: Future[None] = Future()
+        future: Future[Agreement] = Future()
         with self._lock:
             if barrier_id in self._barriers:
                 raise ProtocolError(f"already waiting at barrier {barrier_id!r}")
             self._barriers[barrier_id] = future
-        submitted = driver.submit(lambda node, now: node.arrive(barrier_id, now, timeout=timeout, elastic=elastic))
+        submitted = driver.submit(
+            lambda node, now: node.arrive(barrier_id, now, timeout=timeout, elastic=elastic, value=value)
+        )
 
         def on_submitted(done: Future) -> None:
             if done.exception() is not None:
@@ -402,7 +445,10 @@ class TrainingOrchestrator:
         """Runs in the driver thread: turn node events into future outcomes."""
         self._on_commit_event(event)
         if isinstance(event, BarrierReleased):
-            self._settle(barrier_id=event.barrier_id, error=None)
+            agreement = Agreement(
+                event.barrier_id, event.reference, event.reference_value, event.differing, event.differing_value
+            )
+            self._settle(event.barrier_id, None, agreement)
         elif isinstance(event, BarrierFailed):
             self._settle(event.barrier_id, self._barrier_error(event))
         elif isinstance(event, WorkerLost):
@@ -460,10 +506,10 @@ class TrainingOrchestrator:
                 ranks.append(rank)
         return ranks
 
-    def _settle(self, barrier_id: str, error: BaseException | None) -> None:
+    def _settle(self, barrier_id: str, error: BaseException | None, result: Any = None) -> None:
         with self._lock:
             future = self._barriers.pop(barrier_id, None)
-        _settle_future(future, error)
+        _settle_future(future, error, result)
 
     def _fail_barriers(self, error: Exception) -> None:
         with self._lock:
@@ -489,12 +535,12 @@ def _abandoned_error(event: CheckpointAbandoned) -> CheckpointError:
     )
 
 
-def _settle_future(future: Future[None] | None, error: BaseException | None) -> None:
-    """Resolve a waiter's future with success or ``error``, unless it is gone or already done."""
+def _settle_future(future: Future[Any] | None, error: BaseException | None, result: Any = None) -> None:
+    """Resolve a waiter's future with ``result`` or ``error``, unless it is gone or already done."""
     if future is None or future.done():
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(result)
     else:
         future.set_exception(error)
 

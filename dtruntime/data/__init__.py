@@ -2,7 +2,7 @@
 
 from .files import FORMATS, FileSlice
 from .prefetch import PrefetchIterator, make_shard_dataset
-from .registry import DatasetRegistry, DatasetSpec, LiveMember, MembershipView, ShardAssignment, check_same_spec
+from .registry import DatasetRegistry, DatasetSpec, LiveMember, MembershipView, ShardAssignment, check_same_spec, spec_summary
 
 __all__ = [
     "FORMATS",
@@ -14,5 +14,6 @@ __all__ = [
     "PrefetchIterator",
     "ShardAssignment",
     "check_same_spec",
+    "spec_summary",
     "make_shard_dataset",
 ]

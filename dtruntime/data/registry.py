@@ -12,8 +12,24 @@ the live worker ids), otherwise from the constructor or the ``RANK``/``WORLD_SIZ
 environment variables (default 0 and 1); standalone member ids are ``rank-<r>``.
 
 A registration is summarised by a :class:`DatasetSpec`, a pure value with a stable
-:meth:`~DatasetSpec.fingerprint`; :func:`check_same_spec` compares the specs two workers
-registered and names the first differing field (the runtime wires that check across workers).
+:meth:`~DatasetSpec.fingerprint`; :func:`check_same_spec` compares two specs and names the
+first differing field.
+
+Cross-worker check: with an orchestrator that offers ``agree_sync`` (the real one does),
+:meth:`DatasetRegistry.register` is collective, like a barrier: every worker brings a
+per-field summary of its spec (:func:`spec_summary`) to an agreement barrier named after
+the dataset, and a worker whose spec differs from the lowest-ranked worker's makes every
+worker raise a DatasetError naming the field and the workers. Only the first
+registration of a dataset on a worker takes part; repeating it is a local no-op.
+
+Elastic epochs (with an orchestrator): each worker publishes how far it got through its
+epoch stream (:meth:`DatasetRegistry.report_progress`, a counter the orchestrator gossips).
+When workers are lost mid-epoch, every survivor calls :meth:`DatasetRegistry.take_over`:
+the survivors agree on how far each lost worker got (the furthest any survivor heard, by
+rounds of agreement barriers, so all of them use the same numbers) and split exactly the
+lost workers' unfinished samples among themselves, on the membership the epoch started
+with (:func:`dtruntime.sharding.take_over`). Samples a lost worker read after its last
+report that reached anybody are read again by a survivor: they count as unfinished.
 """
 
 from __future__ import annotations
@@ -43,6 +59,7 @@ __all__ = [
     "MembershipView",
     "ShardAssignment",
     "check_same_spec",
+    "spec_summary",
 ]
 
 
@@ -113,6 +130,39 @@ def check_same_spec(local: DatasetSpec, remote: DatasetSpec, *, remote_name: str
             )
 
 
+def spec_summary(spec: DatasetSpec) -> str:
+    """``field=token;...`` for every field of ``spec``: equal specs, equal summaries.
+
+    A token is the field's canonical JSON when that is short (so an error can show the
+    other worker's value), else ``#`` and a 12-hex blake2b digest of it. At most about
+    450 characters, printable, whatever the spec (fits an agreement barrier value).
+    """
+    tokens = []
+    for field in fields(DatasetSpec):
+        text = json.dumps(_jsonable(getattr(spec, field.name)), separators=(",", ":"))
+        if len(text) > _SUMMARY_LITERAL_MAX or ";" in text:
+            text = "#" + hashlib.blake2b(text.encode("utf-8"), digest_size=6).hexdigest()
+        tokens.append(f"{field.name}={text}")
+    return ";".join(tokens)
+
+
+def summary_difference(mine: str, theirs: str) -> tuple[str, str, str] | None:
+    """The first ``(field, my token, their token)`` where two summaries differ, or None."""
+    own = dict(token.split("=", 1) for token in mine.split(";"))
+    other = dict(token.split("=", 1) for token in theirs.split(";") if "=" in token)
+    for name, token in own.items():
+        if other.get(name) != token:
+            return name, token, other.get(name, "?")
+    return None
+
+
+_SUMMARY_LITERAL_MAX = 32
+
+
+def _shown(token: str) -> str:
+    return f"(hash {token[1:]})" if token.startswith("#") else token
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
@@ -162,7 +212,8 @@ class DatasetRegistry:
     ``coordinator_url`` is accepted for compatibility with the original API; the assignment is
     computed locally either way. ``storage_options`` go to fsspec when opening dataset URLs
     (``{"endpoint_url": ...}`` for an S3-compatible store); they are not part of the spec, so
-    credentials never enter a fingerprint.
+    credentials never enter a fingerprint. ``spec_check_timeout`` bounds the cross-worker
+    spec check of :meth:`register` (None: wait as long as a barrier would).
     """
 
     _CACHE_SIZE = 16
@@ -176,10 +227,12 @@ class DatasetRegistry:
         world_size: int | None = None,
         config: DatasetConfig | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        spec_check_timeout: float | None = 300.0,
     ) -> None:
         if orchestrator is not None and not callable(getattr(orchestrator, "members", None)):
             raise DatasetError("orchestrator must have a members() method returning live members")
         self.coordinator_url = coordinator_url
+        self.spec_check_timeout = spec_check_timeout
         self._orchestrator = orchestrator
         self._config = config or DatasetConfig()
         self._storage_options = dict(storage_options or {})
@@ -188,6 +241,7 @@ class DatasetRegistry:
         if orchestrator is None:
             _check_world(self._rank, self._world_size)
         self._datasets: dict[str, _Dataset] = {}
+        self._epoch_members: OrderedDict[tuple[str, int], list[str]] = OrderedDict()  # at the epoch's start
         self._assignments: OrderedDict[tuple[Any, ...], sharding.Assignment] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -206,7 +260,10 @@ class DatasetRegistry:
     ) -> DatasetSpec:
         """Register a dataset; registering the same spec again is a no-op, a different one an error.
 
-        ``max_record_bytes`` (TFRecord) may be given among the keyword arguments.
+        ``max_record_bytes`` (TFRecord) may be given among the keyword arguments. With an
+        orchestrator, the first registration of ``dataset_id`` is collective: it returns
+        once every worker registered it, and raises DatasetError naming the first
+        differing field if any worker's spec differs (see the module docstring).
         """
         if not isinstance(dataset_id, str) or not dataset_id:
             raise DatasetError(f"dataset_id must be a non-empty string, not {dataset_id!r}")
@@ -259,12 +316,39 @@ class DatasetRegistry:
         )
         with self._lock:
             existing = self._datasets.get(dataset_id)
-            if existing is not None:
+        if existing is not None:
+            check_same_spec(existing.spec, spec, remote_name="this registration")
+            return existing.spec
+        self._check_across_workers(spec)
+        with self._lock:
+            existing = self._datasets.get(dataset_id)
+            if existing is not None:  # registered meanwhile by another thread
                 check_same_spec(existing.spec, spec, remote_name="this registration")
                 return existing.spec
             offsets = tuple(np.concatenate(([0], np.cumsum(counts, dtype=np.int64))).tolist())
             self._datasets[dataset_id] = _Dataset(spec, fs, offsets, max_record_bytes, spec.fingerprint())
         return spec
+
+    def _check_across_workers(self, spec: DatasetSpec) -> None:
+        """Agree on ``spec`` with every worker (a no-op without an orchestrator's ``agree_sync``)."""
+        agree = getattr(self._orchestrator, "agree_sync", None)
+        if not callable(agree):
+            return
+        mine = spec_summary(spec)
+        agreement = agree(f"dtruntime.dataset:{_short_name(spec.dataset_id)}", mine, timeout=self.spec_check_timeout)
+        if agreement.agreed:
+            return
+        other_worker, other = (
+            (agreement.differing[0], agreement.differing_value) if mine == agreement.reference_value
+            else (agreement.reference, agreement.reference_value)
+        )
+        difference = summary_difference(mine, other)
+        field, own_token, other_token = difference if difference is not None else ("?", "?", "?")
+        raise DatasetError(
+            f"dataset {spec.dataset_id!r}: workers registered different specs: {field} is "
+            f"{_shown(other_token)} on worker {other_worker} and {_shown(own_token)} here; workers that differ from "
+            f"{agreement.reference} (lowest rank): {', '.join(agreement.differing)}"
+        )
 
     def spec(self, dataset_id: str) -> DatasetSpec:
         return self._dataset(dataset_id).spec
@@ -284,26 +368,107 @@ class DatasetRegistry:
         """The records ``worker_rank`` reads in ``epoch``, in order, padding records last.
 
         Every rank's records add up to the same number of samples; over all ranks the
-        non-padding records cover ``[0, total_samples)`` exactly once.
+        non-padding records cover ``[0, total_samples)`` exactly once. With an
+        orchestrator, the first call for ``(dataset_id, epoch)`` fixes the epoch's
+        membership: a worker lost later does not re-split the epoch (the survivors call
+        :meth:`take_over`); the next epoch is split over the live members.
         """
         dataset = self._dataset(dataset_id)
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise DatasetError(f"epoch must be an integer >= 0, not {epoch!r}")
+        _check_epoch(epoch)
         member_id, member_ids = self._member_for(worker_rank)
+        member_ids = self._remember_epoch_members(dataset_id, epoch, member_ids)
         assignment = self._assignment(dataset, member_ids, epoch)
-        work = assignment[member_id]
-        spec = dataset.spec
-        records = [self._record(dataset, piece, epoch) for piece in work.pieces]
-        for sample in work.padding:
-            shard = sample // spec.shard_size
-            records.append(self._record(dataset, sharding.Piece(shard, sample, sample + 1), epoch, padding=True))
-        return records
+        return self._records(dataset, assignment[member_id], epoch)
+
+    # ------------------------------------------------------------------ elastic epochs
+
+    def report_progress(self, dataset_id: str, epoch: int, cursor: int) -> None:
+        """Publish that this worker has finished ``cursor`` samples of its ``epoch`` stream
+        (its :meth:`get_assignment` records read in order, ``sample_order()`` within each,
+        padding last). Only grows within an epoch; call it every few batches."""
+        publish = getattr(self._orchestrator, "set_progress", None)
+        if not callable(publish):
+            raise DatasetError("report_progress needs an orchestrator (progress is gossiped between workers)")
+        self._dataset(dataset_id)
+        _check_epoch(epoch)
+        if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
+            raise DatasetError(f"cursor must be an integer >= 0, not {cursor!r}")
+        publish(_progress_key(dataset_id, epoch), cursor)
+
+    def take_over(self, dataset_id: str, epoch: int, *, timeout: float | None = None) -> list[ShardAssignment]:
+        """This worker's share of what the workers lost since ``epoch`` began left unread.
+
+        Collective: every survivor calls it (typically after a barrier raised
+        WorkerLostError). Returns records to read on top of this worker's own; empty when
+        no worker of the epoch's membership is lost. The epoch's membership is the one
+        :meth:`get_assignment` first used for ``(dataset_id, epoch)`` on this worker.
+        """
+        agree = getattr(self._orchestrator, "agree_sync", None)
+        if not callable(agree):
+            raise DatasetError("take_over needs an orchestrator (survivors agree on what the lost finished)")
+        dataset = self._dataset(dataset_id)
+        _check_epoch(epoch)
+        with self._lock:
+            epoch_members = self._epoch_members.get((dataset_id, epoch))
+        if epoch_members is None:
+            raise DatasetError(f"dataset {dataset_id!r} epoch {epoch}: get_assignment was never called for it here")
+        live = {str(m.worker_id) for m in self._live_members()}
+        me = str(self._orchestrator.worker_id)  # type: ignore[union-attr]
+        survivors = [m for m in epoch_members if m in live]
+        lost = sorted(m for m in epoch_members if m not in live)
+        if not lost:
+            return []
+        if me not in survivors:
+            raise DatasetError(f"this worker ({me}) was not a member of epoch {epoch} of {dataset_id!r}")
+        key = _progress_key(dataset_id, epoch)
+        cursors = self._agree_on_cursors(agree, key, epoch_members, lost, timeout)
+        assignment = self._assignment(dataset, epoch_members, epoch)
+        completed = {
+            member: sharding.completed_ranges(assignment, member, min(cursor, assignment[member].num_samples))
+            for member, cursor in cursors.items()
+        }
+        extra = sharding.take_over(assignment, completed, survivors)
+        return self._records(dataset, extra[me], epoch)
+
+    def _agree_on_cursors(
+        self, agree: Any, key: str, epoch_members: list[str], lost: list[str], timeout: float | None
+    ) -> dict[str, int]:
+        """The cursor of each lost worker that every survivor settles on: the largest any heard.
+
+        Each round is an agreement barrier on the epoch's membership fingerprint and the
+        comma-joined cursors (a membership mismatch is an error); a survivor that
+        differs takes the element-wise maximum with the values the release shows, so the
+        largest value spreads and the rounds end within (number of survivors) rounds.
+        """
+        heard = self._orchestrator.progress(key)  # type: ignore[union-attr]
+        cursors = {member: heard.get(member, 0) for member in lost}
+        fingerprint = hashlib.blake2b(",".join(epoch_members).encode("utf-8"), digest_size=6).hexdigest()
+        for start in range(0, len(lost), _CURSORS_PER_AGREEMENT):
+            chunk = lost[start : start + _CURSORS_PER_AGREEMENT]
+            rounds = len(self._live_members()) + 2
+            for round_index in range(rounds):
+                mine = fingerprint + ":" + ",".join(str(cursors[m]) for m in chunk)
+                barrier_id = f"dtruntime.takeover:{key}:{chunk[0]}:{len(chunk)}:{round_index}"
+                agreement = agree(barrier_id[:256], mine, timeout=timeout)
+                if agreement.agreed:
+                    break
+                for seen in (agreement.reference_value, agreement.differing_value):
+                    their_fingerprint, _, values = seen.partition(":")
+                    if their_fingerprint != fingerprint:
+                        raise DatasetError(
+                            f"{key}: the survivors started this epoch with different memberships (a worker "
+                            "called get_assignment after a loss); take-over cannot be exact"
+                        )
+                    for member, value in zip(chunk, values.split(",")):
+                        cursors[member] = max(cursors[member], int(value))
+            else:
+                raise DatasetError(f"survivors did not settle the cursors of {chunk} in {rounds} rounds")
+        return cursors
 
     def assignment(self, dataset_id: str, epoch: int) -> sharding.Assignment:
         """The whole epoch's assignment over the current members (for take-over and resume)."""
         dataset = self._dataset(dataset_id)
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise DatasetError(f"epoch must be an integer >= 0, not {epoch!r}")
+        _check_epoch(epoch)
         return self._assignment(dataset, self._member_ids(), epoch)
 
     def open_shard(
@@ -334,6 +499,23 @@ class DatasetRegistry:
         )
 
     # ------------------------------------------------------------------ internals
+
+    def _records(self, dataset: _Dataset, work: sharding.MemberAssignment, epoch: int) -> list[ShardAssignment]:
+        records = [self._record(dataset, piece, epoch) for piece in work.pieces]
+        for sample in work.padding:
+            shard = sample // dataset.spec.shard_size
+            records.append(self._record(dataset, sharding.Piece(shard, sample, sample + 1), epoch, padding=True))
+        return records
+
+    def _remember_epoch_members(self, dataset_id: str, epoch: int, member_ids: list[str]) -> list[str]:
+        """With an orchestrator, an epoch keeps the membership it started with (for take-over)."""
+        if self._orchestrator is None:
+            return member_ids
+        with self._lock:
+            remembered = self._epoch_members.setdefault((dataset_id, epoch), member_ids)
+            while len(self._epoch_members) > self._CACHE_SIZE:
+                self._epoch_members.popitem(last=False)
+        return remembered
 
     def _dataset(self, dataset_id: str) -> _Dataset:
         try:
@@ -406,6 +588,26 @@ class DatasetRegistry:
 def _display_path(fs: Any, file_path: str, url: str) -> str:
     """Local datasets keep plain paths; others keep their protocol (``s3://b/k``)."""
     return fs.unstrip_protocol(file_path) if "://" in url else file_path
+
+
+_CURSORS_PER_AGREEMENT = 40  # 40 cursors of up to 19 digits fit a 1024-character barrier value
+
+
+def _short_name(dataset_id: str) -> str:
+    """``dataset_id`` when it fits a barrier id or gossip key, else ``#`` and a digest of it."""
+    if len(dataset_id) <= 200 and dataset_id.isprintable():
+        return dataset_id
+    return "#" + hashlib.blake2b(dataset_id.encode("utf-8"), digest_size=12).hexdigest()
+
+
+def _progress_key(dataset_id: str, epoch: int) -> str:
+    """The gossip key of a dataset's epoch (at most 256 characters)."""
+    return f"{_short_name(dataset_id)}@{epoch}"
+
+
+def _check_epoch(epoch: Any) -> None:
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise DatasetError(f"epoch must be an integer >= 0, not {epoch!r}")
 
 
 def _env_int(name: str, default: int) -> int:

@@ -19,6 +19,10 @@ Leader rules (``BarrierBook``):
   live expected member arrived (and a quorum is live), naming the excluded.
 * A timeout (sent with the arrival, counted from when the leader got it) fails the
   barrier with ``TIMEOUT`` naming who had not arrived.
+* Agreement: each arrival carries a value ("" for a plain barrier). A release compares
+  the values of the expected members: the lowest-ranked one is the reference, and the
+  result names every member whose value differs from it. Deciding that is the caller's
+  business (the dataset registry raises, naming the field).
 * A decided result is remembered (bounded history) and re-sent to any late or repeated
   arrival. A new leader learns results from followers' reports of recent results, so a
   release lost together with the old leader still reaches every waiter.
@@ -58,6 +62,7 @@ class _Open:
     expected: dict[str, None]  # insertion-ordered set of worker ids
     opened_at: float  # leader-clock time when the first member started waiting
     arrived: dict[str, int] = field(default_factory=dict)  # worker_id -> incarnation
+    values: dict[str, str] = field(default_factory=dict)  # worker_id -> value it arrived with
     deadline: float = float("inf")
 
 
@@ -109,6 +114,7 @@ class BarrierBook:
             ):
                 barrier.expected[worker_id] = None
         barrier.arrived[message.sender] = message.incarnation
+        barrier.values[message.sender] = message.value
         if message.timeout_ms:
             deadline = now + message.timeout_ms / 1000.0
             if deadline < barrier.deadline:
@@ -158,11 +164,14 @@ class BarrierBook:
         if barrier.elastic and view.live_count < self.quorum:
             return
         excluded = tuple(w for w in view.members if w not in expected)
-        self._close(key, barrier, Outcome.RELEASED, excluded)
+        self._close(key, barrier, Outcome.RELEASED, excluded, _agreement(barrier, view))
 
-    def _close(self, key: BarrierKey, barrier: _Open, outcome: Outcome, workers: tuple[str, ...]) -> None:
+    def _close(
+        self, key: BarrierKey, barrier: _Open, outcome: Outcome, workers: tuple[str, ...],
+        agreement: tuple[str, str, tuple[str, ...], str] = ("", "", (), ""),
+    ) -> None:
         del self._open[key]
-        result = BarrierResult(key[0], key[1], outcome, barrier.elastic, workers)
+        result = BarrierResult(key[0], key[1], outcome, barrier.elastic, workers, *agreement)
         self._decide(key, result, tuple(barrier.arrived))
 
     def _decide(self, key: BarrierKey, result: BarrierResult, arrived: tuple[str, ...]) -> None:
@@ -172,6 +181,25 @@ class BarrierBook:
         self.decisions.append(Decision(result, arrived))
 
 
+def _agreement(barrier: _Open, view: Membership) -> tuple[str, str, tuple[str, ...], str]:
+    """(reference, its value, members whose value differs, the first one's value).
+
+    All empty for a plain barrier (every value ""), which keeps its release small.
+    """
+    values = {w: v for w, v in barrier.values.items() if w in barrier.expected}
+    if not any(values.values()):
+        return ("", "", (), "")
+
+    def rank(worker_id: str) -> tuple[int, str]:
+        entry = view.get(worker_id)
+        return (entry.rank if entry is not None else view.world_size, worker_id)
+
+    ordered = sorted(values, key=rank)
+    reference = ordered[0]
+    differing = tuple(w for w in ordered if values[w] != values[reference])
+    return reference, values[reference], differing, values[differing[0]] if differing else ""
+
+
 @dataclass(slots=True)
 class _Wait:
     generation: int
@@ -179,6 +207,7 @@ class _Wait:
     timeout_ms: int
     local_deadline: float
     started: float
+    value: str = ""
 
 
 class Waits:
@@ -201,8 +230,10 @@ class Waits:
         wait = self._waits.get(barrier_id)
         return wait.generation if wait is not None else self._generations.get(barrier_id, 0)
 
-    def start(self, barrier_id: str, now: float, timeout: float | None, elastic: bool, incarnation: int) -> Arrive:
-        """Begin waiting; return the arrival to deliver to the leader."""
+    def start(
+        self, barrier_id: str, now: float, timeout: float | None, elastic: bool, incarnation: int, value: str = ""
+    ) -> Arrive:
+        """Begin waiting (arriving with ``value``); return the arrival to deliver to the leader."""
         if barrier_id in self._waits:
             raise ProtocolError(f"already waiting at barrier {barrier_id!r}")
         if timeout is not None and timeout <= 0:
@@ -210,14 +241,17 @@ class Waits:
         timeout_ms = 0 if timeout is None else max(1, round(timeout * 1000))
         grace = 2 * self.settings.probe_period
         deadline = float("inf") if timeout is None else now + timeout + grace
-        wait = _Wait(self._generations.get(barrier_id, 0), elastic, timeout_ms, deadline, now)
+        wait = _Wait(self._generations.get(barrier_id, 0), elastic, timeout_ms, deadline, now, value)
         self._waits[barrier_id] = wait
         self.next_resend = min(self.next_resend, now + self.settings.resend_periods * self.settings.probe_period)
         return self._arrival(barrier_id, wait, incarnation, now)
 
     def _arrival(self, barrier_id: str, wait: _Wait, incarnation: int, now: float) -> Arrive:
         waited_ms = max(0, round((now - wait.started) * 1000))
-        return Arrive(self.worker_id, incarnation, barrier_id, wait.generation, wait.elastic, wait.timeout_ms, waited_ms)
+        return Arrive(
+            self.worker_id, incarnation, barrier_id, wait.generation, wait.elastic, wait.timeout_ms, waited_ms,
+            wait.value,
+        )
 
     def arrivals(self, incarnation: int, now: float) -> list[Arrive]:
         return [self._arrival(barrier_id, wait, incarnation, now) for barrier_id, wait in self._waits.items()]
@@ -239,7 +273,12 @@ class Waits:
         while len(self.recent) > RECENT_RESULTS:
             self.recent.popitem(last=False)
         if result.outcome == Outcome.RELEASED and self.worker_id not in result.workers:
-            self._out.emit(BarrierReleased(result.barrier_id, result.generation, result.workers))
+            self._out.emit(
+                BarrierReleased(
+                    result.barrier_id, result.generation, result.workers,
+                    result.reference, result.reference_value, result.differing, result.differing_value,
+                )
+            )
         elif result.outcome == Outcome.RELEASED:
             self._out.emit(
                 BarrierFailed(result.barrier_id, result.generation, None, (), "released without this worker")

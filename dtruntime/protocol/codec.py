@@ -8,7 +8,7 @@ Invariant: :func:`decode` returns a valid message or raises
 :class:`~dtruntime.errors.RemoteProtocolError` — never any other exception, whatever the
 bytes (the property tests feed it random and mutated input). Validation covers the
 schema version, the type tag, arity, every field's type, integer ranges (all integers
-are in ``[0, 2**63)``), string formats (worker ids, endpoints, barrier ids), tuple
+are in ``[0, 2**63)``), string formats (worker ids, endpoints, barrier ids and values), tuple
 lengths and the total size.
 
 The encoder and decoder of each message class are compiled once from its type hints.
@@ -28,13 +28,14 @@ import msgpack
 from ..errors import RemoteProtocolError
 from .messages import MESSAGE_TYPES, TYPE_OF_CLASS, Kind, Message, MsgType
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: barrier values (Arrive.value, agreement fields of BarrierResult), progress gossip
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_ITEMS = 65536
 MAX_INT = 2**63 - 1
 MAX_WORKER_ID_LEN = 128
 MAX_BARRIER_ID_LEN = 256
 MAX_ENDPOINT_LEN = 256
+MAX_BARRIER_VALUE_LEN = 1024
 
 _WORKER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+\-]*")
 _ENDPOINT_RE = re.compile(r"(tcp|ipc|inproc|sim)://[\x21-\x7e]+")
@@ -67,6 +68,15 @@ def validate_barrier_id(value: str) -> str:
     return value
 
 
+def validate_barrier_value(value: str) -> str:
+    """Return ``value`` if it is a valid barrier value (0-1024 printable characters)."""
+    if not isinstance(value, str) or len(value) > MAX_BARRIER_VALUE_LEN or not value.isprintable():
+        raise ValueError(
+            f"barrier value must be at most {MAX_BARRIER_VALUE_LEN} printable characters, got {str(value)[:80]!r}"
+        )
+    return value
+
+
 def validate_codec_name(value: str) -> str:
     """Return ``value`` if it is a valid compression codec name (1-16 of ``a-z0-9``)."""
     if not isinstance(value, str) or not _CODEC_RE.fullmatch(value):
@@ -85,6 +95,8 @@ def _check_string(kind: Kind, value: str) -> None:
             raise ValueError(f"bad endpoint {value[:80]!r}")
     elif kind is Kind.CODEC:
         validate_codec_name(value)
+    elif kind is Kind.BARRIER_VALUE:
+        validate_barrier_value(value)
     else:
         validate_barrier_id(value)
 
@@ -205,7 +217,7 @@ def decode(data: bytes) -> Message:
             raw=False,
             use_list=True,
             strict_map_key=True,
-            max_str_len=max(MAX_BARRIER_ID_LEN, MAX_ENDPOINT_LEN) * 4,
+            max_str_len=max(MAX_BARRIER_ID_LEN, MAX_ENDPOINT_LEN, MAX_BARRIER_VALUE_LEN) * 4,
             max_bin_len=0,
             max_array_len=MAX_ITEMS,
             max_map_len=0,

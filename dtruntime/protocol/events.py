@@ -60,12 +60,18 @@ class QuorumChanged:
 class BarrierReleased:
     """This node passed barrier ``barrier_id`` (generation ``generation``).
 
-    ``excluded`` lists members an elastic barrier released without, as dead.
+    ``excluded`` lists members an elastic barrier released without, as dead. The
+    agreement fields are those of :class:`~dtruntime.protocol.messages.BarrierResult`:
+    ``differing`` is empty when every arrived member sent the same value.
     """
 
     barrier_id: str
     generation: int
     excluded: tuple[str, ...] = ()
+    reference: str = ""
+    reference_value: str = ""
+    differing: tuple[str, ...] = ()
+    differing_value: str = ""
 
 
 @dataclass(frozen=True, slots=True)

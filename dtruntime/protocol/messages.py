@@ -25,6 +25,7 @@ class Kind(Enum):
     ENDPOINT = "endpoint"  # transport address, e.g. tcp://10.0.0.1:50051 or sim://w3
     BARRIER_ID = "barrier_id"  # printable text chosen by the user
     CODEC = "codec"  # a compression codec name: 1-16 lowercase letters and digits
+    BARRIER_VALUE = "barrier_value"  # printable text, at most 1024 characters, may be empty
 
 
 WorkerId = Annotated[str, Kind.WORKER_ID]
@@ -32,6 +33,7 @@ OptWorkerId = Annotated[str, Kind.OPT_WORKER_ID]
 Endpoint = Annotated[str, Kind.ENDPOINT]
 BarrierId = Annotated[str, Kind.BARRIER_ID]
 CodecName = Annotated[str, Kind.CODEC]
+BarrierValue = Annotated[str, Kind.BARRIER_VALUE]
 
 
 class MsgType(IntEnum):
@@ -104,12 +106,22 @@ class MemberEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class ProgressEntry:
+    """Worker ``worker_id``'s counter ``key`` (only grows; see ``protocol.progress``)."""
+
+    worker_id: WorkerId
+    key: BarrierId
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
 class Gossip:
     """What every probe message piggybacks: the sender's leader belief and news."""
 
     leader_term: int
     leader_id: OptWorkerId
     members: tuple[MemberEntry, ...]
+    progress: tuple[ProgressEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +130,11 @@ class BarrierResult:
 
     ``workers`` names the lost members (LOST), the members released without because
     they were dead (RELEASED), or those who had not arrived (TIMEOUT).
+
+    A RELEASED result also compares the values the members arrived with (an agreement,
+    see ``Arrive.value``): ``reference`` is the lowest-ranked arrived member and
+    ``reference_value`` its value; ``differing`` names every arrived member whose value
+    differs from it (empty: all agree) and ``differing_value`` is the first one's value.
     """
 
     barrier_id: BarrierId
@@ -125,6 +142,10 @@ class BarrierResult:
     outcome: Outcome
     elastic: bool
     workers: tuple[WorkerId, ...]
+    reference: OptWorkerId = ""
+    reference_value: BarrierValue = ""
+    differing: tuple[WorkerId, ...] = ()
+    differing_value: BarrierValue = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +220,9 @@ class Arrive:
     """``sender`` (at ``incarnation``) waits at a barrier generation.
 
     ``timeout_ms`` of 0 means no timeout; ``waited_ms`` is how long the sender has been
-    waiting, so a new leader can date the barrier's opening. Re-sent until a
-    ``Release`` arrives.
+    waiting, so a new leader can date the barrier's opening. ``value`` is what the
+    sender asks the others to agree on ("" for a plain barrier); the release says who
+    differs. Re-sent until a ``Release`` arrives.
     """
 
     sender: WorkerId
@@ -210,6 +232,7 @@ class Arrive:
     elastic: bool
     timeout_ms: int
     waited_ms: int = 0
+    value: BarrierValue = ""
 
 
 @dataclass(frozen=True, slots=True)

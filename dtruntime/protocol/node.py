@@ -1,8 +1,8 @@
 """The protocol node: membership, election and barriers composed behind one interface.
 
 Inputs: :meth:`Node.step` for a message that arrived, :meth:`Node.tick` for the passage
-of time, :meth:`Node.arrive`, :meth:`Node.part_written`, :meth:`Node.commit_resolved`
-and :meth:`Node.leave` for local requests. Each returns a
+of time, :meth:`Node.arrive`, :meth:`Node.part_written`, :meth:`Node.commit_resolved`,
+:meth:`Node.set_progress` and :meth:`Node.leave` for local requests. Each returns a
 :class:`~dtruntime.protocol.outbox.Ready`: messages for the driver to send, events for
 the local API, and the latest time at which ``tick`` must be called next.
 
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from ..errors import ProtocolError
 from .barrier import BarrierBook, Waits
-from .codec import validate_barrier_id, validate_codec_name
+from .codec import validate_barrier_id, validate_barrier_value, validate_codec_name
 from .commit import CommitBook, Saves
 from .election import Election
 from .events import QuorumChanged
@@ -52,6 +52,7 @@ from .messages import (
     VoteRequest,
 )
 from .outbox import Outbox, Ready
+from .progress import ProgressBook
 from .settings import ProtocolSettings
 
 
@@ -83,6 +84,7 @@ class Node:
         self.waits = Waits(member.worker_id, settings, self._out)
         self.commits = CommitBook(member.worker_id, world_size, settings, self._out)
         self.saves = Saves(member.worker_id, settings, self._out)
+        self.progress = ProgressBook(member.worker_id, settings)
         self._seeds = [s for s in seeds if s != member.endpoint]
         self.joined = not self._seeds
         self._join_attempts = 0
@@ -121,15 +123,22 @@ class Node:
             self._deliver_reports(self.saves.reports(self.membership.me.incarnation))
         return self._after(now)
 
-    def arrive(self, barrier_id: str, now: float, *, timeout: float | None = None, elastic: bool = False) -> Ready:
-        """Start waiting at ``barrier_id``; the outcome comes as a Barrier* event."""
+    def arrive(
+        self, barrier_id: str, now: float, *, timeout: float | None = None, elastic: bool = False, value: str = ""
+    ) -> Ready:
+        """Start waiting at ``barrier_id``; the outcome comes as a Barrier* event.
+
+        ``value`` (at most 1024 printable characters) is compared with the other
+        members' values; the release names those that differ.
+        """
         try:
             validate_barrier_id(barrier_id)
+            validate_barrier_value(value)
         except ValueError as exc:
             raise ProtocolError(str(exc)) from None
         if self._left:
             raise ProtocolError("this node has left the cluster")
-        arrival = self.waits.start(barrier_id, now, timeout, elastic, self.membership.me.incarnation)
+        arrival = self.waits.start(barrier_id, now, timeout, elastic, self.membership.me.incarnation, value)
         self._deliver_arrivals([arrival], now)
         return self._after(now)
 
@@ -165,6 +174,15 @@ class Node:
         if not self._left:
             self.commits.resolve(step, outcome, missing_ranks)
         return self._after(now)
+
+    def set_progress(self, key: str, value: int, now: float) -> Ready:
+        """Publish this worker's counter ``key`` (it only grows); gossip spreads it."""
+        self.progress.set_own(key, value)
+        return self._after(now)
+
+    def progress_of(self, key: str) -> dict[str, int]:
+        """Every worker's counter ``key`` as far as this node has heard (its own included)."""
+        return self.progress.of_key(key)
 
     def leave(self, now: float) -> Ready:
         """Announce a clean exit (LEFT) to every live peer, fail local waits; the node stops."""
@@ -206,6 +224,10 @@ class Node:
         for entry in gossip.members:
             if entry.worker_id == message.sender:
                 self.membership.apply(entry, now, direct=True)
+        for progress in gossip.progress:
+            # Own counters are authoritative; strangers' counters are not kept (bounded state).
+            if progress.worker_id != self.worker_id and self.membership.get(progress.worker_id) is not None:
+                self.progress.apply(progress)
         first_hand = gossip.leader_id == message.sender
         self.election.on_leader_claim(gossip.leader_term, gossip.leader_id, self.membership, first_hand=first_hand)
         if gossip.leader_id != message.sender:
@@ -296,7 +318,12 @@ class Node:
     # -- internals ------------------------------------------------------------------
 
     def _gossip(self, recipient: str) -> Gossip:
-        return Gossip(self.election.leader_term, self.election.leader_id or "", self.membership.news_for(recipient))
+        return Gossip(
+            self.election.leader_term,
+            self.election.leader_id or "",
+            self.membership.news_for(recipient),
+            self.progress.news(self.membership.live_count),
+        )
 
     def _view(self) -> Members:
         return Members(
