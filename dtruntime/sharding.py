@@ -30,29 +30,57 @@ Choices, and why
    leaver's shards go to their second choices, which are uniform over the survivors. Placement
    does not depend on the epoch, so caches stay warm from one epoch to the next. The scores are
    one vectorised ``(S, N)`` pass computed in cache-sized row blocks; the Python loops touch only
-   the few shards whose first choice is full, so 10,000 x 256 takes ~30 ms.
+   the few shards whose first choice is full and the overflow's blocks (item 3), so 10,000 x 256
+   takes ~30..35 ms.
 3. **Exact sample split.** DDP needs every rank to run the same number of steps, so every
    member gets exactly ``T = ceil(total / N)`` samples. The ``P = N*T - total`` (< N) members
    last in canonical order hold ``T - 1`` real samples and one *padding* sample, recorded in
    :attr:`MemberAssignment.padding` (global sample indices read twice), never hidden. A member
-   keeps its placed shards in decreasing score order up to its quota; the tail beyond the quota
-   (the *overflow*, ~6% of samples at 39 shards per member, less with more) is handed, in
-   shard-key order, to under-full members in that shard's own rendezvous order. Most shards
-   stay whole; a shard is cut only at a quota boundary.
+   keeps its placed shards up to its quota: first those it is the first choice of, then those it
+   got because their first choice was full, each group best own score first (the shards most
+   likely to change hands come last). The tail beyond the quota (the *overflow*, ~6% of samples
+   at 39 shards per member, less with more) is cut into fixed *blocks*, a tenth of a shard each,
+   every block with its own key and so its own rendezvous order; visited shard by shard in
+   shard-key order, each block goes to the best-ranked members that still have room. Most
+   shards stay whole (94..99% of samples are read by the member their shard is placed on); a
+   shard is cut only at a quota boundary and in its overflowing blocks.
 4. **Movement, and its limits.** When one of N members leaves or joins, the *placement* moves
    about 1/N of the samples (sample-weighted, x N: 0.94..1.18, mean 1.02 over N = 8..256 with
-   10,000 shards; ``benchmarks/bench_sharding.py``), which is what decides cache warmth. The
-   exact split costs more at large N: every quota changes with N, so quota cuts and the
-   overflow shift, and per-sample ownership moves 0.98/N (N=8) to ~3.4/N (N=256, 39 shards per
-   member). That is inherent in a history-free exact split over whole shards: the leaver's
-   shards land on survivors in lumps of one shard while each survivor must grow by exactly
-   ``T/(N-1)`` samples, so the excess has to be redistributed, and where it goes depends on every
-   quota. (Stable allocation and round-based re-placement of the overflow were tried; both moved
-   more.) Both figures degrade when there are only a few shards per member (129 shards of
-   10,000 over 32..128 members moves 3..5/N): choose ``shard_size`` so that each member gets a
-   few dozen shards. Everything stays far below ``DistributedSampler``, which moves (N-1)/N.
-   Mid-epoch losses do not re-split at all: :func:`take_over` hands exactly the lost members'
-   unfinished ranges to the survivors and moves nothing else.
+   10,000 shards of 100; ``benchmarks/bench_sharding.py``), which is what decides cache warmth.
+   Per-sample ownership after the exact split moves, x N, 0.99 / 1.09 / 1.21 / 1.41 / 1.96 /
+   2.84 at N = 8 / 16 / 32 / 64 / 128 / 256, mean 1.58 (whole-shard overflow routing, before
+   the blocks: 0.98 / 1.09 / 1.22 / 1.46 / 2.12 / 3.44, mean 1.72). The goal of ~1.1 is out of
+   reach for any history-free split that reads a shard where it is placed, for this reason:
+   the split is a function of the member set, so a leave is exactly a join played backwards,
+   and in a join the newcomer's shards are taken *whole* from about ``S/N`` members (``S``
+   shards). Each of those loses a shard (100 samples) while its quota drops by only
+   ``T/(N+1)`` (~15 samples at N = 256), so unless the newcomer leaves most of each shard it
+   took to the previous owner (reading ~15% at home instead of ~95%), every such member must
+   regain ``100 - 15`` samples from someone else. Counting, over the real placements of the
+   benchmark, ``sum over members of max(quota drop, samples lost to other homes)`` gives a
+   lower bound for every home-first split: x N 0.97 / 1.05 / 1.10 / 1.24 / 1.54 / 2.00, mean
+   1.32 (it grows with N because the shards per member, 39 at N = 256, approach the lump
+   size). The rest, above that floor, has two sources. (a) The ~45% of members placed above
+   their quota absorb every quota change at their cut (they keep ``T/(N-1)`` more samples when
+   one leaves, which were someone's overflow), ~0.35/N at N = 256. (b) Routing the overflow
+   has no slack (it exactly fills the members below quota), so a change anywhere re-routes a
+   chain of others; an oracle that knew the previous assignment would re-route about half as
+   much. Cutting the overflow into blocks with their own rendezvous orders is what shortens
+   the chains (a quota change moves a block's worth rather than a shard's, and a shard's
+   overflow spreads over several members). Tried and measured worse or no better (x N at
+   N = 64 / 128 / 256): stable allocation of whole tails by pair score (1.45 / 2.11 / 3.25),
+   a first pass with slack and a second exact pass (>= 1.47 / 2.21 / 3.47), round-based
+   proposals (1.50 / 2.05 / 3.46), entropy-smoothed (Sinkhorn) flows (>= 1.66 / 2.24 / 4.27),
+   member-to-member overflow pairing (1.57 / 2.35 / 3.99), routing the partial boundary
+   pieces last (1.55 / 2.47 / 5.08), a tighter placement cap to shrink the overflow
+   (``max_load`` 1.1: 2.29 at 128, 4.15 at 256, from placement cascades), choosing the padded
+   members among those above quota (no change). Smaller blocks help a little more (16 per
+   shard: 2.80 at N = 256; 2 samples: 2.70) at the cost of time and pieces. Both figures
+   degrade when there are only a few shards per member (129 shards of 10,000 over 32..128
+   members moves 3..5/N): choose ``shard_size`` so that each member gets a few dozen shards.
+   Everything stays far below ``DistributedSampler``, which moves (N-1)/N. Mid-epoch losses do
+   not re-split at all: :func:`take_over` hands exactly the lost members' unfinished ranges to
+   the survivors and moves nothing else.
 5. **Shuffling.** With ``shuffle=True`` the order of a member's pieces and the order of the
    samples inside each piece are permuted per ``(seed, epoch)``; *which* samples a member gets
    does not change with the epoch. Progress is therefore a single *cursor* per member (how many
@@ -99,6 +127,8 @@ DEFAULT_MAX_LOAD = 1.25
 
 _SCORE_BLOCK_ROWS = 512
 _PREFERENCE_DEPTH = 32
+_BLOCKS_PER_SHARD = 10  # overflow routing unit: a tenth of a shard (item 3 of the docstring)
+_OVERFLOW_DEPTH = 8  # preferences precomputed per overflow block; past them, a full scan
 _C1 = np.uint32(0x85EBCA6B)
 _C2 = np.uint32(0xC2B2AE35)
 
@@ -325,8 +355,8 @@ def assign_shards(
 
     shard_keys = _shard_keys(num_shards, seed)
     scores = _scores(shard_keys, member_keys)
-    owner = _place(weights, shard_keys, scores, max_load)
-    piece_member, table, padding = _split_exact(weights, offsets, shard_keys, scores, owner)
+    owner, second_hand = _place(weights, shard_keys, scores, max_load)
+    piece_member, table, padding = _split_exact(weights, offsets, shard_keys, member_keys, scores, owner, second_hand)
 
     # Reading order: by first sample, or by a per-(seed, epoch) hash of the piece when shuffling.
     if shuffle:
@@ -348,8 +378,12 @@ def assign_shards(
     return Assignment(epoch, int(seed), bool(shuffle), offsets, result, placement)
 
 
-def _place(weights: np.ndarray, shard_keys: np.ndarray, scores: np.ndarray, max_load: float) -> np.ndarray:
-    """Bounded-load rendezvous placement: shard -> member index (canonical order).
+def _place(
+    weights: np.ndarray, shard_keys: np.ndarray, scores: np.ndarray, max_load: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bounded-load rendezvous placement: ``(owner, second_hand)``, where ``owner[k]`` is the
+    member index (canonical order) shard ``k`` is placed on and ``second_hand[k]`` says that it
+    is not that shard's first choice (its first choice was full).
 
     Phase 1 (vectorised): each member accepts its first-choice shards, best score first (a shard
     that only just won it is the first to be refused), while its load stays within the cap. Phase 2: the rejected shards, in shard-key order, go to the
@@ -358,10 +392,11 @@ def _place(weights: np.ndarray, shard_keys: np.ndarray, scores: np.ndarray, max_
     """
     num_shards, num_members = scores.shape
     if num_shards == 0:
-        return np.empty(0, dtype=np.int64)
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=bool)
     total = int(weights.sum())
     cap = max(math.ceil(max_load * total / num_members), int(weights.max()))
-    owner = scores.argmax(axis=1).astype(np.int64)
+    first_choice = scores.argmax(axis=1).astype(np.int64)
+    owner = first_choice.copy()
     best = scores[np.arange(num_shards), owner].astype(np.int64)
     visit = np.lexsort((shard_keys, -best, owner))  # grouped by first choice, best score first
     grouped = owner[visit]
@@ -381,15 +416,17 @@ def _place(weights: np.ndarray, shard_keys: np.ndarray, scores: np.ndarray, max_
             m = _best_with_room(scores[s], np.asarray(load_list) + w <= cap)
         owner[s] = m
         load_list[m] += w
-    return owner
+    return owner, owner != first_choice
 
 
 def _split_exact(
     weights: np.ndarray,
     offsets: tuple[int, ...],
     shard_keys: np.ndarray,
+    member_keys: np.ndarray,
     scores: np.ndarray,
     owner: np.ndarray,
+    second_hand: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, ...]]]:
     """Cut the placement so every member holds exactly ``T`` samples (padding explicit).
 
@@ -404,10 +441,13 @@ def _split_exact(
     quota[num_members - short :] -= 1
     starts = np.asarray(offsets[:-1], dtype=np.int64)
 
-    # Each member keeps its own shards, best own-score first (ties by shard id), up to quota.
+    # Each member keeps its own shards up to its quota: first the shards it is the first choice
+    # of, then those it got because their first choice was full; each group best own score
+    # first (ties by shard id). The shards most likely to be another member's after a change
+    # come last, so they are the ones that overflow.
     shard_ids = np.arange(num_shards)
     own_score = scores[shard_ids, owner].astype(np.int64)
-    order = np.lexsort((shard_ids, -own_score, owner))
+    order = np.lexsort((shard_ids, -own_score, second_hand, owner))
     grouped_owner = owner[order]
     grouped_weight = weights[order]
     held_after = np.cumsum(grouped_weight)
@@ -421,33 +461,117 @@ def _split_exact(
     table = [np.stack((order[has_kept], starts[order][has_kept], starts[order][has_kept] + kept[has_kept]), axis=1)]
     members = [grouped_owner[has_kept]]
 
-    # The overflow (tails beyond quota) goes, in shard-key order, to under-full members in the
-    # shard's own rendezvous order.
     spill = np.nonzero(kept < grouped_weight)[0]
-    spill = spill[np.argsort(shard_keys[order[spill]], kind="stable")]
-    room = remaining.tolist()
-    extra_members: list[int] = []
-    extra_rows: list[tuple[int, int, int]] = []
-    spill_shards = order[spill]
-    for s, position, prefs in zip(spill_shards.tolist(), spill.tolist(), _preferences(scores, spill_shards)):
-        start = offsets[s] + int(kept[position])
-        end = offsets[s + 1]
-        candidates = iter(prefs)
-        while start < end:
-            m = next((m for m in candidates if room[m] > 0), None)
-            if m is None:
-                m = _best_with_room(scores[s], np.asarray(room) > 0)
-            take = min(room[m], end - start)
-            extra_members.append(m)
-            extra_rows.append((s, start, start + take))
-            room[m] -= take
-            start += take
-    if extra_rows:
-        table.append(np.asarray(extra_rows, dtype=np.int64))
-        members.append(np.asarray(extra_members, dtype=np.int64))
+    if spill.size:
+        rows, who = _route_overflow(
+            order[spill], starts[order[spill]] + kept[spill], weights, starts, shard_keys, member_keys, remaining
+        )
+        table.append(rows)
+        members.append(who)
 
     padding = [tuple(_padding_samples(index, num_members, short, total)) for index in range(num_members)]
     return np.concatenate(members), np.concatenate(table).reshape(-1, 3), padding
+
+
+def _route_overflow(
+    shards: np.ndarray,
+    cut: np.ndarray,
+    weights: np.ndarray,
+    starts: np.ndarray,
+    shard_keys: np.ndarray,
+    member_keys: np.ndarray,
+    room: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hand the overflow (samples ``cut .. end`` of each of ``shards``) to the members with room.
+
+    Every shard is cut into ``_BLOCKS_PER_SHARD`` fixed blocks (fewer when it is smaller), and
+    each block has its own key and so its own rendezvous order over members. The overflowing
+    blocks, shard by shard in shard-key order, go to the best-ranked members that still have
+    room, each filled from its end (the part furthest from the quota cut, so a moving cut only
+    changes the owner of the samples it uncovers). Fixed blocks rather than whole tails: a quota
+    change then shifts a block's worth of samples rather than a shard's, and a shard's overflow
+    spreads over several members, which cuts the re-routing when a member leaves or joins by
+    about 40% at N = 256 (module docstring, item 4). Returns ``(rows, members)``: piece rows
+    ``(shard, start, end)``, merged where one member got adjacent blocks, and each row's member.
+    """
+    size = weights[shards]
+    blocks = np.minimum(size, _BLOCKS_PER_SHARD)
+    first_block = ((cut - starts[shards] + 1) * blocks - 1) // size
+    count = blocks - first_block
+    block_shard = np.repeat(shards, count)
+    block_index = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count - first_block, count)
+    block_size = weights[block_shard]
+    block_count = blocks[np.repeat(np.arange(len(shards)), count)]
+    block_start = starts[block_shard] + block_index * block_size // block_count
+    block_end = starts[block_shard] + (block_index + 1) * block_size // block_count
+    block_start = np.maximum(block_start, np.repeat(cut, count))
+    with np.errstate(over="ignore"):
+        mixed = (shard_keys[block_shard].astype(np.uint64) << np.uint64(32)) | block_index.astype(np.uint64)
+    block_keys = (_mix64(mixed ^ np.uint64(0xD6E8FEB86659FD93)) >> np.uint64(32)).astype(np.uint32)
+
+    receivers = np.nonzero(room > 0)[0]
+    block_scores = _scores(block_keys, member_keys[receivers])
+    prefs = _top_columns(block_scores, _OVERFLOW_DEPTH).tolist()
+    room_left = room[receivers].tolist()
+    is_open = room[receivers] > 0  # mirrors room_left, for the rare fallback
+    start_list, end_list = block_start.tolist(), block_end.tolist()
+    out_block: list[int] = []
+    out_member: list[int] = []
+    out_start: list[int] = []
+    out_end: list[int] = []
+    # Blocks are visited shard by shard (shard-key order), each from its first overflowing block.
+    for b in np.lexsort((block_index, shard_keys[block_shard])).tolist():
+        low, end = start_list[b], end_list[b]
+        for m in prefs[b]:
+            free = room_left[m]
+            if free:
+                out_block.append(b)
+                out_member.append(m)
+                out_end.append(end)
+                if free > end - low:
+                    room_left[m] = free - (end - low)
+                    out_start.append(low)
+                    end = low
+                    break
+                room_left[m] = 0
+                is_open[m] = False
+                end -= free
+                out_start.append(end)
+                if end == low:
+                    break
+        while end > low:  # every receiver in the block's list is full: best-ranked with room
+            m = _best_with_room(block_scores[b], is_open)
+            take = min(room_left[m], end - low)
+            out_block.append(b)
+            out_member.append(m)
+            out_start.append(end - take)
+            out_end.append(end)
+            room_left[m] -= take
+            is_open[m] = room_left[m] > 0
+            end -= take
+    rows = np.stack((block_shard[out_block], np.asarray(out_start), np.asarray(out_end)), axis=1).astype(np.int64)
+    who = receivers[np.asarray(out_member, dtype=np.int64)]
+    # Merge the blocks one member got back to back in one shard into one piece.
+    order = np.lexsort((rows[:, 1], who))
+    rows, who = rows[order], who[order]
+    joins = (who[1:] == who[:-1]) & (rows[1:, 0] == rows[:-1, 0]) & (rows[1:, 1] == rows[:-1, 2])
+    head = np.concatenate(([True], ~joins))
+    merged = rows[head]
+    merged[:, 2] = rows[np.concatenate((head[1:], [True])), 2]
+    return merged, who[head]
+
+
+def _top_columns(scores: np.ndarray, depth: int) -> np.ndarray:
+    """Column indices of each row's ``depth`` best scores, best first (ties: lower column).
+    Repeated ``argmax`` passes: much faster than ``argpartition`` on many short rows."""
+    depth = min(depth, scores.shape[1])
+    work = scores.copy()
+    top = np.empty((scores.shape[0], depth), dtype=np.int64)
+    rows = np.arange(scores.shape[0])
+    for rank in range(depth):
+        top[:, rank] = work.argmax(axis=1)
+        work[rows, top[:, rank]] = 0
+    return top
 
 
 def _padding_samples(index: int, num_members: int, short: int, total: int) -> list[int]:
