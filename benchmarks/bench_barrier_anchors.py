@@ -30,7 +30,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+# Spawned workers re-run this module: they too must import the repository's dtruntime.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WorkerFn = Callable[[int, int, int, dict, Any], None]
 HubFn = Callable[[int, int, dict], None]
