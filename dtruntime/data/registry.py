@@ -448,8 +448,8 @@ class DatasetRegistry:
             rounds = len(self._live_members()) + 2
             for round_index in range(rounds):
                 mine = fingerprint + ":" + ",".join(str(cursors[m]) for m in chunk)
-                barrier_id = f"dtruntime.takeover:{key}:{chunk[0]}:{len(chunk)}:{round_index}"
-                agreement = agree(barrier_id[:256], mine, timeout=timeout)
+                chunk_id = hashlib.blake2b("\n".join([key, *chunk]).encode("utf-8"), digest_size=8).hexdigest()
+                agreement = agree(f"dtruntime.takeover:{chunk_id}:{round_index}", mine, timeout=timeout)
                 if agreement.agreed:
                     break
                 for seen in (agreement.reference_value, agreement.differing_value):
