@@ -31,13 +31,13 @@ order is insertion order (never a set of strings), so a seeded run replays exact
 from __future__ import annotations
 
 import heapq
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from .events import DeclaredDead, MemberJoined, WorkerLost
 from .messages import Ack, Gossip, MemberEntry, Ping, PingReq, Status
+from .news import take_news
 from .outbox import Outbox
 from .settings import ProtocolSettings
 
@@ -212,17 +212,9 @@ class Membership:
         if doubted is not None and doubted.status != Status.ALIVE:
             items.append(doubted)
         room = self.settings.piggyback_max - len(items)
-        if self._news and room > 0:
-            pool = self._news.values()
-            chosen = list(pool) if len(self._news) <= room else heapq.nsmallest(room, pool, key=_times_sent)
-            limit = self.settings.retransmit_mult * math.ceil(math.log2(self.live_count + 1))
-            for record in chosen:
-                entry = record[0]
-                record[1] += 1
-                if record[1] >= limit:
-                    del self._news[entry.worker_id]
-                if entry.worker_id != self.worker_id and entry.worker_id != recipient:
-                    items.append(entry)
+        for entry in take_news(self._news, room, self.live_count, self.settings):
+            if entry.worker_id != self.worker_id and entry.worker_id != recipient:
+                items.append(entry)
         return tuple(items)
 
     # -- probing --------------------------------------------------------------
@@ -355,7 +347,3 @@ class Membership:
             requester.endpoint, message.seq, message.target, now + self.settings.probe_period
         )
         self._out.send(message.target_endpoint, Ping(self.worker_id, self._seq, gossip(message.target)))
-
-
-def _times_sent(record: list) -> int:
-    return record[1]

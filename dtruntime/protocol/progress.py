@@ -15,13 +15,12 @@ value by agreement (``DatasetRegistry.take_over``).
 
 from __future__ import annotations
 
-import heapq
-import math
 from collections import OrderedDict
 
 from ..errors import ProtocolError
 from .codec import validate_barrier_id
 from .messages import ProgressEntry
+from .news import take_news
 from .settings import ProtocolSettings
 
 KEYS_PER_WORKER = 16
@@ -73,15 +72,4 @@ class ProgressBook:
 
     def news(self, live_count: int) -> tuple[ProgressEntry, ...]:
         """The least-sent news for one probe message; items retire after enough sends."""
-        if not self._news:
-            return ()
-        room = self.settings.piggyback_max
-        pool = self._news.values()
-        chosen = list(pool) if len(self._news) <= room else heapq.nsmallest(room, pool, key=lambda r: r[1])
-        limit = self.settings.retransmit_mult * math.ceil(math.log2(live_count + 1))
-        for record in chosen:
-            record[1] += 1
-            if record[1] >= limit:
-                entry = record[0]
-                del self._news[(entry.worker_id, entry.key)]
-        return tuple(record[0] for record in chosen)
+        return tuple(take_news(self._news, self.settings.piggyback_max, live_count, self.settings))
