@@ -11,7 +11,8 @@ schema version, the type tag, arity, every field's type, integer ranges (all int
 are in ``[0, 2**63)``), string formats (worker ids, endpoints, barrier ids and values), tuple
 lengths and the total size.
 
-The encoder and decoder of each message class are compiled once from its type hints.
+The encoder and decoder of each message class are generated once from its type hints
+(see "compiled codecs" below).
 """
 
 from __future__ import annotations
@@ -84,113 +85,209 @@ def validate_codec_name(value: str) -> str:
     return value
 
 
-def _check_string(kind: Kind, value: str) -> None:
-    if kind is Kind.WORKER_ID:
-        validate_worker_id(value)
-    elif kind is Kind.OPT_WORKER_ID:
-        if value:
-            validate_worker_id(value)
-    elif kind is Kind.ENDPOINT:
-        if len(value) > MAX_ENDPOINT_LEN or not _ENDPOINT_RE.fullmatch(value):
-            raise ValueError(f"bad endpoint {value[:80]!r}")
-    elif kind is Kind.CODEC:
-        validate_codec_name(value)
-    elif kind is Kind.BARRIER_VALUE:
-        validate_barrier_value(value)
-    else:
-        validate_barrier_id(value)
+# -- compiled codecs -----------------------------------------------------------------
+#
+# Each message class gets one generated encoder and one generated decoder (Python source
+# built from its type hints and compiled once at import). Leaf fields (integers,
+# booleans, enums, validated strings) are checked inline; nested dataclasses and tuples
+# call their own compiled functions. A field's path (``Release.result.barrier_id``) is
+# only formatted when it is wrong, so a valid message costs a few attribute reads and
+# type checks per field.
 
-
-def _compile(hint: Any, path: str) -> tuple[Encoder, Decoder]:
-    """Build the (encode, decode) pair for one type hint."""
-    origin = typing.get_origin(hint)
-    if origin is typing.Annotated:
-        base, kind = typing.get_args(hint)[:2]
-        assert base is str and isinstance(kind, Kind), path
-
-        def decode_annotated(value: Any, where: str) -> str:
-            if not isinstance(value, str):
-                raise RemoteProtocolError(f"{where}: expected a string, got {type(value).__name__}")
-            try:
-                _check_string(kind, value)
-            except ValueError as exc:
-                raise RemoteProtocolError(f"{where}: {exc}") from None
-            return value
-
-        return _identity, decode_annotated
-    if origin is tuple:
-        item_hint, ellipsis = typing.get_args(hint)
-        assert ellipsis is Ellipsis, path
-        encode_item, decode_item = _compile(item_hint, path + "[]")
-
-        def encode_tuple(value: tuple) -> list:
-            return [encode_item(item) for item in value]
-
-        def decode_tuple(value: Any, where: str) -> tuple:
-            if not isinstance(value, list):
-                raise RemoteProtocolError(f"{where}: expected an array, got {type(value).__name__}")
-            if len(value) > MAX_ITEMS:
-                raise RemoteProtocolError(f"{where}: {len(value)} items exceed the limit of {MAX_ITEMS}")
-            return tuple(decode_item(item, where) for item in value)
-
-        return encode_tuple, decode_tuple
-    if dataclasses.is_dataclass(hint):
-        return _compile_dataclass(hint)
-    if isinstance(hint, type) and issubclass(hint, IntEnum):
-        members = {int(m): m for m in hint}
-
-        def decode_enum(value: Any, where: str) -> IntEnum:
-            if type(value) is not int or value not in members:
-                raise RemoteProtocolError(f"{where}: {value!r} is not a valid {hint.__name__}")
-            return members[value]
-
-        return int, decode_enum
-    if hint is bool:
-
-        def decode_bool(value: Any, where: str) -> bool:
-            if type(value) is not bool:
-                raise RemoteProtocolError(f"{where}: expected a boolean, got {type(value).__name__}")
-            return value
-
-        return _identity, decode_bool
-    if hint is int:
-
-        def decode_int(value: Any, where: str) -> int:
-            if type(value) is not int or not 0 <= value <= MAX_INT:
-                raise RemoteProtocolError(f"{where}: expected an integer in [0, 2**63), got {value!r}")
-            return value
-
-        return _identity, decode_int
-    raise TypeError(f"codec cannot handle {hint!r} at {path}")  # a schema bug, found at import
-
-
-def _identity(value: Any) -> Any:
+def _check_endpoint(value: str) -> str:
+    if len(value) > MAX_ENDPOINT_LEN or not _ENDPOINT_RE.fullmatch(value):
+        raise ValueError(f"bad endpoint {value[:80]!r}")
     return value
 
 
+def _check_opt_worker_id(value: str) -> str:
+    return validate_worker_id(value) if value else value
+
+
+_STRING_CHECKS: dict[Kind, Callable[[str], Any]] = {
+    Kind.WORKER_ID: validate_worker_id,
+    Kind.OPT_WORKER_ID: _check_opt_worker_id,
+    Kind.ENDPOINT: _check_endpoint,
+    Kind.BARRIER_ID: validate_barrier_id,
+    Kind.CODEC: validate_codec_name,
+    Kind.BARRIER_VALUE: validate_barrier_value,
+}
+
+
+def _bad(where: str, name: str, problem: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"{where}.{name}: {problem}" if name else f"{where}: {problem}")
+
+
+def _bad_type(where: str, name: str, value: Any) -> RemoteProtocolError:
+    return _bad(where, name, f"expected a string, got {type(value).__name__}")
+
+
+def _bad_int(where: str, name: str, value: Any) -> RemoteProtocolError:
+    return _bad(where, name, f"expected an integer in [0, 2**63), got {value!r}")
+
+
+def _bad_bool(where: str, name: str, value: Any) -> RemoteProtocolError:
+    return _bad(where, name, f"expected a boolean, got {type(value).__name__}")
+
+
+def _bad_enum(where: str, name: str, value: Any, enum: type) -> RemoteProtocolError:
+    return _bad(where, name, f"{value!r} is not a valid {enum.__name__}")
+
+
+def _bad_array(where: str, name: str, value: Any) -> RemoteProtocolError:
+    if not isinstance(value, list):
+        return _bad(where, name, f"expected an array, got {type(value).__name__}")
+    return _bad(where, name, f"{len(value)} items exceed the limit of {MAX_ITEMS}")
+
+
+class _Generator:
+    """Writes the source of one class's encoder and decoder; ``env`` holds their globals."""
+
+    def __init__(self, env: dict[str, Any]) -> None:
+        self.env = env
+        self.counter = 0
+
+    def name(self, prefix: str, value: Any) -> str:
+        """Bind ``value`` in the generated code's globals under a fresh name."""
+        self.counter += 1
+        symbol = f"{prefix}_{self.counter}"
+        self.env[symbol] = value
+        return symbol
+
+    def decode_value(self, hint: Any, expr: str, where: str, name: str, lines: list[str], indent: str) -> str:
+        """Emit checks of ``expr`` (a field of type ``hint``); return the decoded expression."""
+        origin = typing.get_origin(hint)
+        if origin is typing.Annotated:
+            base, kind = typing.get_args(hint)[:2]
+            assert base is str and isinstance(kind, Kind), name
+            check = self.name("check", _STRING_CHECKS[kind])
+            lines += [
+                f"{indent}if {expr}.__class__ is not str:",
+                f"{indent}    raise _bad_type({where}, {name!r}, {expr})",
+                f"{indent}try:",
+                f"{indent}    {check}({expr})",
+                f"{indent}except ValueError as exc:",
+                f"{indent}    raise _bad({where}, {name!r}, str(exc)) from None",
+            ]
+            return expr
+        if origin is tuple:
+            item_hint, ellipsis = typing.get_args(hint)
+            assert ellipsis is Ellipsis, name
+            item_decoder = self.name("items", _compile_items(item_hint))
+            lines += [
+                f"{indent}if {expr}.__class__ is not list or len({expr}) > MAX_ITEMS:",
+                f"{indent}    raise _bad_array({where}, {name!r}, {expr})",
+            ]
+            return f"{item_decoder}({expr}, {_path(where, name)})"
+        if dataclasses.is_dataclass(hint):
+            decoder = self.name("dec", _compile_dataclass(hint)[1])
+            return f"{decoder}({expr}, {_path(where, name)})"
+        if isinstance(hint, type) and issubclass(hint, IntEnum):
+            members = self.name("members", {int(m): m for m in hint})
+            enum = self.name("enum", hint)
+            lines += [
+                f"{indent}if {expr}.__class__ is not int or {expr} not in {members}:",
+                f"{indent}    raise _bad_enum({where}, {name!r}, {expr}, {enum})",
+            ]
+            return f"{members}[{expr}]"
+        if hint is bool:
+            lines += [f"{indent}if {expr}.__class__ is not bool:", f"{indent}    raise _bad_bool({where}, {name!r}, {expr})"]
+            return expr
+        if hint is int:
+            lines += [
+                f"{indent}if {expr}.__class__ is not int or not 0 <= {expr} <= MAX_INT:",
+                f"{indent}    raise _bad_int({where}, {name!r}, {expr})",
+            ]
+            return expr
+        raise TypeError(f"codec cannot handle {hint!r} at {name}")  # a schema bug, found at import
+
+    def encode_value(self, hint: Any, expr: str) -> str:
+        origin = typing.get_origin(hint)
+        if origin is tuple:
+            item_hint = typing.get_args(hint)[0]
+            item = self.encode_value(item_hint, "item")
+            return f"[{item} for item in {expr}]" if item != "item" else f"list({expr})"
+        if dataclasses.is_dataclass(hint):
+            return f"{self.name('enc', _compile_dataclass(hint)[0])}({expr})"
+        if isinstance(hint, type) and issubclass(hint, IntEnum):
+            return f"int({expr})"
+        return expr
+
+
+def _path(where: str, name: str) -> str:
+    """Source of the path expression for a nested field ``name`` below ``where``."""
+    return f"{where} + {'.' + name!r}" if name else where
+
+
+_GLOBALS: dict[str, Any] = {
+    "MAX_ITEMS": MAX_ITEMS, "MAX_INT": MAX_INT, "RemoteProtocolError": RemoteProtocolError,
+    "_bad": _bad, "_bad_type": _bad_type, "_bad_int": _bad_int, "_bad_bool": _bad_bool,
+    "_bad_enum": _bad_enum, "_bad_array": _bad_array,
+}
 _DATACLASS_CODECS: dict[type, tuple[Encoder, Decoder]] = {}
+_ITEM_DECODERS: dict[Any, Callable[[list, str], tuple]] = {}
+
+
+def _compile_items(hint: Any) -> Callable[[list, str], tuple]:
+    """A decoder of a whole array of ``hint`` items (length already checked)."""
+    if hint in _ITEM_DECODERS:
+        return _ITEM_DECODERS[hint]
+    env = dict(_GLOBALS)
+    generator = _Generator(env)
+    lines: list[str] = []
+    decoded = generator.decode_value(hint, "item", "where", "", lines, "        ")
+    source = "\n".join(
+        ["def decode_items(value, where):", "    out = []", "    for item in value:", *lines,
+         f"        out.append({decoded})", "    return tuple(out)"]
+    )
+    exec(compile(source, f"<dtruntime codec: {hint!r} items>", "exec"), env)
+    _ITEM_DECODERS[hint] = env["decode_items"]
+    return env["decode_items"]
 
 
 def _compile_dataclass(cls: type) -> tuple[Encoder, Decoder]:
+    """The generated (encode, decode) pair of dataclass ``cls`` (fields in declaration order)."""
     if cls in _DATACLASS_CODECS:
         return _DATACLASS_CODECS[cls]
     hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
-    parts = [_compile(hints[name], f"{cls.__name__}.{name}") for name in names]
-    encoders = [encode for encode, _ in parts]
-    decoders = list(zip(names, (decode for _, decode in parts)))
-    arity = len(names)
+    env = dict(_GLOBALS)
+    env["cls"] = cls
+    generator = _Generator(env)
+    fields = [f"f{i}" for i in range(len(names))]
+    decode_lines = [
+        "def decode_dataclass(value, where):",
+        f"    if value.__class__ is not list or len(value) != {len(names)}:",
+        f"        raise RemoteProtocolError(f'{{where}}: expected {cls.__name__} as an array of {len(names)} fields')",
+        f"    {', '.join(fields)}, = value",
+    ]
+    decoded = [generator.decode_value(hints[n], f, "where", n, decode_lines, "    ") for n, f in zip(names, fields)]
+    decode_lines += _construction(cls, names, decoded, generator)
+    encoded = [generator.encode_value(hints[n], f"value.{n}") for n in names]
+    encode_lines = ["def encode_dataclass(value):", f"    return [{', '.join(encoded)}]"]
+    source = "\n".join(encode_lines + decode_lines)
+    exec(compile(source, f"<dtruntime codec: {cls.__name__}>", "exec"), env)
+    _DATACLASS_CODECS[cls] = (env["encode_dataclass"], env["decode_dataclass"])
+    return _DATACLASS_CODECS[cls]
 
-    def encode_dataclass(value: Any) -> list:
-        return [encode(getattr(value, name)) for encode, name in zip(encoders, names)]
 
-    def decode_dataclass(value: Any, where: str) -> Any:
-        if not isinstance(value, list) or len(value) != arity:
-            raise RemoteProtocolError(f"{where}: expected {cls.__name__} as an array of {arity} fields")
-        return cls(*(decode(item, f"{where}.{name}") for (name, decode), item in zip(decoders, value)))
+def _construction(cls: type, names: list[str], values: list[str], generator: _Generator) -> list[str]:
+    """Source lines building ``cls`` from already validated ``values``.
 
-    _DATACLASS_CODECS[cls] = (encode_dataclass, decode_dataclass)
-    return encode_dataclass, decode_dataclass
+    A frozen slotted dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, which costs about as much as decoding the whole message.
+    Its fields are slots, so the decoder fills them through the slot descriptors
+    instead: the same object, built twice as fast. Message classes have no
+    ``__post_init__`` (the decoder's checks are their validation); a class that had one,
+    or no slots, is built through ``__init__``.
+    """
+    slots = [cls.__dict__.get(name) for name in names]
+    if hasattr(cls, "__post_init__") or not all(type(slot).__name__ == "member_descriptor" for slot in slots):
+        return [f"    return cls({', '.join(values)})"]
+    lines = [f"    built = {generator.name('new', object.__new__)}(cls)"]
+    for slot, value in zip(slots, values):
+        lines.append(f"    {generator.name('set', slot.__set__)}(built, {value})")
+    return lines + ["    return built"]
 
 
 _CODECS: dict[MsgType, tuple[Encoder, Decoder]] = {tag: _compile_dataclass(cls) for tag, cls in MESSAGE_TYPES.items()}

@@ -241,8 +241,12 @@ class Driver:
             self._handle(self._node.step(message, now))
 
     def _handle(self, ready: Ready) -> None:
+        encoded_for: object = None  # a message sent to several peers is encoded once
+        encoded = b""
         for endpoint, message in ready.messages:
-            frame = self._auth.seal(codec.encode(message))
+            if message is not encoded_for:
+                encoded_for, encoded = message, codec.encode(message)
+            frame = self._auth.seal(encoded)
             if self._transport.send(endpoint, frame):
                 self.counters["sent"] += 1
                 self.counters["bytes_sent"] += len(frame)
