@@ -145,6 +145,11 @@ class BarrierBook:
             missing = tuple(w for w in barrier.expected if w not in barrier.arrived)
             self._close(key, barrier, Outcome.TIMEOUT, missing)
 
+    @property
+    def has_deadlines(self) -> bool:
+        """Whether an open barrier has a timeout pending (else :meth:`next_deadline` is inf)."""
+        return bool(self._deadlines)
+
     def next_deadline(self) -> float:
         return self._deadlines[0][0] if self._deadlines else float("inf")
 

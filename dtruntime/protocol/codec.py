@@ -262,32 +262,13 @@ def _compile_dataclass(cls: type) -> tuple[Encoder, Decoder]:
         f"    {', '.join(fields)}, = value",
     ]
     decoded = [generator.decode_value(hints[n], f, "where", n, decode_lines, "    ") for n, f in zip(names, fields)]
-    decode_lines += _construction(cls, names, decoded, generator)
+    decode_lines.append(f"    return cls({', '.join(decoded)})")
     encoded = [generator.encode_value(hints[n], f"value.{n}") for n in names]
     encode_lines = ["def encode_dataclass(value):", f"    return [{', '.join(encoded)}]"]
     source = "\n".join(encode_lines + decode_lines)
     exec(compile(source, f"<dtruntime codec: {cls.__name__}>", "exec"), env)
     _DATACLASS_CODECS[cls] = (env["encode_dataclass"], env["decode_dataclass"])
     return _DATACLASS_CODECS[cls]
-
-
-def _construction(cls: type, names: list[str], values: list[str], generator: _Generator) -> list[str]:
-    """Source lines building ``cls`` from already validated ``values``.
-
-    A frozen slotted dataclass's ``__init__`` sets each field through
-    ``object.__setattr__``, which costs about as much as decoding the whole message.
-    Its fields are slots, so the decoder fills them through the slot descriptors
-    instead: the same object, built twice as fast. Message classes have no
-    ``__post_init__`` (the decoder's checks are their validation); a class that had one,
-    or no slots, is built through ``__init__``.
-    """
-    slots = [cls.__dict__.get(name) for name in names]
-    if hasattr(cls, "__post_init__") or not all(type(slot).__name__ == "member_descriptor" for slot in slots):
-        return [f"    return cls({', '.join(values)})"]
-    lines = [f"    built = {generator.name('new', object.__new__)}(cls)"]
-    for slot, value in zip(slots, values):
-        lines.append(f"    {generator.name('set', slot.__set__)}(built, {value})")
-    return lines + ["    return built"]
 
 
 _CODECS: dict[MsgType, tuple[Encoder, Decoder]] = {tag: _compile_dataclass(cls) for tag, cls in MESSAGE_TYPES.items()}

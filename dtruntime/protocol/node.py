@@ -386,37 +386,51 @@ class Node:
             self._out.send(entry.endpoint, Release(self.worker_id, result))
 
     def _after(self, now: float) -> Ready:
-        """Settle the consequences of whatever just happened, then hand out the Ready."""
-        was_leader, leader_before = self.election.is_leader, self.election.leader_id
-        view_changed = self.membership.changed
-        self.membership.changed = False
-        if view_changed or self.election.leader_id is None or self.election.is_leader:
-            self.election.evaluate(now, self.membership)
+        """Settle the consequences of whatever just happened, then hand out the Ready.
+
+        Runs after every input, so it is written for speed: components are read into
+        locals and the timers that cannot be set (no open barrier, no wait, a known
+        leader) are skipped rather than asked for infinity.
+        """
+        election, membership = self.election, self.membership
+        was_leader, leader_before = election.is_leader, election.leader_id
+        view_changed = membership.changed
+        if view_changed:
+            membership.changed = False
+        if view_changed or leader_before is None or was_leader:
+            election.evaluate(now, membership)
         self._check_quorum()
-        if self.membership.declared_dead:
-            self.membership.declared_dead = False
+        if membership.declared_dead:
+            membership.declared_dead = False
             self.waits.fail_all("this worker was declared dead by the cluster")
-        if view_changed and self.election.is_leader:
-            self.book.on_view_change(self.membership)
-            self.commits.on_view_change(self.membership)
-        if self.election.leader_id != leader_before or self.election.is_leader != was_leader:
+        if view_changed and election.is_leader:
+            self.book.on_view_change(membership)
+            self.commits.on_view_change(membership)
+        if election.leader_id != leader_before or election.is_leader != was_leader:
             self._on_leader_change(now, was_leader)
-        for decision in self.book.decisions:
-            for worker_id in decision.arrived:
-                self._send_result(decision.result, worker_id)
-        self.book.decisions.clear()
-        for commit in self.commits.decisions:
-            for worker_id in commit.reporters:
-                self._send_step_result(commit.result, worker_id)
-        self.commits.decisions.clear()
-        deadline = min(
-            self.membership.next_deadline(),
-            self.election.next_deadline(now),
-            self.book.next_deadline(),
-            self.waits.next_deadline(),
-            self.saves.next_deadline(),
-            self._next_join_at if not self.joined else float("inf"),
-        )
+        book, commits = self.book, self.commits
+        if book.decisions:
+            for decision in book.decisions:
+                for worker_id in decision.arrived:
+                    self._send_result(decision.result, worker_id)
+            book.decisions.clear()
+        if commits.decisions:
+            for commit in commits.decisions:
+                for worker_id in commit.reporters:
+                    self._send_step_result(commit.result, worker_id)
+            commits.decisions.clear()
+        deadline = membership.next_deadline()
+        if election.leader_id is None:
+            deadline = min(deadline, election.next_deadline(now))
+        if not self.joined:
+            deadline = min(deadline, self._next_join_at)
+        if book.has_deadlines:
+            deadline = min(deadline, book.next_deadline())
+        if self.waits:
+            deadline = min(deadline, self.waits.next_deadline())
+        saves_deadline = self.saves.next_deadline()
+        if saves_deadline < deadline:
+            deadline = saves_deadline
         return self._out.drain(deadline)
 
     def _on_leader_change(self, now: float, was_leader: bool) -> None:
