@@ -129,8 +129,10 @@ class Membership:
             if not self._admissible(entry, direct):
                 self.rejected += 1
                 return
-        elif entry.precedence() <= current.precedence():
-            return
+        elif entry.incarnation < current.incarnation or (
+            entry.incarnation == current.incarnation and entry.status <= current.status
+        ):
+            return  # not newer (precedence, spelled out: this runs for every gossiped entry)
         elif entry.rank != current.rank and (
             entry.incarnation <= current.incarnation or not self._admissible(entry, direct)
         ):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -97,7 +96,6 @@ class SimCluster:
         self.tracing = trace
         self.trace: list[str] = []
         self.invariants = Invariants(self)
-        self.sent_by_type: Counter[str] = Counter()
         self.listeners: list[Callable[[str, Event], None]] = []
         self.commit_delay = commit_delay
         self.parts: dict[int, dict[int, None]] = {}  # the simulated store: step -> ranks with a part
@@ -181,22 +179,22 @@ class SimCluster:
             self._push(deadline, _TICK, worker)
 
     def _send(self, source: SimWorker, endpoint: str, message: Message) -> None:
-        self.sent_by_type[type(message).__name__] += 1
         source.sent += 1
         if self._codec:
             data = codec.encode(message)
             source.bytes_sent += len(data)
             message = codec.decode(data)
         target = self._by_endpoint.get(endpoint)
-        if target is None or not self._link_up(source.worker_id, target.worker_id):
+        if target is None or ((self._groups or self._blocked) and not self._link_up(source.worker_id, target.worker_id)):
             return
-        net = self._net
-        if net.random() < self.faults.loss:
+        net, faults = self._net, self.faults
+        if net.random() < faults.loss:
             return
-        copies = 2 if net.random() < self.faults.duplicate else 1
+        copies = 2 if net.random() < faults.duplicate else 1
         for _ in range(copies):
-            delay = net.uniform(self.faults.delay_min, self.faults.delay_max)
-            self._push(self.now + delay, _DELIVER, (endpoint, message))
+            delay = net.uniform(faults.delay_min, faults.delay_max)
+            self._seq += 1
+            heapq.heappush(self._heap, (self.now + delay, self._seq, _DELIVER, (endpoint, message)))
 
     def _link_up(self, source: str, target: str) -> bool:
         if self._groups and self._groups.get(source, 0) != self._groups.get(target, 0):
