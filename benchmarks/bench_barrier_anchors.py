@@ -7,7 +7,9 @@ For each world size N and each barrier in :data:`BARRIERS`, N fresh processes (s
 run ``warmup`` untimed barriers, then ``iters`` timed ones; every rank times every
 barrier from its own call to its own return. The p50/p99 reported pool all ranks'
 samples. Barriers that need a helper process (the bare ZeroMQ hub) name it in
-:data:`HUBS`.
+:data:`HUBS`. Two bare ZeroMQ + msgpack barriers bound what any Python ZeroMQ barrier
+can do on the machine: ``zmq`` (through a hub process, two hops) and ``zmq-mesh``
+(every rank to every rank, one hop).
 
 Adding a barrier (``dtruntime`` is one: the orchestrator at default settings) is one entry in ``BARRIERS``: a
 module-level function ``worker_fn(rank, world, iters, endpoint_info, result_queue)``
@@ -142,6 +144,46 @@ def zmq_hub(world: int, total_barriers: int, endpoint_info: dict) -> None:
     context.term()
 
 
+def zmq_mesh_worker(rank: int, world: int, iters: int, endpoint_info: dict, result_queue: Any) -> None:
+    """Bare ZeroMQ without a hub: each rank sends its arrival to every other rank and
+    returns once it holds every other rank's arrival (one network hop, N-1 messages
+    sent and received per rank). The floor for a leaderless one-hop barrier in Python."""
+    import msgpack
+    import zmq
+
+    context = zmq.Context()
+    ports = endpoint_info["mesh_ports"]
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(f"tcp://{endpoint_info['host']}:{ports[rank]}")
+    peers = []
+    for other, port in enumerate(ports):
+        if other != rank:
+            dealer = context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 1000)
+            dealer.connect(f"tcp://{endpoint_info['host']}:{port}")
+            peers.append(dealer)
+    arrived: dict[int, int] = {}  # barrier -> arrivals held (a fast peer may be one ahead)
+
+    def barrier(i: int) -> None:
+        message = msgpack.packb({"b": i, "r": rank})
+        for dealer in peers:
+            dealer.send(message)
+        while arrived.get(i, 0) < world - 1:
+            _, data = router.recv_multipart()
+            index = msgpack.unpackb(data)["b"]
+            arrived[index] = arrived.get(index, 0) + 1
+        del arrived[i]
+
+    samples = _timed(barrier, iters, endpoint_info["warmup"])
+    result_queue.put((rank, samples))
+    barrier(endpoint_info["warmup"] + iters)  # nobody closes while a peer still waits on it
+    for dealer in peers:
+        dealer.close()
+    router.close()
+    context.term()
+
+
 def dtruntime_worker(rank: int, world: int, iters: int, endpoint_info: dict, result_queue: Any) -> None:
     """dtruntime: ``TrainingOrchestrator.wait_barrier_sync(f"b{i}")``, default configuration.
 
@@ -164,6 +206,7 @@ BARRIERS: dict[str, WorkerFn] = {
     "tcpstore": tcpstore_worker,
     "gloo": gloo_worker,
     "zmq": zmq_worker,
+    "zmq-mesh": zmq_mesh_worker,
     "dtruntime": dtruntime_worker,
 }
 HUBS: dict[str, HubFn] = {"zmq": zmq_hub}
@@ -179,7 +222,9 @@ def run_one(name: str, world: int, iters: int, warmup: int, timeout_s: float) ->
     """Run barrier ``name`` among ``world`` fresh processes; return all ranks' samples (ns)."""
     ctx = mp.get_context("spawn")
     result_queue = ctx.Queue()
-    endpoint_info = {"host": "127.0.0.1", "port": free_port(), "warmup": warmup}
+    endpoint_info = {
+        "host": "127.0.0.1", "port": free_port(), "warmup": warmup, "mesh_ports": [free_port() for _ in range(world)],
+    }
     processes = []
     if name in HUBS:
         processes.append(ctx.Process(target=HUBS[name], args=(world, warmup + iters, endpoint_info), daemon=True))
