@@ -52,7 +52,6 @@ def wire(cls: type[_T]) -> type[_T]:
     return cls
 
 
-
 class Kind(Enum):
     """Validation rule for a string field."""
 

@@ -185,7 +185,9 @@ class SimCluster:
             source.bytes_sent += len(data)
             message = codec.decode(data)
         target = self._by_endpoint.get(endpoint)
-        if target is None or ((self._groups or self._blocked) and not self._link_up(source.worker_id, target.worker_id)):
+        if target is None:
+            return
+        if (self._groups or self._blocked) and not self._link_up(source.worker_id, target.worker_id):
             return
         net, faults = self._net, self.faults
         if net.random() < faults.loss:
@@ -193,8 +195,7 @@ class SimCluster:
         copies = 2 if net.random() < faults.duplicate else 1
         for _ in range(copies):
             delay = net.uniform(faults.delay_min, faults.delay_max)
-            self._seq += 1
-            heapq.heappush(self._heap, (self.now + delay, self._seq, _DELIVER, (endpoint, message)))
+            self._push(self.now + delay, _DELIVER, (endpoint, message))
 
     def _link_up(self, source: str, target: str) -> bool:
         if self._groups and self._groups.get(source, 0) != self._groups.get(target, 0):
