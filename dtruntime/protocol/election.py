@@ -213,6 +213,8 @@ class Election:
         only first-hand, so hearsay cannot revive it.
         """
         self.highest_term = max(self.highest_term, term)
+        if term == self.leader_term and leader_id and leader_id == self.leader_id:
+            return  # the belief we hold already (every probe message repeats it)
         if not leader_id or (leader_id != self.worker_id and not view.is_live(leader_id)):
             # A newer term whose leader we do not see: we cannot follow it, but a leader
             # of an older term now knows it is stale and steps down (it campaigns above

@@ -215,15 +215,17 @@ class Node:
     # -- handlers -----------------------------------------------------------------
 
     def _on_gossip(self, message: Ping | Ack | PingReq, now: float) -> None:
-        gossip = message.gossip
-        # The sender's own entry goes last, so whether it may take over a rank does not
+        gossip, sender, membership = message.gossip, message.sender, self.membership
+        # The sender's own entries go last, so whether it may take over a rank does not
         # depend on the order of the entries (duplicates stay no-ops).
+        own = []
         for entry in gossip.members:
-            if entry.worker_id != message.sender:
-                self.membership.apply(entry, now)
-        for entry in gossip.members:
-            if entry.worker_id == message.sender:
-                self.membership.apply(entry, now, direct=True)
+            if entry.worker_id != sender:
+                membership.apply(entry, now)
+            else:
+                own.append(entry)
+        for entry in own:
+            membership.apply(entry, now, direct=True)
         for progress in gossip.progress:
             # Own counters are authoritative; strangers' counters are not kept (bounded state).
             if progress.worker_id != self.worker_id and self.membership.get(progress.worker_id) is not None:
