@@ -119,13 +119,18 @@ def test_declared_dead_fails_pending_barrier_and_rejoins():
     assert node.membership.me.status == Status.ALIVE and node.membership.me.incarnation == 1
 
 
-def test_leader_fails_non_elastic_barrier_naming_the_dead_worker():
+def leader_of_three() -> Node:
+    """w0 of a world of three, having won the election (quorum 2) with w1's vote."""
     node = make_node(rank=0, world=3)
     node.step(Members("w1", 0, "", (entry(1), entry(2))), 0.0)
-    # Win the election: quorum of 3 is 2.
     node.tick(0.2)
     node.step(Vote("w1", node.election.voted_term, True), 0.21)
     assert node.is_leader
+    return node
+
+
+def test_leader_fails_non_elastic_barrier_naming_the_dead_worker():
+    node = leader_of_three()
     node.arrive("b", 0.3)
     node.step(Arrive("w1", 0, "b", 0, False, 0), 0.31)
     gossip = Gossip(node.election.leader_term, "w0", (entry(2, status=Status.DEAD),))
@@ -184,11 +189,7 @@ def test_a_release_relayed_by_a_peer_ends_the_wait_before_its_departure_costs_th
 
 
 def test_release_names_the_members_whose_value_differs_from_the_lowest_ranked_one():
-    node = make_node(rank=0, world=3)
-    node.step(Members("w1", 0, "", (entry(1), entry(2))), 0.0)
-    node.tick(0.2)
-    node.step(Vote("w1", node.election.voted_term, True), 0.21)
-    assert node.is_leader
+    node = leader_of_three()
     node.step(Arrive("w2", 0, "spec", 0, False, 0, 0, "shard_size=50"), 0.3)
     node.step(Arrive("w1", 0, "spec", 0, False, 0, 0, "shard_size=100"), 0.31)
     ready = node.arrive("spec", 0.32, value="shard_size=100")

@@ -6,6 +6,8 @@ import json
 import sys
 import threading
 
+from dtruntime import TrainingOrchestrator
+
 _EMIT_LOCK = threading.Lock()
 
 
@@ -15,3 +17,11 @@ def emit(**fields) -> None:
     with _EMIT_LOCK:
         sys.stdout.write(line)
         sys.stdout.flush()
+
+
+def fast_orchestrator(rank: int, coordinator: str, world: int) -> TrainingOrchestrator:
+    """The orchestrator of worker ``rank``, detecting losses fast (heartbeat 100 ms, timeout
+    1 s) and ignoring the test runner's environment."""
+    return TrainingOrchestrator(
+        f"worker-{rank}", coordinator, world, rank, env={}, heartbeat_interval_ms=100, heartbeat_timeout_ms=1000
+    )

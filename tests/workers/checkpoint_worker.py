@@ -19,10 +19,10 @@ import sys
 import threading
 import time
 
-from dtruntime import CheckpointError, CheckpointManager, DtruntimeError, TrainingOrchestrator
+from dtruntime import CheckpointError, CheckpointManager, DtruntimeError
 from dtruntime.checkpoint.leader import LeaderCommitter
 
-from . import emit
+from . import emit, fast_orchestrator
 
 
 def payload(rank: int, step: int) -> bytes:
@@ -71,10 +71,7 @@ def main() -> int:
     steps = [int(s) for s in args.steps.split(",")]
     if args.stall_step is not None:
         install_stall(args.stall_step, args.stall_at)
-    orchestrator = TrainingOrchestrator(
-        f"worker-{args.rank}", args.coordinator, args.world, args.rank, env={},
-        heartbeat_interval_ms=100, heartbeat_timeout_ms=1000,
-    )
+    orchestrator = fast_orchestrator(args.rank, args.coordinator, args.world)
     with orchestrator:
         try:
             orchestrator.register_worker_sync("127.0.0.1", 0, timeout=30)

@@ -20,9 +20,9 @@ import argparse
 
 import time
 
-from dtruntime import DatasetRegistry, DtruntimeError, TrainingOrchestrator, WorkerLostError
+from dtruntime import DatasetRegistry, DtruntimeError, WorkerLostError
 
-from . import emit
+from . import emit, fast_orchestrator
 
 
 def main() -> int:
@@ -36,10 +36,7 @@ def main() -> int:
     parser.add_argument("--read-batch", type=int, default=0)
     parser.add_argument("--batch-pause", type=float, default=0.0)
     args = parser.parse_args()
-    orchestrator = TrainingOrchestrator(
-        f"worker-{args.rank}", args.coordinator, args.world, args.rank, env={},
-        heartbeat_interval_ms=100, heartbeat_timeout_ms=1000,
-    )
+    orchestrator = fast_orchestrator(args.rank, args.coordinator, args.world)
     with orchestrator:
         try:
             orchestrator.register_worker_sync("127.0.0.1", 0, timeout=60)
