@@ -83,7 +83,7 @@ def _frame(*fields):
         (_frame(7, "w1", 4, 1), "boolean"),
         (_frame(3, "w1", 5, [1, "w0", [["w2", 0, 0, 0, 9, "tcp://h:1", 0, 0]], []]), r"PING\.gossip\.members\.status: 9 is not a valid Status"),
         (_frame(3, "w1", 5, [1, "w0", [["w2", 0, 0, 0, 0, "nowhere", 0, 0]], []]), r"PING\.gossip\.members\.endpoint: bad endpoint"),
-        (_frame(10, "w0", ["b", 0, 0, False, ["w1", 7], "", "", [], ""]), r"RELEASE\.result\.workers: expected a string"),
+        (_frame(10, "w0", ["b", 0, 0, False, ["w1", 7], "", "", [], "", []]), r"RELEASE\.result\.workers: expected a string"),
         (b"\xc1", "undecodable"),
         (b"x" * (codec.MAX_MESSAGE_BYTES + 1), "exceeds the limit"),
     ],

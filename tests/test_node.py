@@ -139,6 +139,28 @@ def test_leader_fails_non_elastic_barrier_naming_the_dead_worker():
     assert failures == [BarrierFailed("b", 0, Outcome.LOST, ("w2",))]
     releases = [m for _, m in ready.messages if isinstance(m, Release)]
     assert releases and releases[0].result.workers == ("w2",)
+    assert releases[0].result.verdicts == (entry(2, status=Status.DEAD),)
+
+
+def test_a_follower_that_still_thinks_the_lost_worker_alive_drops_it_before_its_wait_fails():
+    node = make_node(rank=1, world=3)
+    node.step(Members("w0", 1, "w0", (entry(0), entry(1), entry(2))), 0.0)
+    node.arrive("b", 0.0)
+    assert node.membership.is_live("w2")  # the leader's DEAD verdict has not been gossiped here yet
+    lost = BarrierResult("b", 0, Outcome.LOST, False, ("w2",), verdicts=(entry(2, status=Status.DEAD),))
+    events = node.step(Release("w0", lost), 0.01).events
+    assert [type(e).__name__ for e in events] == ["WorkerLost", "BarrierFailed"]
+    assert sorted(m.worker_id for m in node.members()) == ["w0", "w1"]
+
+
+def test_a_verdict_older_than_what_the_follower_knows_changes_nothing():
+    node = make_node(rank=1, world=3)
+    node.step(Members("w0", 1, "w0", (entry(0), entry(1), entry(2, incarnation=3))), 0.0)
+    node.arrive("b", 0.0)
+    lost = BarrierResult("b", 0, Outcome.LOST, False, ("w2",), verdicts=(entry(2, 2, Status.DEAD),))
+    events = node.step(Release("w0", lost), 0.01).events
+    assert [type(e).__name__ for e in events] == ["BarrierFailed"]  # w2 refuted since: still live here
+    assert node.membership.is_live("w2")
 
 
 def test_release_for_other_generation_is_ignored():

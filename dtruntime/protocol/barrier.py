@@ -143,7 +143,7 @@ class BarrierBook:
             if barrier is None or barrier.deadline != deadline:
                 continue
             missing = tuple(w for w in barrier.expected if w not in barrier.arrived)
-            self._close(key, barrier, Outcome.TIMEOUT, missing)
+            self._close(key, barrier, view, Outcome.TIMEOUT, missing)
 
     @property
     def has_deadlines(self) -> bool:
@@ -160,7 +160,7 @@ class BarrierBook:
                 expected[worker_id] = None  # joined while the barrier was open
         dead = tuple(w for w in expected if not view.is_live(w))
         if dead and not barrier.elastic:
-            self._close(key, barrier, Outcome.LOST, dead)
+            self._close(key, barrier, view, Outcome.LOST, dead)
             return
         for worker_id in dead:
             del expected[worker_id]
@@ -169,14 +169,19 @@ class BarrierBook:
         if barrier.elastic and view.live_count < self.quorum:
             return
         excluded = tuple(w for w in view.members if w not in expected)
-        self._close(key, barrier, Outcome.RELEASED, excluded, _agreement(barrier, view))
+        self._close(key, barrier, view, Outcome.RELEASED, excluded, _agreement(barrier, view))
 
     def _close(
-        self, key: BarrierKey, barrier: _Open, outcome: Outcome, workers: tuple[str, ...],
+        self, key: BarrierKey, barrier: _Open, view: Membership, outcome: Outcome, workers: tuple[str, ...],
         agreement: tuple[str, str, tuple[str, ...], str] = ("", "", (), ""),
     ) -> None:
         del self._open[key]
-        result = BarrierResult(key[0], key[1], outcome, barrier.elastic, workers, *agreement)
+        verdicts = tuple(
+            entry for entry in map(view.get, workers)
+            if entry is not None and not entry.is_live
+            and view.dead_since.get(entry.worker_id, float("-inf")) >= barrier.opened_at
+        )  # only deaths during this barrier: a release does not repeat the job's whole history
+        result = BarrierResult(key[0], key[1], outcome, barrier.elastic, workers, *agreement, verdicts)
         self._decide(key, result, tuple(barrier.arrived))
 
     def _decide(self, key: BarrierKey, result: BarrierResult, arrived: tuple[str, ...]) -> None:

@@ -29,7 +29,7 @@ import msgpack
 from ..errors import RemoteProtocolError
 from .messages import MESSAGE_TYPES, TYPE_OF_CLASS, Kind, Message, MsgType
 
-SCHEMA_VERSION = 2  # 2: barrier values (Arrive.value, agreement fields of BarrierResult), progress gossip
+SCHEMA_VERSION = 3  # 2: barrier values and progress gossip; 3: BarrierResult.verdicts
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_ITEMS = 65536
 MAX_INT = 2**63 - 1

@@ -170,6 +170,11 @@ class BarrierResult:
     see ``Arrive.value``): ``reference`` is the lowest-ranked arrived member and
     ``reference_value`` its value; ``differing`` names every arrived member whose value
     differs from it (empty: all agree) and ``differing_value`` is the first one's value.
+
+    ``verdicts`` are the deciding leader's entries (DEAD or LEFT) of the named workers
+    that were gone (LOST, or RELEASED without them). A receiver merges them into its view
+    like gossip before it ends the wait, so a worker whose barrier failed naming W does
+    not list W among its live members afterwards.
     """
 
     barrier_id: BarrierId
@@ -181,6 +186,7 @@ class BarrierResult:
     reference_value: BarrierValue = ""
     differing: tuple[WorkerId, ...] = ()
     differing_value: BarrierValue = ""
+    verdicts: tuple[MemberEntry, ...] = ()
 
 
 @wire

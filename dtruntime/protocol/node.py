@@ -290,14 +290,18 @@ class Node:
         its newest one): it is a decision some leader made for that exact generation,
         and a release never contradicts a live member's arrival. Failures are taken
         from the leader only, so a stale leader's verdict cannot fail a live barrier.
+        The result's ``verdicts`` are merged into the view first (as gossip would merge
+        them), so the view agrees with the outcome when the wait ends.
         """
+        result = message.result
         if self.election.is_leader:
-            self.book.learn(message.result)  # a follower reporting an earlier leader's result
-            self.waits.on_result(message.result)
-        elif message.sender == self.election.leader_id or message.result.outcome == Outcome.RELEASED:
-            self.waits.on_result(message.result)
-        else:
+            self.book.learn(result)  # a follower reporting an earlier leader's result
+        elif message.sender != self.election.leader_id and result.outcome != Outcome.RELEASED:
             self.dropped["release_not_from_leader"] += 1
+            return
+        for entry in result.verdicts:
+            self.membership.apply(entry, now)
+        self.waits.on_result(result)
 
     def _on_part_done(self, message: PartDone, now: float) -> None:
         if not self.election.is_leader:
