@@ -15,6 +15,9 @@ Leader rules (``BarrierBook``):
   dead at the opening are excluded and named.
 * Non-elastic: an expected member declared DEAD while the barrier is open fails it with
   ``LOST`` naming the dead (the next barrier then expects the survivors).
+* A result names the dead it is about, and carries the leader's entries of those that
+  died while it was open (``BarrierResult.verdicts``): every waiter's view then agrees
+  with the outcome, even where the leader's DEAD gossip has not arrived yet.
 * Elastic: an expected member that dies is dropped; the barrier releases when every
   live expected member arrived (and a quorum is live), naming the excluded.
 * A timeout (sent with the arrival, counted from when the leader got it) fails the
