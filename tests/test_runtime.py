@@ -38,6 +38,7 @@ def test_killing_the_leader_fails_the_pending_barrier_then_survivors_go_on_under
             error = worker.events("error")[0]
             assert error["type"] == "WorkerLostError"
             assert error["workers"] == ["worker-0"] and error["ranks"] == [0]
+            assert "worker-0" not in error["members"]  # the view already agrees with the error
         lost_at = max(w.events("error")[0]["barrier"] for w in survivors)
 
         def later_barriers_pass() -> bool:

@@ -11,7 +11,8 @@ socket, starts the driver thread and joins the cluster; :meth:`close` (or leavin
 or port behind.
 
 Barrier outcomes become exceptions: a lost worker raises :class:`WorkerLostError`
-naming it and its rank, a timeout raises :class:`BarrierTimeout` naming who had not
+naming it and its rank (when it is raised, :meth:`members` no longer lists that worker
+unless it has since come back: the leader's verdict travels with the result), a timeout raises :class:`BarrierTimeout` naming who had not
 arrived, a lost majority raises :class:`NoQuorumError`. :meth:`agree` is a barrier at
 which every worker also brings a value; it returns an :class:`Agreement` saying whether
 all values were equal and, if not, who differs from whom (it raises nothing for a

@@ -56,7 +56,7 @@ def main() -> int:
             except DtruntimeError as exc:
                 emit(event="error", barrier=index, type=type(exc).__name__, message=str(exc),
                      workers=list(getattr(exc, "workers", ())), ranks=list(getattr(exc, "ranks", ())),
-                     time=time.monotonic())
+                     members=[m.worker_id for m in orchestrator.members()], time=time.monotonic())
                 lost_peer = isinstance(exc, WorkerLostError) and worker_id not in exc.workers
                 if args.continue_on_lost and lost_peer:
                     continue
