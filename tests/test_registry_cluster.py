@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from dtruntime import DatasetRegistry
 from dtruntime.sharding import completed_ranges, merge_ranges, subtract_ranges
 
 from .cluster import Cluster, kill
+from .test_registry import Member, Membership
 
 MODULE = "tests.workers.dataset_worker"
-
-
-@dataclass(frozen=True)
-class _Member:
-    worker_id: str
-    rank: int
-
-
-class _Membership:
-    """The workers' membership as this test process computes their assignment from it."""
-
-    def __init__(self, members):
-        self._members = members
-
-    def members(self):
-        return self._members
 
 
 def test_workers_with_the_same_spec_read_every_sample_exactly_once():
@@ -74,7 +57,7 @@ def test_survivors_take_over_exactly_what_a_worker_killed_mid_epoch_left_unread(
             assert worker.events("lost")[0]["workers"] == ["worker-2"]
 
         # The epoch's assignment, computed here from the same spec and membership.
-        view = _Membership([_Member(f"worker-{r}", r) for r in range(world)])
+        view = Membership([Member(f"worker-{r}", r) for r in range(world)])
         registry = DatasetRegistry(orchestrator=view)
         registry.register("data", total_samples=total, shard_size=shard_size, shuffle=True, seed=7)
         assignment = registry.assignment("data", 0)
