@@ -118,7 +118,7 @@ def _bad(where: str, name: str, problem: str) -> RemoteProtocolError:
     return RemoteProtocolError(f"{where}.{name}: {problem}" if name else f"{where}: {problem}")
 
 
-def _bad_type(where: str, name: str, value: Any) -> RemoteProtocolError:
+def _bad_string(where: str, name: str, value: Any) -> RemoteProtocolError:
     return _bad(where, name, f"expected a string, got {type(value).__name__}")
 
 
@@ -163,7 +163,7 @@ class _Generator:
             check = self.name("check", _STRING_CHECKS[kind])
             lines += [
                 f"{indent}if {expr}.__class__ is not str:",
-                f"{indent}    raise _bad_type({where}, {name!r}, {expr})",
+                f"{indent}    raise _bad_string({where}, {name!r}, {expr})",
                 f"{indent}try:",
                 f"{indent}    {check}({expr})",
                 f"{indent}except ValueError as exc:",
@@ -221,7 +221,7 @@ def _path(where: str, name: str) -> str:
 
 _GLOBALS: dict[str, Any] = {
     "MAX_ITEMS": MAX_ITEMS, "MAX_INT": MAX_INT, "RemoteProtocolError": RemoteProtocolError,
-    "_bad": _bad, "_bad_type": _bad_type, "_bad_int": _bad_int, "_bad_bool": _bad_bool,
+    "_bad": _bad, "_bad_string": _bad_string, "_bad_int": _bad_int, "_bad_bool": _bad_bool,
     "_bad_enum": _bad_enum, "_bad_array": _bad_array,
 }
 _DATACLASS_CODECS: dict[type, tuple[Encoder, Decoder]] = {}

@@ -228,7 +228,7 @@ class Node:
             membership.apply(entry, now, direct=True)
         for progress in gossip.progress:
             # Own counters are authoritative; strangers' counters are not kept (bounded state).
-            if progress.worker_id != self.worker_id and self.membership.get(progress.worker_id) is not None:
+            if progress.worker_id != self.worker_id and membership.get(progress.worker_id) is not None:
                 self.progress.apply(progress)
         first_hand = gossip.leader_id == message.sender
         self.election.on_leader_claim(gossip.leader_term, gossip.leader_id, self.membership, first_hand=first_hand)
