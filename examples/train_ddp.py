@@ -7,7 +7,8 @@ Each process joins the control plane (the coordinator endpoint is torchrun's
 MASTER_PORT + 1), reads its own sample ranges of a synthetic regression dataset from
 the shard ring, trains a small model with DistributedDataParallel, and meets the others
 at a barrier before every epoch. Rank 0 saves a checkpoint after every epoch; a
-relaunch resumes from the newest committed one.
+relaunch resumes from the newest committed one, and so does a restart by
+``torchrun --max-restarts N`` after a worker dies.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dtruntime import CheckpointManager, DatasetRegistry, TrainingOrchestrator
+from dtruntime.elastic import init_process_group
 
 FEATURES = 16
 
@@ -42,7 +44,7 @@ def main() -> None:
     parser.add_argument("--epoch-pause", type=float, default=0.0, help="sleep after each epoch (for demos/tests)")
     args = parser.parse_args()
 
-    dist.init_process_group("gloo")
+    init_process_group("gloo")  # dist.init_process_group on this torchrun attempt's own store keys
     rank, world = dist.get_rank(), dist.get_world_size()
     orchestrator = TrainingOrchestrator()  # everything from torchrun's environment
     orchestrator.register_worker_sync(gpu_count=0, memory_bytes=0)

@@ -56,10 +56,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def torchrun(args: list[str], **popen: object) -> subprocess.Popen:
+def torchrun(args: list[str], launcher: tuple[str, ...] = (), **popen: object) -> subprocess.Popen:
+    """torchrun with 4 workers of the example; ``launcher`` adds torchrun's own options."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
-               "--master-port", str(free_port(span=2)), EXAMPLE, *args]
+               "--master-port", str(free_port(span=2)), *launcher, EXAMPLE, *args]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **popen)
 
