@@ -204,11 +204,14 @@ class TrainingOrchestrator:
         """Wait until every expected worker arrived at ``barrier_id`` (see the module doc)."""
         await asyncio.wrap_future(self._arrive(barrier_id, timeout, elastic))
 
-    async def agree(self, barrier_id: str, value: str, timeout: float | None = None) -> Agreement:
+    async def agree(
+        self, barrier_id: str, value: str, timeout: float | None = None, *, elastic: bool = False
+    ) -> Agreement:
         """A barrier at which every worker brings ``value`` (at most 1024 printable
         characters); returns who, if anyone, brought a different one. Errors as for
-        :meth:`wait_barrier`."""
-        return await asyncio.wrap_future(self._arrive(barrier_id, timeout, False, value))
+        :meth:`wait_barrier`; with ``elastic=True`` a worker lost meanwhile is left out
+        and the others agree among themselves."""
+        return await asyncio.wrap_future(self._arrive(barrier_id, timeout, elastic, value))
 
     async def heartbeat(self) -> None:
         """Run a gossip round now (they also run automatically every interval)."""
@@ -237,8 +240,10 @@ class TrainingOrchestrator:
     def wait_barrier_sync(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
         self._arrive(barrier_id, timeout, elastic).result()
 
-    def agree_sync(self, barrier_id: str, value: str, timeout: float | None = None) -> Agreement:
-        return self._arrive(barrier_id, timeout, False, value).result()
+    def agree_sync(
+        self, barrier_id: str, value: str, timeout: float | None = None, *, elastic: bool = False
+    ) -> Agreement:
+        return self._arrive(barrier_id, timeout, elastic, value).result()
 
     def heartbeat_sync(self) -> None:
         self._running().submit(lambda node, now: node.tick(now)).result(timeout=10)

@@ -4,5 +4,6 @@ Imports torch; the rest of dtruntime does not need it.
 """
 
 from .process_group import init_process_group
+from .trainer import ElasticTrainer, Step
 
-__all__ = ["init_process_group"]
+__all__ = ["ElasticTrainer", "Step", "init_process_group"]

@@ -1,0 +1,91 @@
+"""A DDP worker on ``ElasticTrainer`` for the continuation tests; reports JSON lines.
+
+    python -m tests.workers.elastic_worker --rank R --world N --coordinator tcp://127.0.0.1:P
+        [--epochs E] [--samples S] [--batch-size B] [--die-at-step K --die-when before|backward|after]
+
+Events: "step" (number, epoch, begin, end, padding, loss, world) after each applied
+step; "recovered" per new generation; "done" with a digest of the parameters. With
+``--die-at-step`` the process SIGKILLs itself at step K: before the step's forward,
+inside it after the forward (its peers are then in, or about to enter, the
+all-reduce), or right after the step was applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import hashlib
+import os
+import signal
+
+import torch
+from torch import nn
+
+from dtruntime.elastic import ElasticTrainer
+
+from . import emit, fast_orchestrator
+
+FEATURES = 8
+
+
+def batch(indices) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets of global samples ``indices`` (the same sample on every rank)."""
+    index = torch.as_tensor(indices, dtype=torch.float32)[:, None]
+    x = torch.sin(index * torch.arange(1, FEATURES + 1, dtype=torch.float32) * 0.01)
+    return x, x.sum(dim=1, keepdim=True) * 0.5 + 0.25
+
+
+def parameters_digest(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--world", type=int, required=True)
+    parser.add_argument("--coordinator", required=True)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--die-at-step", type=int, default=0)
+    parser.add_argument("--die-when", choices=["before", "backward", "after"], default="backward")
+    args = parser.parse_args()
+    faulthandler.register(signal.SIGUSR1)  # a hung test can ask where each worker is
+
+    torch.manual_seed(0)
+    orchestrator = fast_orchestrator(args.rank, args.coordinator, args.world)
+    orchestrator.register_worker_sync("127.0.0.1", 0)
+    model = nn.Sequential(nn.Linear(FEATURES, 16), nn.Tanh(), nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    trainer = ElasticTrainer(orchestrator, model, optimizer, num_samples=args.samples, batch_size=args.batch_size,
+                             seed=11)
+    seen_recoveries = 0
+    for epoch in range(args.epochs):
+        for step in trainer.epoch_steps(epoch):
+            dies = step.number == args.die_at_step
+            if dies and args.die_when == "before":
+                os.kill(os.getpid(), signal.SIGKILL)
+            with step:
+                x, y = batch(step.indices)
+                loss = nn.functional.mse_loss(trainer.ddp(x), y)
+                if dies and args.die_when == "backward":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                loss.backward()
+            if step.applied:
+                emit(event="step", number=step.number, epoch=epoch, begin=step.begin, end=step.end,
+                     padding=step.padding, loss=loss.item(), world=trainer.generation.size)
+                if dies and args.die_when == "after":
+                    os.kill(os.getpid(), signal.SIGKILL)
+            for record in trainer.recoveries[seen_recoveries:]:
+                emit(event="recovered", **record)
+            seen_recoveries = len(trainer.recoveries)
+    emit(event="done", digest=parameters_digest(model), steps=trainer.steps_applied)
+    trainer.close()
+    orchestrator.close_sync()
+
+
+if __name__ == "__main__":
+    main()
