@@ -32,17 +32,27 @@ import asyncio
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ..config import Config
+from ..errors import (
+    BarrierTimeout,
+    BindError,
+    CheckpointError,
+    ConfigError,
+    DtruntimeError,
+    NoQuorumError,
+    ProtocolError,
+    WorkerLostError,
+)
 from ..logs import configure_from_env
-from ..errors import BarrierTimeout, CheckpointError, DtruntimeError, NoQuorumError, ProtocolError, WorkerLostError
 from ..protocol.events import (
     BarrierFailed,
     BarrierReleased,
@@ -58,7 +68,18 @@ from ..protocol.messages import CommitOutcome, MemberEntry, Outcome, PartDone, S
 from ..protocol.node import Node
 from ..protocol.settings import ProtocolSettings
 from ..runtime.auth import FrameAuthenticator, load_secret
-from ..runtime.bootstrap import BootstrapInfo, describe_bind, resolve_bootstrap, warn_if_insecure
+from ..runtime.bootstrap import (
+    MASTER_PORT_OFFSET,
+    BindPlan,
+    BootstrapInfo,
+    describe_bind,
+    is_endpoint_shaped,
+    join_endpoint,
+    resolve_bootstrap,
+    split_endpoint,
+    validate_worker_id,
+    warn_if_insecure,
+)
 from ..runtime.driver import Driver
 from ..runtime.transport import ZmqTransport
 
@@ -87,7 +108,12 @@ class Agreement:
 
 @dataclass(frozen=True)
 class WorkerInfo:
-    """A live worker as registered: what :meth:`TrainingOrchestrator.members` returns."""
+    """A live worker as registered: what :meth:`TrainingOrchestrator.members` returns.
+
+    ``endpoint`` is the control plane's; ``port`` is the worker port passed to
+    :meth:`TrainingOrchestrator.register_worker` (the original API's, for the user's own
+    services), which dtruntime records and advertises but never binds.
+    """
 
     worker_id: str
     rank: int
@@ -96,12 +122,13 @@ class WorkerInfo:
     gpu_count: int
     memory_bytes: int
     suspect: bool
+    port: int = 0  # the worker port given to register_worker (advertised only; 0: none)
 
     @classmethod
     def from_entry(cls, entry: MemberEntry) -> "WorkerInfo":
         return cls(
             entry.worker_id, entry.rank, entry.local_rank, entry.endpoint, entry.gpu_count,
-            entry.memory_bytes, entry.status == Status.SUSPECT,
+            entry.memory_bytes, entry.status == Status.SUSPECT, entry.worker_port,
         )
 
 
@@ -123,6 +150,10 @@ class TrainingOrchestrator:
     ``TrainingOrchestrator(worker_id, coordinator_url, world_size, rank)`` as documented;
     every argument may be omitted under ``torchrun`` (``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``, ``WORKER_ID``, ``COORDINATOR_URL``).
+    The quick reference's ``TrainingOrchestrator("localhost:50051")`` works too: a first
+    argument shaped like an endpoint (``host:port``, ``tcp://`` or ``http://``), with no
+    ``coordinator_url``, is the coordinator URL and the worker id comes from the
+    environment (a worker id such as ``node:7`` goes with an explicit ``coordinator_url``).
     ``config`` or keyword overrides (``heartbeat_interval_ms=100``) set the protocol
     timing; ``secret`` (or ``DTRUNTIME_SECRET``) authenticates every message.
     """
@@ -141,6 +172,9 @@ class TrainingOrchestrator:
     ) -> None:
         env = os.environ if env is None else env
         configure_from_env(env)
+        if coordinator_url is None and is_endpoint_shaped(worker_id):
+            log.info("TrainingOrchestrator(%r): taken as the coordinator URL", worker_id)
+            worker_id, coordinator_url = None, worker_id
         if config is None:
             self.config = Config.load(env=env, **overrides)
         else:
@@ -190,11 +224,21 @@ class TrainingOrchestrator:
     # -- asyncio API ------------------------------------------------------------------
 
     async def register_worker(
-        self, ip: str | None = None, port: int = 0, *, gpu_count: int = 0, memory_bytes: int = 0,
-        timeout: float | None = 60.0,
+        self, *where: str | int, ip: str | None = None, port: int | None = None, gpu_count: int = 0,
+        memory_bytes: int = 0, timeout: float | None = 60.0,
     ) -> str:
-        """Bind, start the driver and join the cluster; return this worker's id."""
-        joined = asyncio.wrap_future(self._register(ip, port, gpu_count, memory_bytes))
+        """Bind, start the driver and join the cluster; return this worker's id.
+
+        ``register_worker(ip, port)`` as documented, or the quick reference's
+        ``register_worker(worker_id, ip, port)``, which also sets the worker id (before
+        the first registration only). ``ip`` is the host peers reach this worker at
+        (as ``DTRUNTIME_HOST``; rank 0 advertises it only when the coordinator address
+        is a wildcard such as ``0.0.0.0``). ``port`` is the original API's *worker
+        port*: recorded and advertised to peers (:attr:`WorkerInfo.port`), never bound;
+        the control plane binds its own port (rank 0 the coordinator's, the others an
+        ephemeral one), so every local rank may pass the same ``port``.
+        """
+        joined = asyncio.wrap_future(self._register(_Registration.of(where, ip, port, gpu_count, memory_bytes)))
         try:
             return await asyncio.wait_for(asyncio.shield(joined), timeout)
         except asyncio.TimeoutError:
@@ -226,11 +270,11 @@ class TrainingOrchestrator:
     # -- synchronous twins ---------------------------------------------------------------
 
     def register_worker_sync(
-        self, ip: str | None = None, port: int = 0, *, gpu_count: int = 0, memory_bytes: int = 0,
-        timeout: float | None = 60.0,
+        self, *where: str | int, ip: str | None = None, port: int | None = None, gpu_count: int = 0,
+        memory_bytes: int = 0, timeout: float | None = 60.0,
     ) -> str:
         try:
-            return self._register(ip, port, gpu_count, memory_bytes).result(timeout)
+            return self._register(_Registration.of(where, ip, port, gpu_count, memory_bytes)).result(timeout)
         except FutureTimeout:
             raise self._join_timeout(timeout) from None
 
@@ -331,11 +375,18 @@ class TrainingOrchestrator:
     def _auth_counters(self) -> dict[str, int]:
         return self._auth.counters if self._driver is not None else {}
 
-    def _register(self, ip: str | None, port: int, gpu_count: int, memory_bytes: int) -> "Future[str]":
+    def _register(self, registration: "_Registration") -> "Future[str]":
         with self._lock:
             started = self._driver is None
+            if registration.worker_id is not None and registration.worker_id != self.worker_id:
+                if not started:
+                    raise ProtocolError(
+                        f"this orchestrator is already registered as {self.worker_id!r}, "
+                        f"not {registration.worker_id!r}"
+                    )
+                self.bootstrap = replace(self.bootstrap, worker_id=registration.worker_id)
             if started:
-                self._start(ip, port, gpu_count, memory_bytes)
+                self._start(registration)
         if started:  # outside self._lock: event handlers take it while holding the driver's lock
             self._running().submit(lambda node, now: self._check_joined(node))
         return self._joined
@@ -346,17 +397,25 @@ class TrainingOrchestrator:
             f"within {timeout}s"
         )
 
-    def _start(self, ip: str | None, port: int, gpu_count: int, memory_bytes: int) -> None:
+    def _start(self, registration: "_Registration") -> None:
         info = self.bootstrap
-        plan = describe_bind(info.rank, info.coordinator_endpoint, own_host=ip or info.own_host, port=port)
+        plan = describe_bind(
+            info.rank, info.coordinator_endpoint, own_host=registration.ip or info.own_host,
+            fallback_host=socket.gethostname(),
+        )
         warn_if_insecure(plan.bind_endpoint, self._secret is not None)
-        transport = ZmqTransport(plan.bind_endpoint)
-        bound_port = transport.endpoint.rsplit(":", 1)[1]
-        host = plan.advertise_host if ":" not in plan.advertise_host else f"[{plan.advertise_host}]"
-        endpoint = f"tcp://{host}:{bound_port}"
+        try:
+            transport = ZmqTransport(plan.bind_endpoint)
+        except BindError as exc:
+            raise BindError(f"{exc}. {bind_advice(info, plan)}") from None
+        endpoint = join_endpoint(plan.advertise_host, int(transport.endpoint.rsplit(":", 1)[1]))
+        if plan.advertise_source != "coordinator_url" or not plan.is_coordinator:
+            log.info("%s binds %s and advertises %s to peers (host from %s)", info.worker_id,
+                     plan.bind_endpoint, endpoint, plan.advertise_source)
         incarnation = time.time_ns() // 1_000_000  # above any earlier process of this worker
         member = MemberEntry(
-            info.worker_id, info.rank, info.local_rank, incarnation, Status.ALIVE, endpoint, gpu_count, memory_bytes
+            info.worker_id, info.rank, info.local_rank, incarnation, Status.ALIVE, endpoint,
+            registration.gpu_count, registration.memory_bytes, registration.port,
         )
         seeds = [info.coordinator_endpoint, *info.peers] if info.rank != 0 else list(info.peers)
         coordinator = self.config.coordinator
@@ -557,3 +616,58 @@ def _fail(future: Future, error: BaseException) -> None:
 def _coordinator_default(config: Config) -> str:
     address = config.coordinator.address
     return address if "://" in address else f"tcp://{address}"
+
+
+@dataclass(frozen=True)
+class _Registration:
+    """What :meth:`TrainingOrchestrator.register_worker` was given, validated."""
+
+    worker_id: str | None
+    ip: str | None
+    port: int
+    gpu_count: int
+    memory_bytes: int
+
+    @classmethod
+    def of(
+        cls, where: tuple[str | int, ...], ip: str | None, port: int | None, gpu_count: int, memory_bytes: int
+    ) -> "_Registration":
+        """Positional ``(ip, port)`` or ``(worker_id, ip, port)``, or the keywords; not both."""
+        if len(where) > 3:
+            raise TypeError(f"register_worker takes (ip, port) or (worker_id, ip, port), got {len(where)} positionals")
+        worker_id = where[0] if len(where) == 3 else None
+        positional = dict(zip(("ip", "port"), where[1:] if len(where) == 3 else where))
+        for name, value in (("ip", ip), ("port", port)):
+            if name in positional and value is not None:
+                raise TypeError(f"register_worker got {name} both as a positional and a keyword argument")
+        ip = positional.get("ip", ip)  # type: ignore[assignment]
+        port = positional.get("port", port)  # type: ignore[assignment]
+        if ip is not None and not isinstance(ip, str):
+            raise ConfigError("ip", f"must be a host name or address, not {ip!r}")
+        port = 0 if port is None else port
+        for name, value in (("port", port), ("gpu_count", gpu_count), ("memory_bytes", memory_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(name, f"must be an integer >= 0, not {value!r}")
+        if port > 65535:
+            raise ConfigError("port", f"must be in [0, 65535], not {port}")
+        return cls(
+            None if worker_id is None else validate_worker_id(worker_id, key="worker_id"),
+            ip, port, gpu_count, memory_bytes,
+        )
+
+
+def bind_advice(info: BootstrapInfo, plan: BindPlan) -> str:
+    """How to choose another endpoint than ``plan``'s, given where it came from."""
+    if not plan.is_coordinator:
+        return "this worker binds an ephemeral port; is DTRUNTIME_HOST (or ip=) an address of this host?"
+    _, port = split_endpoint(info.coordinator_endpoint, key="coordinator_url")
+    if info.coordinator_source == "MASTER_ADDR":
+        return (
+            f"rank 0's control plane listens on MASTER_PORT + {MASTER_PORT_OFFSET} = {port} next to torchrun's "
+            f"store on MASTER_PORT: choose another with torchrun --master-port (at least two away from other jobs "
+            f"on this host) or set COORDINATOR_URL"
+        )
+    where = {"argument": "the coordinator_url argument", "COORDINATOR_URL": "COORDINATOR_URL"}.get(
+        info.coordinator_source, "coordinator.address in the config file"
+    )
+    return f"rank 0 binds the coordinator endpoint from {where}: choose a free port there"

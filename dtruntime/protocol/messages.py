@@ -130,6 +130,7 @@ class MemberEntry:
     endpoint: Endpoint
     gpu_count: int = 0
     memory_bytes: int = 0
+    worker_port: int = 0  # the original API's register_worker(port=...): advertised, never bound here
 
     def precedence(self) -> tuple[int, int]:
         return (self.incarnation, int(self.status))
