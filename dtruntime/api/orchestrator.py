@@ -412,6 +412,9 @@ class TrainingOrchestrator:
         if plan.advertise_source != "coordinator_url" or not plan.is_coordinator:
             log.info("%s binds %s and advertises %s to peers (host from %s)", info.worker_id,
                      plan.bind_endpoint, endpoint, plan.advertise_source)
+        elif registration.ip is not None and registration.ip != plan.advertise_host:
+            log.info("%s is rank 0: peers reach it at the coordinator endpoint %s, not at ip=%r",
+                     info.worker_id, endpoint, registration.ip)
         incarnation = time.time_ns() // 1_000_000  # above any earlier process of this worker
         member = MemberEntry(
             info.worker_id, info.rank, info.local_rank, incarnation, Status.ALIVE, endpoint,
@@ -526,7 +529,6 @@ class TrainingOrchestrator:
             self._joined.set_result(self.worker_id)
 
     def _barrier_error(self, event: BarrierFailed) -> Exception:
-        names = ", ".join(event.workers)
         if event.reason == Outcome.LOST and self.worker_id in event.workers:
             return WorkerLostError(
                 f"barrier {event.barrier_id!r} failed: this worker ({self.worker_id}) was declared dead by the "
@@ -536,17 +538,16 @@ class TrainingOrchestrator:
         if event.reason == Outcome.LOST:
             ranks = self._ranks_of(event.workers)
             return WorkerLostError(
-                f"barrier {event.barrier_id!r} failed: worker(s) {names} (rank(s) {ranks}) lost",
-                event.workers, ranks,
+                f"barrier {event.barrier_id!r} failed: {self._gone(event.workers)}", event.workers, ranks,
             )
         if event.reason == Outcome.TIMEOUT:
             if not event.workers and not self._running().snapshot.has_quorum:
-                return NoQuorumError(f"barrier {event.barrier_id!r}: no quorum, so no leader to release it")
-            joined = len(self._running().snapshot.members)
-            missing = f"not arrived: {names}" if names else (
-                f"{event.detail}; {joined} of {self.world_size} workers have joined"
-                if event.detail else f"{joined} of {self.world_size} workers have joined"
-            )
+                return NoQuorumError(f"barrier {event.barrier_id!r} timed out: {event.detail}")
+            if event.workers:
+                missing = f"not arrived: {self._named(event.workers)}"
+            else:
+                joined = len(self._running().snapshot.members)
+                missing = f"{event.detail}; {joined} of {self.world_size} workers have joined"
             return BarrierTimeout(f"barrier {event.barrier_id!r} timed out ({missing})", event.workers)
         if event.detail.startswith("no quorum"):
             return NoQuorumError(f"barrier {event.barrier_id!r} failed: {event.detail}")
@@ -554,17 +555,30 @@ class TrainingOrchestrator:
             f"barrier {event.barrier_id!r} failed: {event.detail} ({self.worker_id})", [self.worker_id], [self.rank]
         )
 
+    def _named(self, worker_ids: tuple[str, ...]) -> str:
+        """``worker-1 (rank 1), worker-2 (rank 2)``; a worker of unknown rank by its id alone."""
+        ranks = ((worker_id, self._rank_of(worker_id)) for worker_id in worker_ids)
+        return ", ".join(w if rank is None else f"{w} (rank {rank})" for w, rank in ranks)
+
+    def _gone(self, worker_ids: tuple[str, ...]) -> str:
+        """``worker-1 (rank 1) left the cluster`` / ``... lost``: the same word as the log's."""
+        left = tuple(w for w in worker_ids if (lost := self._lost.get(w)) is not None and lost.left)
+        lost = tuple(w for w in worker_ids if w not in left)
+        parts = [f"{self._named(group)} {word}" for group, word in ((lost, "lost"), (left, "left the cluster")) if group]
+        return "; ".join(parts)
+
     def _ranks_of(self, worker_ids: tuple[str, ...]) -> list[int]:
-        """Ranks of lost workers: from this node's loss reports, else from its view (the
-        leader's verdict can arrive before this node's own detector or gossip got there)."""
-        in_view = {entry.worker_id: entry.rank for entry in self._running().snapshot.members}
-        ranks = []
-        for worker_id in worker_ids:
-            lost = self._lost.get(worker_id)
-            rank = lost.rank if lost is not None else in_view.get(worker_id)
-            if rank is not None:
-                ranks.append(rank)
-        return ranks
+        """Ranks of ``worker_ids``, skipping those this worker never knew."""
+        ranks = (self._rank_of(worker_id) for worker_id in worker_ids)
+        return [rank for rank in ranks if rank is not None]
+
+    def _rank_of(self, worker_id: str) -> int | None:
+        """From this node's loss reports, else from its view (the leader's verdict can
+        arrive before this node's own detector or gossip got there)."""
+        lost = self._lost.get(worker_id)
+        if lost is not None:
+            return lost.rank
+        return next((e.rank for e in self._running().snapshot.members if e.worker_id == worker_id), None)
 
     def _settle(self, barrier_id: str, error: BaseException | None, result: Any = None) -> None:
         with self._lock:

@@ -116,7 +116,7 @@ class Node:
             self._send_join(now)
         self.membership.tick(now, self._gossip)
         self.book.tick(now, self.membership)
-        self.waits.tick(now)
+        self.waits.tick(now, self._no_answer)
         if self.waits.resend_due(now):
             self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation, now), now)
         if self.saves.resend_due(now):
@@ -468,7 +468,16 @@ class Node:
             self._has_quorum = has_quorum
             self._out.emit(QuorumChanged(has_quorum, live, needed))
             if not has_quorum and self.joined:
-                self.waits.fail_all(f"no quorum: {live} of {needed} needed workers are live")
+                self.waits.fail_all(f"no quorum: {self.membership.describe_quorum(needed)}")
+
+    def _no_answer(self) -> str:
+        """Why a barrier wait got no answer by its deadline, as far as this node can tell."""
+        leader_id = self.election.leader_id
+        if leader_id is not None:
+            return f"no answer from the leader {leader_id}"
+        if self.membership.live_count < self.election.quorum:
+            return f"no leader, no quorum: {self.membership.describe_quorum(self.election.quorum)}"
+        return "no leader was elected in time"
 
 
 _HANDLERS = {
