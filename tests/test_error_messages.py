@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dtruntime import BarrierTimeout, NoQuorumError, TrainingOrchestrator, WorkerLostError
+from dtruntime import BarrierTimeout, ConfigError, NoQuorumError, TrainingOrchestrator, WorkerLostError
 
 from .cluster import free_port
 
@@ -89,3 +89,33 @@ def test_a_worker_that_left_is_reported_as_left_and_no_quorum_says_who_is_missin
     message = str(caught.value)
     assert "only 1 of the 3 workers is live here, 2 are needed" in message
     assert "not live: worker-1 (rank 1) left, worker-2 (rank 2) left" in message
+
+
+def test_a_duplicate_worker_id_is_refused_at_once_naming_the_holder_on_both_sides(caplog):
+    """Item 7: ``WORKER_ID=trainer torchrun --nproc-per-node 2`` gave "could not join ... within 15s"."""
+    port = free_port()
+    env = {"WORKER_ID": "trainer"}
+    holder = TrainingOrchestrator(None, f"tcp://127.0.0.1:{port}", 2, 0, env=env, **FAST)
+    twin = TrainingOrchestrator(None, f"tcp://127.0.0.1:{port}", 2, 1, env=env, **FAST)
+    try:
+        holder.register_worker_sync("127.0.0.1", timeout=30)
+        with caplog.at_level("ERROR", logger="dtruntime"):
+            started = time.monotonic()
+            with pytest.raises(ConfigError) as caught:
+                twin.register_worker_sync("127.0.0.1", timeout=30)
+            assert time.monotonic() - started < 15
+            deadline = time.monotonic() + 10
+            while "tried to join with the worker id 'trainer'" not in caplog.text:  # logged by the holder's driver
+                assert time.monotonic() < deadline, caplog.text
+                time.sleep(0.01)
+    finally:
+        close_all([twin, holder])
+    assert caught.value.key == "WORKER_ID"
+    assert f"worker id 'trainer' is already taken by the worker at tcp://127.0.0.1:{port} (rank 0)" in str(caught.value)
+    assert f"a process at {twin_endpoint(caplog.text)} (rank 1)" in caplog.text
+
+
+def twin_endpoint(log_text: str) -> str:
+    """The joiner's endpoint as the holder's log names it (its port is ephemeral)."""
+    start = log_text.index("a process at ") + len("a process at ")
+    return log_text[start:log_text.index(" ", start)]

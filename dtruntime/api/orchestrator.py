@@ -60,8 +60,10 @@ from ..protocol.events import (
     CheckpointCommitted,
     CommitDue,
     DeclaredDead,
+    DuplicateRefused,
     Event,
     LeaderChanged,
+    WorkerIdTaken,
     WorkerLost,
 )
 from ..protocol.messages import CommitOutcome, MemberEntry, Outcome, PartDone, Status
@@ -183,6 +185,7 @@ class TrainingOrchestrator:
             env, worker_id=worker_id, coordinator_url=coordinator_url, world_size=world_size, rank=rank,
             default_coordinator=_coordinator_default(self.config),
         )
+        self._env_worker_id = None if worker_id is not None else env.get("WORKER_ID")
         raw_secret = secret.encode() if isinstance(secret, str) else secret
         self._secret = raw_secret if raw_secret is not None else load_secret(env)
         self._driver: Driver | None = None
@@ -391,6 +394,10 @@ class TrainingOrchestrator:
             self._running().submit(lambda node, now: self._check_joined(node))
         return self._joined
 
+    def _id_source(self) -> str:
+        """Where this worker's id came from, for an error about it."""
+        return "WORKER_ID" if self._env_worker_id == self.worker_id else "worker_id"
+
     def _join_timeout(self, timeout: float | None) -> DtruntimeError:
         return DtruntimeError(
             f"{self.worker_id} could not join the cluster through {self.bootstrap.coordinator_endpoint} "
@@ -525,6 +532,19 @@ class TrainingOrchestrator:
                       event.new_incarnation)
         elif isinstance(event, LeaderChanged):
             log.info("leader is now %s (term %d)", event.leader_id, event.term)
+        elif isinstance(event, WorkerIdTaken):
+            _fail(self._joined, ConfigError(
+                self._id_source(),
+                f"worker id {event.worker_id!r} is already taken by the worker at {event.holder_endpoint} "
+                f"(rank {event.holder_rank}); give every process its own id (without WORKER_ID each gets "
+                "worker-<rank>)",
+            ))
+        elif isinstance(event, DuplicateRefused):
+            log.error(
+                "a process at %s (rank %d) tried to join with the worker id %r, already taken by %s; it was "
+                "refused: give every process its own id", event.joiner_endpoint, event.joiner_rank,
+                event.worker_id, event.holder_endpoint,
+            )
         if not self._joined.done() and self._driver is not None and self._driver.snapshot.joined:
             self._joined.set_result(self.worker_id)
 

@@ -15,12 +15,17 @@ Bootstrap: a node whose ``seeds`` (endpoints) name only itself, or nothing, star
 member; any other node sends ``Join`` to its seeds in turn, once a period, until a
 ``Members`` view answers. The member that completes the expected world (``world_size``
 live members) broadcasts the full view once, so nodes that joined early learn the rest.
+A ``Join`` whose worker id another live worker holds (the receiver itself, at another
+endpoint, or a member at another rank) is answered with ``JoinRefused`` naming the
+holder: the joiner reports ``WorkerIdTaken`` and stops trying, the refuser reports
+``DuplicateRefused`` once per joiner. A restart of a worker keeps its rank and is
+admitted by its higher incarnation.
 """
 
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
 from ..errors import ProtocolError
@@ -28,7 +33,7 @@ from .barrier import BarrierBook, Waits
 from .codec import validate_barrier_id, validate_barrier_value, validate_codec_name
 from .commit import CommitBook, Saves
 from .election import Election
-from .events import QuorumChanged
+from .events import DuplicateRefused, QuorumChanged, WorkerIdTaken
 from .membership import Membership
 from .messages import (
     Ack,
@@ -37,6 +42,7 @@ from .messages import (
     CommitOutcome,
     Gossip,
     Join,
+    JoinRefused,
     Leader,
     MemberEntry,
     Members,
@@ -54,6 +60,9 @@ from .messages import (
 from .outbox import Outbox, Ready
 from .progress import ProgressBook
 from .settings import ProtocolSettings
+
+
+REFUSED_MEMORY = 64  # refused joiners remembered, so each is reported once
 
 
 class Node:
@@ -90,6 +99,7 @@ class Node:
         self._join_attempts = 0
         self._next_join_at = now
         self._world_announced = False
+        self._refused: OrderedDict[tuple[str, str, int], None] = OrderedDict()  # joiners refused, reported once
         self._has_quorum = 1 >= self.election.quorum
         self._left = False
         self.dropped: Counter[str] = Counter()  # messages ignored, by reason
@@ -205,8 +215,13 @@ class Node:
         """Handle one message that arrived from the network."""
         if self._left:
             return self._out.drain(float("inf"))
-        if message.sender == self.worker_id:
-            self.dropped["from_self"] += 1
+        if message.sender == self.worker_id:  # from this node, or from another process using its id
+            if isinstance(message, Join) and message.member.endpoint != self.membership.me.endpoint:
+                self._refuse_join(message.member, self.membership.me)
+            elif isinstance(message, JoinRefused):
+                self._on_join_refused(message, now)
+            else:
+                self.dropped["from_self"] += 1
             return self._after(now)
         handler = _HANDLERS[type(message)]
         handler(self, message, now)
@@ -245,6 +260,13 @@ class Node:
         if message.member.worker_id != message.sender:
             self.dropped["join_mismatch"] += 1
             return
+        holder = self.membership.get(message.sender)
+        if (holder is not None and holder.is_live and holder.rank != message.member.rank
+                and holder.endpoint != message.member.endpoint):
+            # Another live worker holds the id at another rank: two processes share it (a
+            # restart of the same worker keeps its rank, and is admitted by incarnation).
+            self._refuse_join(message.member, holder)
+            return
         self.membership.apply(message.member, now, news=self._world_announced, direct=True)
         view = self._view()
         self._out.send(message.member.endpoint, view)
@@ -253,6 +275,25 @@ class Node:
             for entry in self.membership.members.values():
                 if entry.is_live and entry.worker_id not in (self.worker_id, message.sender):
                     self._out.send(entry.endpoint, view)
+
+    def _refuse_join(self, joiner: MemberEntry, holder: MemberEntry) -> None:
+        """Answer a Join for a taken id with the holder's whereabouts; report each joiner once here."""
+        self.dropped["join_id_taken"] += 1
+        self._out.send(joiner.endpoint, JoinRefused(self.worker_id, joiner.worker_id, holder.endpoint, holder.rank))
+        key = (joiner.worker_id, joiner.endpoint, joiner.incarnation)
+        if key not in self._refused:
+            self._refused[key] = None
+            if len(self._refused) > REFUSED_MEMORY:
+                self._refused.popitem(last=False)
+            self._out.emit(DuplicateRefused(joiner.worker_id, joiner.endpoint, joiner.rank, holder.endpoint))
+
+    def _on_join_refused(self, message: JoinRefused, now: float) -> None:
+        """Our id is taken: stop joining (only before the first view; afterwards it is stale)."""
+        if self.joined or message.worker_id != self.worker_id or self._next_join_at == float("inf"):
+            self.dropped["join_refused_ignored"] += 1
+            return
+        self._next_join_at = float("inf")
+        self._out.emit(WorkerIdTaken(self.worker_id, message.holder_endpoint, message.holder_rank))
 
     def _on_members(self, message: Members, now: float) -> None:
         first_view = not self.joined
@@ -493,4 +534,5 @@ _HANDLERS = {
     Release: Node._on_release,
     PartDone: Node._on_part_done,
     StepResult: Node._on_step_result,
+    JoinRefused: Node._on_join_refused,
 }
