@@ -3,13 +3,15 @@ on 127.0.0.1 in one process, each error read as the user reads it."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dtruntime import BarrierTimeout, ConfigError, NoQuorumError, TrainingOrchestrator, WorkerLostError
+from dtruntime import BarrierTimeout, ConfigError, DtruntimeError, NoQuorumError, TrainingOrchestrator, WorkerLostError
 
 from .cluster import free_port
 
@@ -119,3 +121,24 @@ def twin_endpoint(log_text: str) -> str:
     """The joiner's endpoint as the holder's log names it (its port is ephemeral)."""
     start = log_text.index("a process at ") + len("a process at ")
     return log_text[start:log_text.index(" ", start)]
+
+
+def test_an_async_join_timeout_leaves_no_unretrieved_future_behind(caplog):
+    """Item 10: it also printed ``Future exception was never retrieved ... the orchestrator is closed``."""
+    port = free_port()  # nobody listens: rank 1 cannot join
+
+    async def scenario() -> str:
+        orch = TrainingOrchestrator("worker-1", f"tcp://127.0.0.1:{port}", 2, 1, env={}, **FAST)
+        try:
+            with pytest.raises(DtruntimeError) as caught:
+                await orch.register_worker("127.0.0.1", timeout=0.3)
+        finally:
+            await orch.close()
+        await asyncio.sleep(0)  # let the closed future's callbacks run in this loop
+        return str(caught.value)
+
+    with caplog.at_level("ERROR", logger="asyncio"):
+        message = asyncio.run(scenario())
+        gc.collect()  # an unretrieved exception is reported when its future is collected
+    assert message == f"worker-1 could not join the cluster through tcp://127.0.0.1:{port} within 0.3s"
+    assert "never retrieved" not in caplog.text

@@ -245,6 +245,9 @@ class TrainingOrchestrator:
         try:
             return await asyncio.wait_for(asyncio.shield(joined), timeout)
         except asyncio.TimeoutError:
+            # The join may still fail later (close() fails it): that outcome is the
+            # caller's no longer, so retrieve it rather than have asyncio report it.
+            joined.add_done_callback(_retrieve)
             raise self._join_timeout(timeout) from None
 
     async def wait_barrier(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
@@ -637,6 +640,12 @@ def _settle_future(future: Future[Any] | None, error: BaseException | None, resu
         future.set_result(result)
     else:
         future.set_exception(error)
+
+
+def _retrieve(future: "asyncio.Future[Any]") -> None:
+    """Mark an abandoned asyncio future's outcome as seen."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _fail(future: Future, error: BaseException) -> None:
