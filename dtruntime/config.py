@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -123,10 +123,23 @@ class Config:
         """
         env = os.environ if env is None else env
         config = cls()
+        path_key = "path" if path is not None else "DTRUNTIME_CONFIG"
         path = path if path is not None else env.get("DTRUNTIME_CONFIG")
         if path:
-            config = config.merge(_read_toml(Path(path)))
-        return config.merge(_env_sections(env)).with_overrides(**overrides)
+            config = config.merge(_read_toml(Path(path), path_key))
+        from_env: dict[str, str] = {}  # "section.key" -> the variable that set it
+        for name, (section, key) in _ENV_KEYS.items():
+            if name in env:
+                from_env[f"{section}.{key}"] = name
+                config = _blame(name, lambda: config.merge({section: {key: env[name]}}))
+        overridden = {f"{section}.{key}" for section, keys in _flat_to_sections(overrides).items() for key in keys}
+        try:
+            return config.with_overrides(**overrides)
+        except ConfigError as exc:
+            name = from_env.get(exc.key)
+            if name is None or exc.key in overridden:
+                raise
+            raise ConfigError(name, f"{exc.problem} (it sets {exc.key})") from None
 
     def with_overrides(self, **overrides: Any) -> "Config":
         """A validated copy with flat keyword overrides applied (see :meth:`load`)."""
@@ -163,22 +176,23 @@ def _positive(key: str, value: Any) -> None:
         raise ConfigError(key, f"must be a positive integer, not {value!r}")
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, key: str) -> dict[str, Any]:
+    """The TOML file named by ``key`` (``DTRUNTIME_CONFIG`` or the ``path`` argument)."""
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError("DTRUNTIME_CONFIG", f"config file {path} does not exist") from None
+        raise ConfigError(key, f"file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"is not valid TOML: {exc}") from None
+        raise ConfigError(key, f"{path} is not valid TOML: {exc}") from None
 
 
-def _env_sections(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    sections: dict[str, dict[str, Any]] = {}
-    for name, (section, key) in _ENV_KEYS.items():
-        if name in env:
-            sections.setdefault(section, {})[key] = env[name]
-    return sections
+def _blame(variable: str, merge: Callable[[], "Config"]) -> "Config":
+    """Run ``merge``; a ConfigError it raises names the environment ``variable`` that caused it."""
+    try:
+        return merge()
+    except ConfigError as exc:
+        raise ConfigError(variable, f"{exc.problem} (it sets {exc.key})") from None
 
 
 def _flat_to_sections(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

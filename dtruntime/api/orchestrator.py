@@ -183,7 +183,7 @@ class TrainingOrchestrator:
             self.config = config.with_overrides(**overrides)
         self.bootstrap: BootstrapInfo = resolve_bootstrap(
             env, worker_id=worker_id, coordinator_url=coordinator_url, world_size=world_size, rank=rank,
-            default_coordinator=_coordinator_default(self.config),
+            default_coordinator=self.config.coordinator.address,
         )
         self._env_worker_id = None if worker_id is not None else env.get("WORKER_ID")
         raw_secret = secret.encode() if isinstance(secret, str) else secret
@@ -656,9 +656,7 @@ def _fail(future: Future, error: BaseException) -> None:
             pass
 
 
-def _coordinator_default(config: Config) -> str:
-    address = config.coordinator.address
-    return address if "://" in address else f"tcp://{address}"
+
 
 
 @dataclass(frozen=True)

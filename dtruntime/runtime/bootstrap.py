@@ -91,6 +91,9 @@ def split_endpoint(endpoint: str, *, key: str = "endpoint", allow_port_zero: boo
         raise ConfigError(key, f"must be a string, not {type(endpoint).__name__}")
     match = _ENDPOINT.match(endpoint.strip())
     if match is None:
+        rest = endpoint.strip().split("://", 1)[-1].rstrip("/")
+        if rest and ":" not in rest:
+            raise ConfigError(key, f"{endpoint!r} has no port: write host:port, e.g. {rest}:50051")
         raise ConfigError(key, f"{endpoint!r} is not of the form tcp://host:port")
     scheme = (match["scheme"] or "tcp").lower()
     if scheme not in ("tcp", "http"):
