@@ -37,6 +37,20 @@ def test_quick_reference_register_worker_form_sets_the_id_and_advertises_the_por
             orch.register_worker_sync("127.0.0.1", 0, ip="127.0.0.1")
 
 
+def test_the_quick_reference_lines_register_even_without_await(recwarn):
+    """Item 2: the quick reference calls the asyncio method without ``await``; the call
+    itself registers (and no "coroutine was never awaited" warning)."""
+    port = free_port()
+    orch = TrainingOrchestrator(f"localhost:{port}", env={}, **FAST)
+    try:
+        orch.register_worker("worker-1", "localhost", 50052, gpu_count=8)
+        assert orch.register_worker_sync(timeout=30) == "worker-1"
+        assert [(m.worker_id, m.port, m.gpu_count) for m in orch.members()] == [("worker-1", 50052, 8)]
+    finally:
+        orch.close_sync()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
 def test_every_local_rank_may_pass_the_same_worker_port():
     """Item 3: register_worker(ip=..., port=8080) on a second local rank failed to bind 8080;
     the port is the advertised worker port, and the control plane binds its own."""

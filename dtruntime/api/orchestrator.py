@@ -35,7 +35,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
@@ -226,11 +226,11 @@ class TrainingOrchestrator:
 
     # -- asyncio API ------------------------------------------------------------------
 
-    async def register_worker(
+    def register_worker(
         self, *where: str | int, ip: str | None = None, port: int | None = None, gpu_count: int = 0,
         memory_bytes: int = 0, timeout: float | None = 60.0,
-    ) -> str:
-        """Bind, start the driver and join the cluster; return this worker's id.
+    ) -> "Awaitable[str]":
+        """Bind, start the driver and join the cluster; awaiting the result gives this worker's id.
 
         ``register_worker(ip, port)`` as documented, or the quick reference's
         ``register_worker(worker_id, ip, port)``, which also sets the worker id (before
@@ -240,15 +240,13 @@ class TrainingOrchestrator:
         port*: recorded and advertised to peers (:attr:`WorkerInfo.port`), never bound;
         the control plane binds its own port (rank 0 the coordinator's, the others an
         ephemeral one), so every local rank may pass the same ``port``.
+
+        The call itself binds and starts joining (so the quick reference's un-awaited
+        ``orch.register_worker(...)`` registers too; :meth:`register_worker_sync` waits);
+        ``await`` waits for the join, up to ``timeout`` seconds.
         """
-        joined = asyncio.wrap_future(self._register(_Registration.of(where, ip, port, gpu_count, memory_bytes)))
-        try:
-            return await asyncio.wait_for(asyncio.shield(joined), timeout)
-        except asyncio.TimeoutError:
-            # The join may still fail later (close() fails it): that outcome is the
-            # caller's no longer, so retrieve it rather than have asyncio report it.
-            joined.add_done_callback(_retrieve)
-            raise self._join_timeout(timeout) from None
+        joined = self._register(_Registration.of(where, ip, port, gpu_count, memory_bytes))
+        return _Joining(joined, timeout, self._join_timeout)
 
     async def wait_barrier(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
         """Wait until every expected worker arrived at ``barrier_id`` (see the module doc)."""
@@ -657,6 +655,31 @@ def _fail(future: Future, error: BaseException) -> None:
 
 
 
+
+
+class _Joining:
+    """The awaitable :meth:`TrainingOrchestrator.register_worker` returns: no coroutine
+    exists until it is awaited, so leaving it un-awaited warns about nothing."""
+
+    def __init__(
+        self, joined: "Future[str]", timeout: float | None, timed_out: Callable[[float | None], Exception]
+    ) -> None:
+        self._joined = joined
+        self._timeout = timeout
+        self._timed_out = timed_out
+
+    def __await__(self) -> Generator[Any, None, str]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> str:
+        joined = asyncio.wrap_future(self._joined)
+        try:
+            return await asyncio.wait_for(asyncio.shield(joined), self._timeout)
+        except asyncio.TimeoutError:
+            # The join may still fail later (close() fails it): that outcome is the
+            # caller's no longer, so retrieve it rather than have asyncio report it.
+            joined.add_done_callback(_retrieve)
+            raise self._timed_out(self._timeout) from None
 
 
 @dataclass(frozen=True)
