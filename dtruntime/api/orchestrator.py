@@ -35,7 +35,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
@@ -71,19 +71,16 @@ from ..protocol.node import Node
 from ..protocol.settings import ProtocolSettings
 from ..runtime.auth import FrameAuthenticator, load_secret
 from ..runtime.bootstrap import (
-    MASTER_PORT_OFFSET,
-    BindPlan,
     BootstrapInfo,
     describe_bind,
     is_endpoint_shaped,
     join_endpoint,
     resolve_bootstrap,
-    split_endpoint,
-    validate_worker_id,
     warn_if_insecure,
 )
 from ..runtime.driver import Driver
 from ..runtime.transport import ZmqTransport
+from .registration import Joining, Registration, bind_advice
 
 log = logging.getLogger("dtruntime")
 
@@ -245,8 +242,8 @@ class TrainingOrchestrator:
         ``orch.register_worker(...)`` registers too; :meth:`register_worker_sync` waits);
         ``await`` waits for the join, up to ``timeout`` seconds.
         """
-        joined = self._register(_Registration.of(where, ip, port, gpu_count, memory_bytes))
-        return _Joining(joined, timeout, self._join_timeout)
+        joined = self._register(Registration.of(where, ip, port, gpu_count, memory_bytes))
+        return Joining(joined, timeout, self._join_timeout)
 
     async def wait_barrier(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
         """Wait until every expected worker arrived at ``barrier_id`` (see the module doc)."""
@@ -278,7 +275,7 @@ class TrainingOrchestrator:
         memory_bytes: int = 0, timeout: float | None = 60.0,
     ) -> str:
         try:
-            return self._register(_Registration.of(where, ip, port, gpu_count, memory_bytes)).result(timeout)
+            return self._register(Registration.of(where, ip, port, gpu_count, memory_bytes)).result(timeout)
         except FutureTimeout:
             raise self._join_timeout(timeout) from None
 
@@ -379,7 +376,7 @@ class TrainingOrchestrator:
     def _auth_counters(self) -> dict[str, int]:
         return self._auth.counters if self._driver is not None else {}
 
-    def _register(self, registration: "_Registration") -> "Future[str]":
+    def _register(self, registration: Registration) -> "Future[str]":
         with self._lock:
             started = self._driver is None
             if registration.worker_id is not None and registration.worker_id != self.worker_id:
@@ -405,7 +402,7 @@ class TrainingOrchestrator:
             f"within {timeout}s"
         )
 
-    def _start(self, registration: "_Registration") -> None:
+    def _start(self, registration: Registration) -> None:
         info = self.bootstrap
         plan = describe_bind(
             info.rank, info.coordinator_endpoint, own_host=registration.ip or info.own_host,
@@ -640,98 +637,9 @@ def _settle_future(future: Future[Any] | None, error: BaseException | None, resu
         future.set_exception(error)
 
 
-def _retrieve(future: "asyncio.Future[Any]") -> None:
-    """Mark an abandoned asyncio future's outcome as seen."""
-    if not future.cancelled():
-        future.exception()
-
-
 def _fail(future: Future, error: BaseException) -> None:
     if not future.done():
         try:
             future.set_exception(error)
         except Exception:  # lost a race with the result: fine
             pass
-
-
-
-
-
-class _Joining:
-    """The awaitable :meth:`TrainingOrchestrator.register_worker` returns: no coroutine
-    exists until it is awaited, so leaving it un-awaited warns about nothing."""
-
-    def __init__(
-        self, joined: "Future[str]", timeout: float | None, timed_out: Callable[[float | None], Exception]
-    ) -> None:
-        self._joined = joined
-        self._timeout = timeout
-        self._timed_out = timed_out
-
-    def __await__(self) -> Generator[Any, None, str]:
-        return self._wait().__await__()
-
-    async def _wait(self) -> str:
-        joined = asyncio.wrap_future(self._joined)
-        try:
-            return await asyncio.wait_for(asyncio.shield(joined), self._timeout)
-        except asyncio.TimeoutError:
-            # The join may still fail later (close() fails it): that outcome is the
-            # caller's no longer, so retrieve it rather than have asyncio report it.
-            joined.add_done_callback(_retrieve)
-            raise self._timed_out(self._timeout) from None
-
-
-@dataclass(frozen=True)
-class _Registration:
-    """What :meth:`TrainingOrchestrator.register_worker` was given, validated."""
-
-    worker_id: str | None
-    ip: str | None
-    port: int
-    gpu_count: int
-    memory_bytes: int
-
-    @classmethod
-    def of(
-        cls, where: tuple[str | int, ...], ip: str | None, port: int | None, gpu_count: int, memory_bytes: int
-    ) -> "_Registration":
-        """Positional ``(ip, port)`` or ``(worker_id, ip, port)``, or the keywords; not both."""
-        if len(where) > 3:
-            raise TypeError(f"register_worker takes (ip, port) or (worker_id, ip, port), got {len(where)} positionals")
-        worker_id = where[0] if len(where) == 3 else None
-        positional = dict(zip(("ip", "port"), where[1:] if len(where) == 3 else where))
-        for name, value in (("ip", ip), ("port", port)):
-            if name in positional and value is not None:
-                raise TypeError(f"register_worker got {name} both as a positional and a keyword argument")
-        ip = positional.get("ip", ip)  # type: ignore[assignment]
-        port = positional.get("port", port)  # type: ignore[assignment]
-        if ip is not None and not isinstance(ip, str):
-            raise ConfigError("ip", f"must be a host name or address, not {ip!r}")
-        port = 0 if port is None else port
-        for name, value in (("port", port), ("gpu_count", gpu_count), ("memory_bytes", memory_bytes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(name, f"must be an integer >= 0, not {value!r}")
-        if port > 65535:
-            raise ConfigError("port", f"must be in [0, 65535], not {port}")
-        return cls(
-            None if worker_id is None else validate_worker_id(worker_id, key="worker_id"),
-            ip, port, gpu_count, memory_bytes,
-        )
-
-
-def bind_advice(info: BootstrapInfo, plan: BindPlan) -> str:
-    """How to choose another endpoint than ``plan``'s, given where it came from."""
-    if not plan.is_coordinator:
-        return "this worker binds an ephemeral port; is DTRUNTIME_HOST (or ip=) an address of this host?"
-    _, port = split_endpoint(info.coordinator_endpoint, key="coordinator_url")
-    if info.coordinator_source == "MASTER_ADDR":
-        return (
-            f"rank 0's control plane listens on MASTER_PORT + {MASTER_PORT_OFFSET} = {port} next to torchrun's "
-            f"store on MASTER_PORT: choose another with torchrun --master-port (at least two away from other jobs "
-            f"on this host) or set COORDINATOR_URL"
-        )
-    where = {"argument": "the coordinator_url argument", "COORDINATOR_URL": "COORDINATOR_URL"}.get(
-        info.coordinator_source, "coordinator.address in the config file"
-    )
-    return f"rank 0 binds the coordinator endpoint from {where}: choose a free port there"
