@@ -39,7 +39,12 @@ did not wait for, and every other member had arrived.
 Waiter rules (``Waits``): arrive once per generation; re-send to the leader every
 ``resend_periods`` and to every new leader; a local deadline ``DEADLINE_MARGIN`` after
 the caller's covers a leader that never answers (none elected, or cut off), and says
-which. Either way a wait with a timeout ends within ``DEADLINE_MARGIN`` of its deadline. A member leaving gracefully relays its
+which. Either way a wait with a timeout ends within ``DEADLINE_MARGIN`` of its deadline.
+The price of that precision: a release decided just before the deadline that spends
+longer than ``2 * DEADLINE_MARGIN`` in transit (or is lost and not re-sent in time)
+reaches a waiter that has already given up, which reports a timeout while others
+passed. That is safe (nobody passes early) and only happens in the last 100 ms of a
+timeout. A member leaving gracefully relays its
 newest RELEASED result to every peer before its LEFT announcement: when every member
 exits right after a final barrier, a waiter whose release is still queued would
 otherwise see the others leave first, lose its quorum and fail a barrier that passed.
