@@ -254,10 +254,11 @@ def test_a_join_with_a_taken_worker_id_is_refused_naming_the_holder_on_both_side
 def test_a_member_refuses_a_second_process_with_a_members_id_at_another_rank():
     seed = make_node(0, world=3)
     seed.step(Join("w1", entry(1)), 0.0)
-    twin = MemberEntry("w1", 2, 0, 9, Status.ALIVE, "sim://other")
+    twin = MemberEntry("w1", 2, 0, 0, Status.ALIVE, "sim://other")
     ready = seed.step(Join("w1", twin), 0.01)
     assert ready.messages == [("sim://other", JoinRefused("w0", "w1", "sim://w1", 1))]
     assert seed.membership.get("w1") == entry(1)
-    restart = MemberEntry("w1", 1, 0, 9, Status.ALIVE, "sim://w1-again")  # same rank: a restart, admitted
-    assert not [m for _, m in seed.step(Join("w1", restart), 0.02).messages if isinstance(m, JoinRefused)]
+    for restart in (MemberEntry("w1", 2, 0, 9, Status.ALIVE, "sim://w1-moved"),  # newer: maybe a restart
+                    MemberEntry("w1", 1, 0, 10, Status.ALIVE, "sim://w1-again")):  # same rank: a restart
+        assert not [m for _, m in seed.step(Join("w1", restart), 0.02).messages if isinstance(m, JoinRefused)]
     assert seed.membership.get("w1").endpoint == "sim://w1-again"

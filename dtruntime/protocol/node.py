@@ -16,10 +16,10 @@ member; any other node sends ``Join`` to its seeds in turn, once a period, until
 ``Members`` view answers. The member that completes the expected world (``world_size``
 live members) broadcasts the full view once, so nodes that joined early learn the rest.
 A ``Join`` whose worker id another live worker holds (the receiver itself, at another
-endpoint, or a member at another rank) is answered with ``JoinRefused`` naming the
-holder: the joiner reports ``WorkerIdTaken`` and stops trying, the refuser reports
-``DuplicateRefused`` once per joiner. A restart of a worker keeps its rank and is
-admitted by its higher incarnation.
+endpoint; or a member at another rank, when the joiner is no newer than it) is answered
+with ``JoinRefused`` naming the holder: the joiner reports ``WorkerIdTaken`` and stops
+trying, the refuser reports ``DuplicateRefused`` once per joiner. A restart of a worker
+has a higher incarnation and is left to the membership rules.
 """
 
 from __future__ import annotations
@@ -260,12 +260,13 @@ class Node:
         if message.member.worker_id != message.sender:
             self.dropped["join_mismatch"] += 1
             return
-        holder = self.membership.get(message.sender)
-        if (holder is not None and holder.is_live and holder.rank != message.member.rank
-                and holder.endpoint != message.member.endpoint):
-            # Another live worker holds the id at another rank: two processes share it (a
-            # restart of the same worker keeps its rank, and is admitted by incarnation).
-            self._refuse_join(message.member, holder)
+        holder, joiner = self.membership.get(message.sender), message.member
+        if (holder is not None and holder.is_live and holder.rank != joiner.rank
+                and holder.endpoint != joiner.endpoint and joiner.incarnation <= holder.incarnation):
+            # A live worker holds the id at another rank and the joiner is no newer: two
+            # processes share it. A newer joiner may be that worker restarted (at any
+            # rank, before its old process was found dead): membership decides.
+            self._refuse_join(joiner, holder)
             return
         self.membership.apply(message.member, now, news=self._world_announced, direct=True)
         view = self._view()
