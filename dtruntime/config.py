@@ -10,8 +10,9 @@ accepted as they are::
 
 Precedence, lowest first: dataclass defaults < TOML file < environment < keyword
 overrides passed in code. Every bad value raises :class:`~dtruntime.errors.ConfigError`
-naming the key (``coordinator.heartbeat_timeout_ms``), never a bare ``KeyError`` or
-``TypeError``. Unknown keys are errors too, so a typo is not silently ignored.
+naming the key (``coordinator.heartbeat_timeout_ms``), or the environment variable that
+set it (``DTRUNTIME_HEARTBEAT_TIMEOUT_MS``, with the key it sets), never a bare
+``KeyError`` or ``TypeError``. Unknown keys are errors too, so a typo is not silently ignored.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,10 @@ class Config:
         for name, (section, key) in _ENV_KEYS.items():
             if name in env:
                 from_env[f"{section}.{key}"] = name
-                config = _blame(name, lambda: config.merge({section: {key: env[name]}}))
+                try:
+                    config = config.merge({section: {key: env[name]}})
+                except ConfigError as exc:
+                    raise _blamed(name, exc) from None
         overridden = {f"{section}.{key}" for section, keys in _flat_to_sections(overrides).items() for key in keys}
         try:
             return config.with_overrides(**overrides)
@@ -139,7 +143,7 @@ class Config:
             name = from_env.get(exc.key)
             if name is None or exc.key in overridden:
                 raise
-            raise ConfigError(name, f"{exc.problem} (it sets {exc.key})") from None
+            raise _blamed(name, exc) from None
 
     def with_overrides(self, **overrides: Any) -> "Config":
         """A validated copy with flat keyword overrides applied (see :meth:`load`)."""
@@ -187,12 +191,9 @@ def _read_toml(path: Path, key: str) -> dict[str, Any]:
         raise ConfigError(key, f"{path} is not valid TOML: {exc}") from None
 
 
-def _blame(variable: str, merge: Callable[[], "Config"]) -> "Config":
-    """Run ``merge``; a ConfigError it raises names the environment ``variable`` that caused it."""
-    try:
-        return merge()
-    except ConfigError as exc:
-        raise ConfigError(variable, f"{exc.problem} (it sets {exc.key})") from None
+def _blamed(variable: str, error: ConfigError) -> ConfigError:
+    """``error`` restated under the environment ``variable`` that set its key."""
+    return ConfigError(variable, f"{error.problem} (it sets {error.key})")
 
 
 def _flat_to_sections(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
