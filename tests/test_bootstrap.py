@@ -171,7 +171,7 @@ def test_a_wildcard_is_bound_but_a_reachable_host_is_advertised() -> None:
     assert (plan.bind_endpoint, plan.advertise_host, plan.advertise_source) == (
         "tcp://0.0.0.0:50051", "node7", "hostname")
     plan = describe_bind(0, "tcp://0.0.0.0:50051", own_host="10.0.0.7", fallback_host="node7")
-    assert (plan.advertise_host, plan.advertise_source) == ("10.0.0.7", "DTRUNTIME_HOST")
+    assert (plan.advertise_host, plan.advertise_source) == ("10.0.0.7", "DTRUNTIME_HOST or ip")
     plan = describe_bind(3, "tcp://10.0.0.1:50051", own_host="0.0.0.0", fallback_host="node7")
     assert (plan.bind_endpoint, plan.advertise_host) == ("tcp://0.0.0.0:0", "node7")
     with pytest.raises(ConfigError, match="wildcard '0.0.0.0', which peers cannot dial: set DTRUNTIME_HOST"):

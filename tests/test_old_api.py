@@ -92,9 +92,12 @@ def test_make_demo_port_is_overridable():
     assert "--master-port 31234 " in dry.stdout, dry.stdout + dry.stderr
 
 
-def test_a_wildcard_coordinator_advertises_a_reachable_host():
+def test_a_wildcard_coordinator_advertises_a_reachable_host_and_says_which(caplog):
     """Item 11: with the README's ``address = "0.0.0.0:50051"`` rank 0 advertised tcp://0.0.0.0."""
     port = free_port()
-    with TrainingOrchestrator("worker-0", f"0.0.0.0:{port}", 1, 0, env={}, secret=b"s" * 16, **FAST) as orch:
-        orch.register_worker_sync(ip="127.0.0.1", timeout=30)
-        assert orch.members()[0].endpoint == f"tcp://127.0.0.1:{port}"
+    with caplog.at_level("INFO", logger="dtruntime"):
+        with TrainingOrchestrator("worker-0", f"0.0.0.0:{port}", 1, 0, env={}, secret=b"s" * 16, **FAST) as orch:
+            orch.register_worker_sync(ip="127.0.0.1", timeout=30)
+            assert orch.members()[0].endpoint == f"tcp://127.0.0.1:{port}"
+    assert (f"worker-0 binds tcp://0.0.0.0:{port} and advertises tcp://127.0.0.1:{port} to peers "
+            "(host from DTRUNTIME_HOST or ip)") in caplog.text

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 MASTER_PORT_OFFSET = 1
 MAX_PEERS = 1024
 MAX_WORLD_SIZE = 1 << 20
+OWN_HOST = "DTRUNTIME_HOST or ip"  # BindPlan.advertise_source of a host the user named
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?$")
 _ENDPOINT = re.compile(r"^(?:(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://)?(?P<host>\[[^\]]*\]|[^:/\[\]]*):(?P<port>[^/]*)/?$")
@@ -72,7 +73,7 @@ class BindPlan:
 
     ``bind_endpoint`` may end in ``:0`` (an ephemeral port). The endpoint to advertise
     is ``tcp://{advertise_host}:{bound port}``; ``advertise_source`` says where that host
-    came from (``coordinator_url``, ``DTRUNTIME_HOST``, ``loopback`` or ``hostname``), for
+    came from (``coordinator_url``, :data:`OWN_HOST`, ``loopback`` or ``hostname``), for
     the log line that tells the user what peers will dial.
     """
 
@@ -258,7 +259,7 @@ def describe_bind(
         return BindPlan(join_endpoint("127.0.0.1", 0), "127.0.0.1", False, "loopback")
     bind = join_endpoint(_bind_host(own_host), 0)
     if own_host not in _WILDCARD_HOSTS:
-        return BindPlan(bind, own_host, False, "DTRUNTIME_HOST")
+        return BindPlan(bind, own_host, False, OWN_HOST)
     host, source = _advertised(own_host, None, fallback_host)
     return BindPlan(bind, host, False, source)
 
@@ -266,7 +267,7 @@ def describe_bind(
 def _advertised(wildcard: str, own_host: str | None, fallback_host: str | None) -> tuple[str, str]:
     """(host, source) to advertise for a worker that binds ``wildcard``."""
     if own_host is not None and own_host not in _WILDCARD_HOSTS:
-        return own_host, "DTRUNTIME_HOST"
+        return own_host, OWN_HOST
     if fallback_host:
         try:
             split_endpoint(join_endpoint(fallback_host, 1), key="hostname")
