@@ -16,10 +16,14 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 
 venv: $(BIN)/.installed
 
+# torchrun's store listens on PORT and dtruntime's control plane on PORT + 1:
+# `make demo PORT=29700` when either is taken.
+PORT ?= 29650
+
 # The main job: 4 local workers under torchrun (DDP on CPU with gloo), local checkpoints in
 # out/checkpoints (a second run resumes from them), then a failure simulation report.
 demo: venv
-	$(BIN)/torchrun --nproc-per-node 4 --master-port 29650 examples/train_ddp.py --epochs 3 --checkpoint-dir out/checkpoints
+	$(BIN)/torchrun --nproc-per-node 4 --master-port $(PORT) examples/train_ddp.py --epochs 3 --checkpoint-dir out/checkpoints
 	$(BIN)/python -m simulations leader-crash --workers 16 --seed 1 --seeds 10
 
 test: venv

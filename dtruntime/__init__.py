@@ -6,6 +6,7 @@ from .config import Config
 from .data import DatasetRegistry
 from .errors import (
     BarrierTimeout,
+    BindError,
     CheckpointError,
     ConfigError,
     DatasetError,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Agreement",
     "BarrierTimeout",
+    "BindError",
     "CheckpointError",
     "CheckpointManager",
     "Config",

@@ -10,8 +10,9 @@ accepted as they are::
 
 Precedence, lowest first: dataclass defaults < TOML file < environment < keyword
 overrides passed in code. Every bad value raises :class:`~dtruntime.errors.ConfigError`
-naming the key (``coordinator.heartbeat_timeout_ms``), never a bare ``KeyError`` or
-``TypeError``. Unknown keys are errors too, so a typo is not silently ignored.
+naming the key (``coordinator.heartbeat_timeout_ms``), or the environment variable that
+set it (``DTRUNTIME_HEARTBEAT_TIMEOUT_MS``, with the key it sets), never a bare
+``KeyError`` or ``TypeError``. Unknown keys are errors too, so a typo is not silently ignored.
 """
 
 from __future__ import annotations
@@ -123,10 +124,26 @@ class Config:
         """
         env = os.environ if env is None else env
         config = cls()
+        path_key = "path" if path is not None else "DTRUNTIME_CONFIG"
         path = path if path is not None else env.get("DTRUNTIME_CONFIG")
         if path:
-            config = config.merge(_read_toml(Path(path)))
-        return config.merge(_env_sections(env)).with_overrides(**overrides)
+            config = config.merge(_read_toml(Path(path), path_key))
+        from_env: dict[str, str] = {}  # "section.key" -> the variable that set it
+        for name, (section, key) in _ENV_KEYS.items():
+            if name in env:
+                from_env[f"{section}.{key}"] = name
+                try:
+                    config = config.merge({section: {key: env[name]}})
+                except ConfigError as exc:
+                    raise _blamed(name, exc) from None
+        overridden = {f"{section}.{key}" for section, keys in _flat_to_sections(overrides).items() for key in keys}
+        try:
+            return config.with_overrides(**overrides)
+        except ConfigError as exc:
+            name = from_env.get(exc.key)
+            if name is None or exc.key in overridden:
+                raise
+            raise _blamed(name, exc) from None
 
     def with_overrides(self, **overrides: Any) -> "Config":
         """A validated copy with flat keyword overrides applied (see :meth:`load`)."""
@@ -163,22 +180,20 @@ def _positive(key: str, value: Any) -> None:
         raise ConfigError(key, f"must be a positive integer, not {value!r}")
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path, key: str) -> dict[str, Any]:
+    """The TOML file named by ``key`` (``DTRUNTIME_CONFIG`` or the ``path`` argument)."""
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError("DTRUNTIME_CONFIG", f"config file {path} does not exist") from None
+        raise ConfigError(key, f"file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"is not valid TOML: {exc}") from None
+        raise ConfigError(key, f"{path} is not valid TOML: {exc}") from None
 
 
-def _env_sections(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    sections: dict[str, dict[str, Any]] = {}
-    for name, (section, key) in _ENV_KEYS.items():
-        if name in env:
-            sections.setdefault(section, {})[key] = env[name]
-    return sections
+def _blamed(variable: str, error: ConfigError) -> ConfigError:
+    """``error`` restated under the environment ``variable`` that set its key."""
+    return ConfigError(variable, f"{error.problem} (it sets {error.key})")
 
 
 def _flat_to_sections(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,12 @@ class ConfigError(DtruntimeError, ValueError):
         self.problem = problem
 
 
+class BindError(DtruntimeError, OSError):
+    """An endpoint could not be bound: its port is held by another process, or the address
+    is not this host's. Not a configuration error: the same settings work once the port
+    is free. The message names the endpoint and, from the orchestrator, how to pick another."""
+
+
 class ProtocolError(DtruntimeError):
     """The control-plane protocol was used incorrectly by local code."""
 

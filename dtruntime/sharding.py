@@ -96,6 +96,7 @@ Choices, and why
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,8 +109,10 @@ from .errors import DatasetError
 
 __all__ = [
     "Assignment",
+    "FileShare",
     "MemberAssignment",
     "Piece",
+    "assign_files",
     "assign_shards",
     "completed_ranges",
     "epoch_stream",
@@ -740,3 +743,47 @@ def resume(assignment: Assignment, cursor: int, member_ids: Iterable[str]) -> di
         done.extend(completed_ranges(assignment, member, min(cursor, stream_length)))
     remaining = subtract_ranges([(0, assignment.total_samples)], done)
     return split_ranges(remaining, member_ids, assignment.shard_offsets, assignment.seed)
+
+
+# --------------------------------------------------------------------------- whole files
+
+
+class FileShare(list):
+    """One member's whole files (a ``list`` of paths, in dataset order) and how balanced the split is.
+
+    ``samples`` is how many samples these files hold; ``member_samples`` gives every
+    member's count (canonical member order); ``imbalance`` is the largest member's count
+    over the mean (1.0 is perfect; 1.0 for an empty dataset). Files are indivisible here,
+    so members read different numbers of samples; DDP loops that need equal step counts
+    use the exact per-sample split of :func:`assign_shards` instead.
+    """
+
+    def __init__(self, files: Iterable[str], samples: int, member_samples: Mapping[str, int]) -> None:
+        super().__init__(files)
+        self.samples = samples
+        self.member_samples = dict(member_samples)
+        total = sum(self.member_samples.values())
+        mean = total / len(self.member_samples)
+        self.imbalance = max(self.member_samples.values()) / mean if total else 1.0
+
+
+def assign_files(file_samples: Sequence[int], member_ids: Iterable[str], seed: int = 0) -> dict[str, list[int]]:
+    """Give every file (by index) to exactly one member, balancing the members' sample counts.
+
+    Greedy longest-processing-time: files, largest first (ties by index), each go to the
+    member holding the fewest samples so far (ties by canonical member order, so the
+    result does not depend on the order of ``member_ids``). The largest member's load is
+    at most 4/3 of the optimum, and exceeds the mean by at most the largest file.
+    Every member's indices come back sorted; a member may get none (fewer files than
+    members). Empty files are assigned too, so every listed file belongs to someone.
+    """
+    for count in file_samples:
+        _check_count("file sample count", count)
+    members, _ = _canonical_members(member_ids, seed)
+    loads = [(0, position) for position in range(len(members))]  # a heap of (samples, position)
+    owned: list[list[int]] = [[] for _ in members]
+    for index in sorted(range(len(file_samples)), key=lambda i: (-file_samples[i], i)):
+        load, position = heapq.heappop(loads)
+        owned[position].append(index)
+        heapq.heappush(loads, (load + file_samples[index], position))
+    return {member: sorted(indices) for member, indices in zip(members, owned)}

@@ -165,18 +165,29 @@ def test_rank_zero_binds_the_coordinator_endpoint() -> None:
     assert plan.bind_endpoint == "tcp://0.0.0.0:50051" and plan.advertise_host == "coordinator"
 
 
+def test_a_wildcard_is_bound_but_a_reachable_host_is_advertised() -> None:
+    """Issue 10 item 11: ``address = "0.0.0.0:50051"`` advertised tcp://0.0.0.0:50051 to peers."""
+    plan = describe_bind(0, "tcp://0.0.0.0:50051", fallback_host="node7")
+    assert (plan.bind_endpoint, plan.advertise_host, plan.advertise_source) == (
+        "tcp://0.0.0.0:50051", "node7", "hostname")
+    plan = describe_bind(0, "tcp://0.0.0.0:50051", own_host="10.0.0.7", fallback_host="node7")
+    assert (plan.advertise_host, plan.advertise_source) == ("10.0.0.7", "DTRUNTIME_HOST or ip")
+    plan = describe_bind(3, "tcp://10.0.0.1:50051", own_host="0.0.0.0", fallback_host="node7")
+    assert (plan.bind_endpoint, plan.advertise_host) == ("tcp://0.0.0.0:0", "node7")
+    with pytest.raises(ConfigError, match="wildcard '0.0.0.0', which peers cannot dial: set DTRUNTIME_HOST"):
+        describe_bind(0, "tcp://0.0.0.0:50051", fallback_host="not a host!")
+
+
 def test_other_ranks_bind_their_own_host_on_an_ephemeral_port() -> None:
     plan = describe_bind(2, "tcp://127.0.0.1:50051")
     assert (plan.bind_endpoint, plan.advertise_host, plan.is_coordinator) == ("tcp://127.0.0.1:0", "127.0.0.1", False)
     plan = describe_bind(2, "tcp://10.0.0.1:50051", own_host="10.0.0.7")
     assert plan.bind_endpoint == "tcp://10.0.0.7:0"
-    plan = describe_bind(2, "tcp://10.0.0.1:50051", own_host="node7", port=6000)
-    assert (plan.bind_endpoint, plan.advertise_host) == ("tcp://0.0.0.0:6000", "node7")
+    plan = describe_bind(2, "tcp://10.0.0.1:50051", own_host="node7")
+    assert (plan.bind_endpoint, plan.advertise_host) == ("tcp://0.0.0.0:0", "node7")
     with pytest.raises(ConfigError) as info:
         describe_bind(2, "tcp://10.0.0.1:50051")
     assert info.value.key == "DTRUNTIME_HOST"
-    with pytest.raises(ConfigError):
-        describe_bind(2, "tcp://127.0.0.1:1", port=70000)
 
 
 def test_insecure_bind_warning(caplog) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dtruntime import Config, ConfigError
+from dtruntime import Config, ConfigError, TrainingOrchestrator
 
 SEED_TOML = """
 [coordinator]
@@ -74,9 +74,34 @@ def test_bad_values_name_the_key(tmp_path, text, key):
     assert key in str(caught.value)
 
 
-def test_bad_environment_value_names_the_key():
-    with pytest.raises(ConfigError, match="coordinator.heartbeat_timeout_ms"):
-        Config.load(env={"DTRUNTIME_HEARTBEAT_TIMEOUT_MS": "soon"})
+def test_bad_environment_value_names_the_variable_and_the_key_it_sets():
+    """Issue 10 item 12: a bad DTRUNTIME_HEARTBEAT_INTERVAL_MS was reported under the TOML key."""
+    with pytest.raises(ConfigError) as caught:
+        Config.load(env={"DTRUNTIME_HEARTBEAT_INTERVAL_MS": "abc"})
+    assert caught.value.key == "DTRUNTIME_HEARTBEAT_INTERVAL_MS"
+    assert str(caught.value) == (
+        "config DTRUNTIME_HEARTBEAT_INTERVAL_MS: must be an integer, not 'abc' (it sets coordinator.heartbeat_interval_ms)")
+    with pytest.raises(ConfigError) as caught:  # a failed check names the variable too
+        Config.load(env={"DTRUNTIME_HEARTBEAT_TIMEOUT_MS": "10"})
+    assert caught.value.key == "DTRUNTIME_HEARTBEAT_TIMEOUT_MS"
+    with pytest.raises(ConfigError) as caught:  # ... unless code overrode it
+        Config.load(env={"DTRUNTIME_HEARTBEAT_TIMEOUT_MS": "5000"}, heartbeat_timeout_ms=10)
+    assert caught.value.key == "coordinator.heartbeat_timeout_ms"
+
+
+def test_a_missing_config_file_says_config_once(tmp_path):
+    """Issue 10 item 12: ``config DTRUNTIME_CONFIG: config file ... does not exist``."""
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as caught:
+        Config.load(env={"DTRUNTIME_CONFIG": str(missing)})
+    assert str(caught.value) == f"config DTRUNTIME_CONFIG: file {missing} does not exist"
+
+
+def test_an_address_without_a_port_says_the_port_is_missing(tmp_path):
+    """Issue 10 item 12: ``address = "localhost"`` got ``'tcp://localhost' is not of the form tcp://host:port``."""
+    with pytest.raises(ConfigError) as caught:
+        TrainingOrchestrator(env={"DTRUNTIME_CONFIG": str(write(tmp_path, '[coordinator]\naddress = "localhost"\n'))})
+    assert str(caught.value) == "config coordinator.address: 'localhost' has no port: write host:port, e.g. localhost:50051"
 
 
 def test_missing_file_and_unknown_override_are_clear_errors(tmp_path):

@@ -9,11 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dtruntime.errors import ProtocolError
-from dtruntime.protocol.events import BarrierFailed, BarrierReleased, LeaderChanged
+from dtruntime.protocol.events import BarrierFailed, BarrierReleased, DuplicateRefused, LeaderChanged, WorkerIdTaken
 from dtruntime.protocol.messages import (
     Arrive,
     BarrierResult,
     Gossip,
+    Join,
+    JoinRefused,
     Leader,
     MemberEntry,
     Members,
@@ -230,3 +232,33 @@ def test_a_plain_barrier_carries_no_agreement_and_a_bad_value_is_refused():
         node.arrive("bad", 0.2, value="x" * 1025)
     with pytest.raises(ProtocolError, match="barrier value"):
         node.arrive("bad", 0.2, value="line\nbreak")
+
+
+def test_a_join_with_a_taken_worker_id_is_refused_naming_the_holder_on_both_sides():
+    """Issue 10 item 7: WORKER_ID=trainer for two ranks gave a join timeout on one side, nothing on the other."""
+    holder = Node(MemberEntry("trainer", 0, 0, 5, Status.ALIVE, "sim://a"), 2, [], SETTINGS, random.Random(1), 0.0)
+    twin = Node(MemberEntry("trainer", 1, 1, 6, Status.ALIVE, "sim://b"), 2, ["sim://a"], SETTINGS,
+                random.Random(2), 0.0)
+    [(endpoint, join)] = [m for m in twin.tick(0.0).messages if isinstance(m[1], Join)]
+    ready = holder.step(join, 0.01)
+    assert ready.messages == [("sim://b", JoinRefused("trainer", "trainer", "sim://a", 0))]
+    assert ready.events == [DuplicateRefused("trainer", "sim://b", 1, "sim://a")]
+    assert [m.worker_id for m in holder.members()] == ["trainer"]
+    refused = twin.step(ready.messages[0][1], 0.02)
+    assert refused.events == [WorkerIdTaken("trainer", "sim://a", 0)]
+    assert not twin.joined
+    assert not [m for m in twin.tick(5.0).messages if isinstance(m[1], Join)], "it stops trying"
+    assert twin.step(ready.messages[0][1], 0.03).events == [], "a repeat is ignored"
+
+
+def test_a_member_refuses_a_second_process_with_a_members_id_at_another_rank():
+    seed = make_node(0, world=3)
+    seed.step(Join("w1", entry(1)), 0.0)
+    twin = MemberEntry("w1", 2, 0, 0, Status.ALIVE, "sim://other")
+    ready = seed.step(Join("w1", twin), 0.01)
+    assert ready.messages == [("sim://other", JoinRefused("w0", "w1", "sim://w1", 1))]
+    assert seed.membership.get("w1") == entry(1)
+    for restart in (MemberEntry("w1", 2, 0, 9, Status.ALIVE, "sim://w1-moved"),  # newer: maybe a restart
+                    MemberEntry("w1", 1, 0, 10, Status.ALIVE, "sim://w1-again")):  # same rank: a restart
+        assert not [m for _, m in seed.step(Join("w1", restart), 0.02).messages if isinstance(m, JoinRefused)]
+    assert seed.membership.get("w1").endpoint == "sim://w1-again"

@@ -97,7 +97,6 @@ def test_calls_before_registration_and_duplicate_waits_are_clear_errors():
         ({"world_size": 2, "rank": 0, "coordinator_url": "tcp://nohost"}, {}, "coordinator_url"),
         ({"world_size": 2, "rank": 0, "worker_id": "a/../b"}, {}, "worker_id"),
         ({}, {"RANK": "1"}, "WORLD_SIZE"),
-        ({}, {"DTRUNTIME_LOG": "loud"}, "DTRUNTIME_LOG"),
         ({"heartbeat_interval_ms": -1}, {}, "coordinator.heartbeat_interval_ms"),
     ],
 )

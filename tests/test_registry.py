@@ -62,11 +62,46 @@ def test_register_count_assign_and_read(tmp_path, memory_root, writer, format, w
         expected = [int(i) for r in records for i in r.sample_order()]
         values = read_values(registries[rank], "ds", rank, 2)
         assert values == expected, "the reader returns exactly the assigned samples, in order"
-        shard_files = registries[rank].get_shard("ds", rank, 2)
-        assert shard_files == list(dict.fromkeys(p for r in records for p in r.file_paths))
-        assert set(shard_files) <= set(spec.files)
+        assert set(registries[rank].get_shard("ds", rank, 2)) <= set(spec.files)
         all_values.extend(values)
     assert sorted(set(all_values)) == list(range(408))
+
+
+def test_get_shard_gives_every_file_to_exactly_one_rank_balanced_by_samples(tmp_path, caplog):
+    """Issue 10 item 4: world of 3, 6 parquet files; reading every returned file whole reads
+    every sample exactly once across ranks."""
+    root = str(tmp_path / "data")
+    write_parquet_files(root, [100, 90, 80, 70, 60, 50])
+    world = 3
+    registries = [DatasetRegistry(rank=r, world_size=world) for r in range(world)]
+    for registry in registries:
+        spec = registry.register("ds", root, "parquet", shard_size=40)
+    shares = [registries[rank].get_shard("ds", rank, 0) for rank in range(world)]
+    listed = [path for share in shares for path in share]
+    assert sorted(listed) == list(spec.files), "each file on exactly one rank"
+    samples = dict(zip(spec.files, spec.file_samples))
+    assert [share.samples for share in shares] == [sum(samples[p] for p in share) for share in shares]
+    assert sum(share.samples for share in shares) == spec.total_samples
+    assert all(list(share) == sorted(share) for share in shares)
+    assert shares[0].member_samples == shares[2].member_samples
+    assert shares[0].imbalance == max(s.samples for s in shares) / (spec.total_samples / world) < 1.1
+    assert registries[1].get_shard("ds", 1, 5) == shares[1], "the same files every epoch"
+
+    with caplog.at_level("WARNING", logger="dtruntime"):  # 2 files, 3 ranks: one gets nothing
+        registry = DatasetRegistry(rank=2, world_size=3)
+        write_parquet_files(str(tmp_path / "two"), [10, 10])
+        registry.register("two", str(tmp_path / "two"), "parquet")
+        share = registry.get_shard("two", 2, 0)
+    assert share.imbalance == 1.5
+    assert "imbalance 1.50" in caplog.text and "get_assignment" in caplog.text
+
+
+def test_assign_files_is_independent_of_member_order_and_keeps_empty_files():
+    owned = sharding.assign_files([5, 0, 3, 3], ["b", "a", "c"], seed=1)
+    assert owned == sharding.assign_files([5, 0, 3, 3], ["c", "b", "a"], seed=1)
+    assert sorted(i for indices in owned.values() for i in indices) == [0, 1, 2, 3]
+    with pytest.raises(DatasetError, match="file sample count must be an integer >= 0"):
+        sharding.assign_files([-1], ["a"])
 
 
 def test_file_less_dataset_yields_ranges():

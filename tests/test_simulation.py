@@ -150,3 +150,38 @@ def test_cli_prints_table_and_reproduction_hint(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "failover_s" in done.stdout and "invariant violations" in done.stdout
     assert plot.stat().st_size > 1000
+
+
+def test_barrier_timeout_is_the_callers_deadline_even_when_the_arrival_reaches_the_leader_late():
+    """Issue 10 item 6: the leader dated the timeout from when it got the arrival, so a
+    waiter cut off from it at first gave up at timeout + two periods, naming nobody."""
+    cluster = SimCluster(2, seed=4, settings=FAST)
+    assert cluster.run_until_true(cluster.converged, 10.0) is not None
+    failures: list[tuple[float, str, BarrierFailed]] = []
+    cluster.listeners.append(
+        lambda w, e: failures.append((cluster.now, w, e)) if isinstance(e, BarrierFailed) else None
+    )
+    called_at = cluster.now
+    cluster.block("w1", "w0")  # the first arrival and its first re-sends are lost
+    cluster.arrive("w1", "late", timeout=1.0)
+    cluster.run_for(0.5)
+    cluster.unblock("w1", "w0")
+    cluster.run_for(1.0)
+    [(at, worker, failure)] = failures
+    assert (worker, failure.reason, failure.workers) == ("w1", Outcome.TIMEOUT, ("w0",))
+    assert abs(at - (called_at + 1.0)) <= 0.1, at - called_at
+
+
+def test_a_waiter_without_a_leader_gives_up_at_its_deadline_and_says_so():
+    cluster = SimCluster(2, seed=4, settings=FAST)
+    assert cluster.run_until_true(cluster.converged, 10.0) is not None
+    failures: list[tuple[float, BarrierFailed]] = []
+    cluster.listeners.append(lambda w, e: failures.append((cluster.now, e)) if isinstance(e, BarrierFailed) else None)
+    called_at = cluster.now
+    cluster.block("w1", "w0")
+    cluster.block("w0", "w1")
+    cluster.arrive("w1", "cut-off", timeout=0.5)
+    cluster.run_for(1.0)
+    [(at, failure)] = failures
+    assert (failure.reason, failure.detail) == (Outcome.TIMEOUT, "no answer from the leader w0")
+    assert abs(at - (called_at + 0.5)) <= 0.1

@@ -32,17 +32,27 @@ import asyncio
 import logging
 import os
 import random
+import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ..config import Config
+from ..errors import (
+    BarrierTimeout,
+    BindError,
+    CheckpointError,
+    ConfigError,
+    DtruntimeError,
+    NoQuorumError,
+    ProtocolError,
+    WorkerLostError,
+)
 from ..logs import configure_from_env
-from ..errors import BarrierTimeout, CheckpointError, DtruntimeError, NoQuorumError, ProtocolError, WorkerLostError
 from ..protocol.events import (
     BarrierFailed,
     BarrierReleased,
@@ -50,17 +60,27 @@ from ..protocol.events import (
     CheckpointCommitted,
     CommitDue,
     DeclaredDead,
+    DuplicateRefused,
     Event,
     LeaderChanged,
+    WorkerIdTaken,
     WorkerLost,
 )
 from ..protocol.messages import CommitOutcome, MemberEntry, Outcome, PartDone, Status
 from ..protocol.node import Node
 from ..protocol.settings import ProtocolSettings
 from ..runtime.auth import FrameAuthenticator, load_secret
-from ..runtime.bootstrap import BootstrapInfo, describe_bind, resolve_bootstrap, warn_if_insecure
+from ..runtime.bootstrap import (
+    BootstrapInfo,
+    describe_bind,
+    is_endpoint_shaped,
+    join_endpoint,
+    resolve_bootstrap,
+    warn_if_insecure,
+)
 from ..runtime.driver import Driver
 from ..runtime.transport import ZmqTransport
+from .registration import Joining, Registration, bind_advice
 
 log = logging.getLogger("dtruntime")
 
@@ -87,7 +107,12 @@ class Agreement:
 
 @dataclass(frozen=True)
 class WorkerInfo:
-    """A live worker as registered: what :meth:`TrainingOrchestrator.members` returns."""
+    """A live worker as registered: what :meth:`TrainingOrchestrator.members` returns.
+
+    ``endpoint`` is the control plane's; ``port`` is the worker port passed to
+    :meth:`TrainingOrchestrator.register_worker` (the original API's, for the user's own
+    services), which dtruntime records and advertises but never binds.
+    """
 
     worker_id: str
     rank: int
@@ -96,12 +121,13 @@ class WorkerInfo:
     gpu_count: int
     memory_bytes: int
     suspect: bool
+    port: int = 0  # the worker port given to register_worker (advertised only; 0: none)
 
     @classmethod
     def from_entry(cls, entry: MemberEntry) -> "WorkerInfo":
         return cls(
             entry.worker_id, entry.rank, entry.local_rank, entry.endpoint, entry.gpu_count,
-            entry.memory_bytes, entry.status == Status.SUSPECT,
+            entry.memory_bytes, entry.status == Status.SUSPECT, entry.worker_port,
         )
 
 
@@ -123,6 +149,10 @@ class TrainingOrchestrator:
     ``TrainingOrchestrator(worker_id, coordinator_url, world_size, rank)`` as documented;
     every argument may be omitted under ``torchrun`` (``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``, ``WORKER_ID``, ``COORDINATOR_URL``).
+    The quick reference's ``TrainingOrchestrator("localhost:50051")`` works too: a first
+    argument shaped like an endpoint (``host:port``, ``tcp://`` or ``http://``), with no
+    ``coordinator_url``, is the coordinator URL and the worker id comes from the
+    environment (a worker id such as ``node:7`` goes with an explicit ``coordinator_url``).
     ``config`` or keyword overrides (``heartbeat_interval_ms=100``) set the protocol
     timing; ``secret`` (or ``DTRUNTIME_SECRET``) authenticates every message.
     """
@@ -141,14 +171,18 @@ class TrainingOrchestrator:
     ) -> None:
         env = os.environ if env is None else env
         configure_from_env(env)
+        if coordinator_url is None and is_endpoint_shaped(worker_id):
+            log.info("TrainingOrchestrator(%r): taken as the coordinator URL", worker_id)
+            worker_id, coordinator_url = None, worker_id
         if config is None:
             self.config = Config.load(env=env, **overrides)
         else:
             self.config = config.with_overrides(**overrides)
         self.bootstrap: BootstrapInfo = resolve_bootstrap(
             env, worker_id=worker_id, coordinator_url=coordinator_url, world_size=world_size, rank=rank,
-            default_coordinator=_coordinator_default(self.config),
+            default_coordinator=self.config.coordinator.address,
         )
+        self._env_worker_id = None if worker_id is not None else env.get("WORKER_ID")
         raw_secret = secret.encode() if isinstance(secret, str) else secret
         self._secret = raw_secret if raw_secret is not None else load_secret(env)
         self._driver: Driver | None = None
@@ -189,16 +223,27 @@ class TrainingOrchestrator:
 
     # -- asyncio API ------------------------------------------------------------------
 
-    async def register_worker(
-        self, ip: str | None = None, port: int = 0, *, gpu_count: int = 0, memory_bytes: int = 0,
-        timeout: float | None = 60.0,
-    ) -> str:
-        """Bind, start the driver and join the cluster; return this worker's id."""
-        joined = asyncio.wrap_future(self._register(ip, port, gpu_count, memory_bytes))
-        try:
-            return await asyncio.wait_for(asyncio.shield(joined), timeout)
-        except asyncio.TimeoutError:
-            raise self._join_timeout(timeout) from None
+    def register_worker(
+        self, *where: str | int, ip: str | None = None, port: int | None = None, gpu_count: int = 0,
+        memory_bytes: int = 0, timeout: float | None = 60.0,
+    ) -> "Awaitable[str]":
+        """Bind, start the driver and join the cluster; awaiting the result gives this worker's id.
+
+        ``register_worker(ip, port)`` as documented, or the quick reference's
+        ``register_worker(worker_id, ip, port)``, which also sets the worker id (before
+        the first registration only). ``ip`` is the host peers reach this worker at
+        (as ``DTRUNTIME_HOST``; rank 0 advertises it only when the coordinator address
+        is a wildcard such as ``0.0.0.0``). ``port`` is the original API's *worker
+        port*: recorded and advertised to peers (:attr:`WorkerInfo.port`), never bound;
+        the control plane binds its own port (rank 0 the coordinator's, the others an
+        ephemeral one), so every local rank may pass the same ``port``.
+
+        The call itself binds and starts joining (so the quick reference's un-awaited
+        ``orch.register_worker(...)`` registers too; :meth:`register_worker_sync` waits);
+        ``await`` waits for the join, up to ``timeout`` seconds.
+        """
+        joined = self._register(Registration.of(where, ip, port, gpu_count, memory_bytes))
+        return Joining(joined, timeout, self._join_timeout)
 
     async def wait_barrier(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
         """Wait until every expected worker arrived at ``barrier_id`` (see the module doc)."""
@@ -229,11 +274,11 @@ class TrainingOrchestrator:
     # -- synchronous twins ---------------------------------------------------------------
 
     def register_worker_sync(
-        self, ip: str | None = None, port: int = 0, *, gpu_count: int = 0, memory_bytes: int = 0,
-        timeout: float | None = 60.0,
+        self, *where: str | int, ip: str | None = None, port: int | None = None, gpu_count: int = 0,
+        memory_bytes: int = 0, timeout: float | None = 60.0,
     ) -> str:
         try:
-            return self._register(ip, port, gpu_count, memory_bytes).result(timeout)
+            return self._register(Registration.of(where, ip, port, gpu_count, memory_bytes)).result(timeout)
         except FutureTimeout:
             raise self._join_timeout(timeout) from None
 
@@ -336,14 +381,25 @@ class TrainingOrchestrator:
     def _auth_counters(self) -> dict[str, int]:
         return self._auth.counters if self._driver is not None else {}
 
-    def _register(self, ip: str | None, port: int, gpu_count: int, memory_bytes: int) -> "Future[str]":
+    def _register(self, registration: Registration) -> "Future[str]":
         with self._lock:
             started = self._driver is None
+            if registration.worker_id is not None and registration.worker_id != self.worker_id:
+                if not started:
+                    raise ProtocolError(
+                        f"this orchestrator is already registered as {self.worker_id!r}, "
+                        f"not {registration.worker_id!r}"
+                    )
+                self.bootstrap = replace(self.bootstrap, worker_id=registration.worker_id)
             if started:
-                self._start(ip, port, gpu_count, memory_bytes)
+                self._start(registration)
         if started:  # outside self._lock: event handlers take it while holding the driver's lock
             self._running().submit(lambda node, now: self._check_joined(node))
         return self._joined
+
+    def _id_source(self) -> str:
+        """Where this worker's id came from, for an error about it."""
+        return "WORKER_ID" if self._env_worker_id == self.worker_id else "worker_id"
 
     def _join_timeout(self, timeout: float | None) -> DtruntimeError:
         return DtruntimeError(
@@ -351,17 +407,28 @@ class TrainingOrchestrator:
             f"within {timeout}s"
         )
 
-    def _start(self, ip: str | None, port: int, gpu_count: int, memory_bytes: int) -> None:
+    def _start(self, registration: Registration) -> None:
         info = self.bootstrap
-        plan = describe_bind(info.rank, info.coordinator_endpoint, own_host=ip or info.own_host, port=port)
+        plan = describe_bind(
+            info.rank, info.coordinator_endpoint, own_host=registration.ip or info.own_host,
+            fallback_host=socket.gethostname(),
+        )
         warn_if_insecure(plan.bind_endpoint, self._secret is not None)
-        transport = ZmqTransport(plan.bind_endpoint)
-        bound_port = transport.endpoint.rsplit(":", 1)[1]
-        host = plan.advertise_host if ":" not in plan.advertise_host else f"[{plan.advertise_host}]"
-        endpoint = f"tcp://{host}:{bound_port}"
+        try:
+            transport = ZmqTransport(plan.bind_endpoint)
+        except BindError as exc:
+            raise BindError(f"{exc}. {bind_advice(info, plan)}") from None
+        endpoint = join_endpoint(plan.advertise_host, int(transport.endpoint.rsplit(":", 1)[1]))
+        if plan.advertise_source != "coordinator_url" or not plan.is_coordinator:
+            log.info("%s binds %s and advertises %s to peers (host from %s)", info.worker_id,
+                     plan.bind_endpoint, endpoint, plan.advertise_source)
+        elif registration.ip is not None and registration.ip != plan.advertise_host:
+            log.info("%s is rank 0: peers reach it at the coordinator endpoint %s, not at ip=%r",
+                     info.worker_id, endpoint, registration.ip)
         incarnation = time.time_ns() // 1_000_000  # above any earlier process of this worker
         member = MemberEntry(
-            info.worker_id, info.rank, info.local_rank, incarnation, Status.ALIVE, endpoint, gpu_count, memory_bytes
+            info.worker_id, info.rank, info.local_rank, incarnation, Status.ALIVE, endpoint,
+            registration.gpu_count, registration.memory_bytes, registration.port,
         )
         seeds = [info.coordinator_endpoint, *info.peers] if info.rank != 0 else list(info.peers)
         coordinator = self.config.coordinator
@@ -468,11 +535,23 @@ class TrainingOrchestrator:
                       event.new_incarnation)
         elif isinstance(event, LeaderChanged):
             log.info("leader is now %s (term %d)", event.leader_id, event.term)
+        elif isinstance(event, WorkerIdTaken):
+            _fail(self._joined, ConfigError(
+                self._id_source(),
+                f"worker id {event.worker_id!r} is already taken by the worker at {event.holder_endpoint} "
+                f"(rank {event.holder_rank}); give every process its own id (without WORKER_ID each gets "
+                "worker-<rank>)",
+            ))
+        elif isinstance(event, DuplicateRefused):
+            log.error(
+                "a process at %s (rank %d) tried to join with the worker id %r, already taken by %s; it was "
+                "refused: give every process its own id", event.joiner_endpoint, event.joiner_rank,
+                event.worker_id, event.holder_endpoint,
+            )
         if not self._joined.done() and self._driver is not None and self._driver.snapshot.joined:
             self._joined.set_result(self.worker_id)
 
     def _barrier_error(self, event: BarrierFailed) -> Exception:
-        names = ", ".join(event.workers)
         if event.reason == Outcome.LOST and self.worker_id in event.workers:
             return WorkerLostError(
                 f"barrier {event.barrier_id!r} failed: this worker ({self.worker_id}) was declared dead by the "
@@ -482,17 +561,16 @@ class TrainingOrchestrator:
         if event.reason == Outcome.LOST:
             ranks = self._ranks_of(event.workers)
             return WorkerLostError(
-                f"barrier {event.barrier_id!r} failed: worker(s) {names} (rank(s) {ranks}) lost",
-                event.workers, ranks,
+                f"barrier {event.barrier_id!r} failed: {self._gone(event.workers)}", event.workers, ranks,
             )
         if event.reason == Outcome.TIMEOUT:
             if not event.workers and not self._running().snapshot.has_quorum:
-                return NoQuorumError(f"barrier {event.barrier_id!r}: no quorum, so no leader to release it")
-            joined = len(self._running().snapshot.members)
-            missing = f"not arrived: {names}" if names else (
-                f"{event.detail}; {joined} of {self.world_size} workers have joined"
-                if event.detail else f"{joined} of {self.world_size} workers have joined"
-            )
+                return NoQuorumError(f"barrier {event.barrier_id!r} timed out: {event.detail}")
+            if event.workers:
+                missing = f"not arrived: {self._named(event.workers)}"
+            else:
+                joined = len(self._running().snapshot.members)
+                missing = f"{event.detail}; {joined} of {self.world_size} workers have joined"
             return BarrierTimeout(f"barrier {event.barrier_id!r} timed out ({missing})", event.workers)
         if event.detail.startswith("no quorum"):
             return NoQuorumError(f"barrier {event.barrier_id!r} failed: {event.detail}")
@@ -500,17 +578,30 @@ class TrainingOrchestrator:
             f"barrier {event.barrier_id!r} failed: {event.detail} ({self.worker_id})", [self.worker_id], [self.rank]
         )
 
+    def _named(self, worker_ids: tuple[str, ...]) -> str:
+        """``worker-1 (rank 1), worker-2 (rank 2)``; a worker of unknown rank by its id alone."""
+        ranks = ((worker_id, self._rank_of(worker_id)) for worker_id in worker_ids)
+        return ", ".join(w if rank is None else f"{w} (rank {rank})" for w, rank in ranks)
+
+    def _gone(self, worker_ids: tuple[str, ...]) -> str:
+        """``worker-1 (rank 1) left the cluster`` / ``... lost``: the same word as the log's."""
+        left = tuple(w for w in worker_ids if (lost := self._lost.get(w)) is not None and lost.left)
+        lost = tuple(w for w in worker_ids if w not in left)
+        parts = [f"{self._named(group)} {word}" for group, word in ((lost, "lost"), (left, "left the cluster")) if group]
+        return "; ".join(parts)
+
     def _ranks_of(self, worker_ids: tuple[str, ...]) -> list[int]:
-        """Ranks of lost workers: from this node's loss reports, else from its view (the
-        leader's verdict can arrive before this node's own detector or gossip got there)."""
-        in_view = {entry.worker_id: entry.rank for entry in self._running().snapshot.members}
-        ranks = []
-        for worker_id in worker_ids:
-            lost = self._lost.get(worker_id)
-            rank = lost.rank if lost is not None else in_view.get(worker_id)
-            if rank is not None:
-                ranks.append(rank)
-        return ranks
+        """Ranks of ``worker_ids``, skipping those this worker never knew."""
+        ranks = (self._rank_of(worker_id) for worker_id in worker_ids)
+        return [rank for rank in ranks if rank is not None]
+
+    def _rank_of(self, worker_id: str) -> int | None:
+        """From this node's loss reports, else from its view (the leader's verdict can
+        arrive before this node's own detector or gossip got there)."""
+        lost = self._lost.get(worker_id)
+        if lost is not None:
+            return lost.rank
+        return next((e.rank for e in self._running().snapshot.members if e.worker_id == worker_id), None)
 
     def _settle(self, barrier_id: str, error: BaseException | None, result: Any = None) -> None:
         with self._lock:
@@ -557,8 +648,3 @@ def _fail(future: Future, error: BaseException) -> None:
             future.set_exception(error)
         except Exception:  # lost a race with the result: fine
             pass
-
-
-def _coordinator_default(config: Config) -> str:
-    address = config.coordinator.address
-    return address if "://" in address else f"tcp://{address}"

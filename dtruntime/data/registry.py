@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -51,6 +52,8 @@ from ..errors import DatasetError
 from . import files as dataset_files
 from .files import FileSlice
 from .readers.tfrecord import DEFAULT_MAX_RECORD_BYTES
+
+log = logging.getLogger("dtruntime.data")
 
 __all__ = [
     "DatasetRegistry",
@@ -358,11 +361,24 @@ class DatasetRegistry:
 
     # ------------------------------------------------------------------ assignments
 
-    def get_shard(self, dataset_id: str, worker_rank: int, epoch: int) -> list[str]:
-        """The files ``worker_rank`` reads in ``epoch``, in reading order, each listed once
-        (empty for a file-less dataset)."""
-        records = self.get_assignment(dataset_id, worker_rank, epoch)
-        return list(dict.fromkeys(path for record in records for path in record.file_paths))
+    def get_shard(self, dataset_id: str, worker_rank: int, epoch: int) -> sharding.FileShare:
+        """The whole files ``worker_rank`` reads in ``epoch`` (the original API's call).
+
+        Every file goes to exactly one rank, so ranks that each read every file they are
+        given read every sample exactly once between them (:func:`dtruntime.sharding.assign_files`,
+        balanced by samples; the same files every epoch, so caches stay warm). Files are
+        indivisible, so ranks get different sample counts: the result is a ``list`` of
+        paths that also carries ``samples``, ``member_samples`` and ``imbalance`` (largest
+        rank's samples over the mean), and an imbalance above 1.25 is logged as a warning.
+        A DDP loop that needs equal step counts uses :meth:`get_assignment` or
+        :meth:`open_shard` (the exact per-sample split). Empty for a file-less dataset.
+        Membership rules are those of :meth:`get_assignment`.
+        """
+        dataset = self._dataset(dataset_id)
+        _check_epoch(epoch)
+        member_id, member_ids = self._member_for(worker_rank)
+        member_ids = self._remember_epoch_members(dataset_id, epoch, member_ids)
+        return file_share(dataset.spec, member_ids, member_id)
 
     def get_assignment(self, dataset_id: str, worker_rank: int, epoch: int) -> list[ShardAssignment]:
         """The records ``worker_rank`` reads in ``epoch``, in order, padding records last.
@@ -583,6 +599,24 @@ class DatasetRegistry:
             seed=spec.seed,
             epoch=epoch,
         )
+
+
+def file_share(spec: DatasetSpec, member_ids: Sequence[str], member_id: str) -> sharding.FileShare:
+    """``member_id``'s whole files of ``spec`` split over ``member_ids``; warns when unbalanced."""
+    owned = sharding.assign_files(spec.file_samples, member_ids, spec.seed)
+    counts = {member: sum(spec.file_samples[i] for i in indices) for member, indices in owned.items()}
+    share = sharding.FileShare((spec.files[i] for i in owned[member_id]), counts[member_id], counts)
+    if share.imbalance > FILE_IMBALANCE_WARNING:
+        log.warning(
+            "dataset %r: get_shard splits %d whole files over %d ranks with imbalance %.2f (largest rank "
+            "%d samples, mean %.0f); use get_assignment/open_shard for an exact split",
+            spec.dataset_id, len(spec.files), len(member_ids), share.imbalance,
+            max(counts.values()), spec.total_samples / len(member_ids),
+        )
+    return share
+
+
+FILE_IMBALANCE_WARNING = 1.25  # get_shard warns above this max/mean sample ratio
 
 
 def _display_path(fs: Any, file_path: str, url: str) -> str:

@@ -20,8 +20,11 @@ Leader rules (``BarrierBook``):
   with the outcome, even where the leader's DEAD gossip has not arrived yet.
 * Elastic: an expected member that dies is dropped; the barrier releases when every
   live expected member arrived (and a quorum is live), naming the excluded.
-* A timeout (sent with the arrival, counted from when the leader got it) fails the
-  barrier with ``TIMEOUT`` naming who had not arrived.
+* A timeout is the caller's deadline: each arrival carries its timeout and how long its
+  sender has waited, so the leader dates the deadline from when the caller started (a
+  leader elected, or taking over, after the call does not push it back). The leader
+  fails the barrier with ``TIMEOUT`` naming who had not arrived ``DEADLINE_MARGIN``
+  before that deadline, so its answer reaches the waiters by the deadline.
 * Agreement: each arrival carries a value ("" for a plain barrier). A release compares
   the values of the expected members: the lowest-ranked one is the reference, and the
   result names every member whose value differs from it. Deciding that is the caller's
@@ -34,8 +37,14 @@ Invariant (checked by the simulator): a ``RELEASED`` result names every world me
 did not wait for, and every other member had arrived.
 
 Waiter rules (``Waits``): arrive once per generation; re-send to the leader every
-``resend_periods`` and to every new leader; a local deadline (timeout plus two probe
-periods) covers a leader that never answers. A member leaving gracefully relays its
+``resend_periods`` and to every new leader; a local deadline ``DEADLINE_MARGIN`` after
+the caller's covers a leader that never answers (none elected, or cut off), and says
+which. Either way a wait with a timeout ends within ``DEADLINE_MARGIN`` of its deadline.
+The price of that precision: a release decided just before the deadline that spends
+longer than ``2 * DEADLINE_MARGIN`` in transit (or is lost and not re-sent in time)
+reaches a waiter that has already given up, which reports a timeout while others
+passed. That is safe (nobody passes early) and only happens in the last 100 ms of a
+timeout. A member leaving gracefully relays its
 newest RELEASED result to every peer before its LEFT announcement: when every member
 exits right after a final barrier, a waiter whose release is still queued would
 otherwise see the others leave first, lose its quorum and fail a barrier that passed.
@@ -45,6 +54,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ProtocolError
@@ -57,6 +67,9 @@ from .settings import ProtocolSettings
 BarrierKey = tuple[str, int]
 
 RECENT_RESULTS = 16  # results a waiter reports to a new leader
+# Seconds: the leader decides a timeout this long before the caller's deadline (time for
+# its answer to arrive), and a waiter with no answer gives up this long after it.
+DEADLINE_MARGIN = 0.05
 
 
 @dataclass(slots=True)
@@ -119,7 +132,7 @@ class BarrierBook:
         barrier.arrived[message.sender] = message.incarnation
         barrier.values[message.sender] = message.value
         if message.timeout_ms:
-            deadline = now + message.timeout_ms / 1000.0
+            deadline = started + message.timeout_ms / 1000.0 - DEADLINE_MARGIN
             if deadline < barrier.deadline:
                 barrier.deadline = deadline
                 heapq.heappush(self._deadlines, (deadline, key[0], key[1]))
@@ -252,8 +265,7 @@ class Waits:
         if timeout is not None and timeout <= 0:
             raise ProtocolError(f"barrier timeout must be positive, got {timeout!r}")
         timeout_ms = 0 if timeout is None else max(1, round(timeout * 1000))
-        grace = 2 * self.settings.probe_period
-        deadline = float("inf") if timeout is None else now + timeout + grace
+        deadline = float("inf") if timeout is None else now + timeout + DEADLINE_MARGIN
         wait = _Wait(self._generations.get(barrier_id, 0), elastic, timeout_ms, deadline, now, value)
         self._waits[barrier_id] = wait
         self.next_resend = min(self.next_resend, now + self.settings.resend_periods * self.settings.probe_period)
@@ -311,13 +323,12 @@ class Waits:
             self._finish(barrier_id, wait)
             self._out.emit(BarrierFailed(barrier_id, wait.generation, None, (), detail))
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, no_answer: Callable[[], str]) -> None:
+        """Give up the waits past their local deadline; ``no_answer()`` says why (whom they waited on)."""
         for barrier_id, wait in list(self._waits.items()):
             if now >= wait.local_deadline:
                 self._finish(barrier_id, wait)
-                self._out.emit(
-                    BarrierFailed(barrier_id, wait.generation, Outcome.TIMEOUT, (), "no answer from a leader")
-                )
+                self._out.emit(BarrierFailed(barrier_id, wait.generation, Outcome.TIMEOUT, (), no_answer()))
 
     def next_deadline(self) -> float:
         if not self._waits:

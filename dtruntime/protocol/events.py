@@ -128,7 +128,30 @@ class CheckpointAbandoned:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerIdTaken:
+    """Joining failed: this node's worker id is held by the live worker at ``holder_endpoint``.
+
+    The node stops trying to join; it stays unjoined.
+    """
+
+    worker_id: str
+    holder_endpoint: str
+    holder_rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateRefused:
+    """A process at ``joiner_endpoint`` (rank ``joiner_rank``) asked to join with the id
+    ``worker_id``, which another live worker (this one, or ``holder``) holds; it was refused."""
+
+    worker_id: str
+    joiner_endpoint: str
+    joiner_rank: int
+    holder_endpoint: str
+
+
 Event = (
     LeaderChanged | MemberJoined | WorkerLost | DeclaredDead | QuorumChanged | BarrierReleased | BarrierFailed
-    | CommitDue | CheckpointCommitted | CheckpointAbandoned
+    | CommitDue | CheckpointCommitted | CheckpointAbandoned | WorkerIdTaken | DuplicateRefused
 )

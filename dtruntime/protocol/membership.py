@@ -116,6 +116,27 @@ class Membership:
     def live_members(self) -> list[MemberEntry]:
         return [entry for entry in self.members.values() if entry.is_live]
 
+    def describe_absent(self) -> str:
+        """Who of the expected world is not live in this view, by rank: ``w1 (rank 1) lost,
+        w2 (rank 2) left, rank 3 never joined`` ("" when everyone is live). For error messages."""
+        gone = sorted((entry.rank, entry.worker_id, entry.status) for entry in self.members.values()
+                      if not entry.is_live)
+        parts = [f"{worker_id} (rank {rank}) {'left' if status == Status.LEFT else 'lost'}"
+                 for rank, worker_id, status in gone]
+        unseen = [rank for rank in range(self.world_size) if rank not in self._by_rank]
+        if unseen:
+            shown = ", ".join(map(str, unseen[:8])) + (f" and {len(unseen) - 8} more" if len(unseen) > 8 else "")
+            parts.append(f"rank{'s' if len(unseen) > 1 else ''} {shown} never joined")
+        return ", ".join(parts)
+
+    def describe_quorum(self, needed: int) -> str:
+        """``only 1 of the 3 workers is live here, 2 are needed; not live: ...`` (no quorum)."""
+        live = self.live_count
+        verb = "is" if live == 1 else "are"
+        absent = self.describe_absent()
+        return (f"only {live} of the {self.world_size} workers {verb} live here, {needed} are needed"
+                + (f"; not live: {absent}" if absent else ""))
+
     def apply(self, entry: MemberEntry, now: float, *, news: bool = True, direct: bool = False) -> None:
         """Merge one entry into the view (idempotent, monotone in precedence).
 

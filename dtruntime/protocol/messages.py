@@ -86,6 +86,7 @@ class MsgType(IntEnum):
     RELEASE = 10
     PART_DONE = 11
     STEP_RESULT = 12
+    JOIN_REFUSED = 13
 
 
 class Status(IntEnum):
@@ -130,6 +131,7 @@ class MemberEntry:
     endpoint: Endpoint
     gpu_count: int = 0
     memory_bytes: int = 0
+    worker_port: int = 0  # the original API's register_worker(port=...): advertised, never bound here
 
     def precedence(self) -> tuple[int, int]:
         return (self.incarnation, int(self.status))
@@ -195,6 +197,20 @@ class Join:
 
     sender: WorkerId
     member: MemberEntry
+
+
+@wire
+class JoinRefused:
+    """The answer to a ``Join`` whose worker id is already taken by another live worker.
+
+    ``holder_endpoint`` and ``holder_rank`` say who holds it. Sent to the endpoint the
+    joiner announced; a node that has not joined yet stops trying when it gets one.
+    """
+
+    sender: WorkerId
+    worker_id: WorkerId
+    holder_endpoint: Endpoint
+    holder_rank: int
 
 
 @wire
@@ -319,6 +335,7 @@ class StepResult:
 
 Message = (
     Join | Members | Ping | Ack | PingReq | VoteRequest | Vote | Leader | Arrive | Release | PartDone | StepResult
+    | JoinRefused
 )
 
 MESSAGE_TYPES: dict[MsgType, type] = {
@@ -334,5 +351,6 @@ MESSAGE_TYPES: dict[MsgType, type] = {
     MsgType.RELEASE: Release,
     MsgType.PART_DONE: PartDone,
     MsgType.STEP_RESULT: StepResult,
+    MsgType.JOIN_REFUSED: JoinRefused,
 }
 TYPE_OF_CLASS: dict[type, MsgType] = {cls: tag for tag, cls in MESSAGE_TYPES.items()}

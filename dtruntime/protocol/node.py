@@ -15,12 +15,17 @@ Bootstrap: a node whose ``seeds`` (endpoints) name only itself, or nothing, star
 member; any other node sends ``Join`` to its seeds in turn, once a period, until a
 ``Members`` view answers. The member that completes the expected world (``world_size``
 live members) broadcasts the full view once, so nodes that joined early learn the rest.
+A ``Join`` whose worker id another live worker holds (the receiver itself, at another
+endpoint; or a member at another rank, when the joiner is no newer than it) is answered
+with ``JoinRefused`` naming the holder: the joiner reports ``WorkerIdTaken`` and stops
+trying, the refuser reports ``DuplicateRefused`` once per joiner. A restart of a worker
+has a higher incarnation and is left to the membership rules.
 """
 
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 
 from ..errors import ProtocolError
@@ -28,7 +33,7 @@ from .barrier import BarrierBook, Waits
 from .codec import validate_barrier_id, validate_barrier_value, validate_codec_name
 from .commit import CommitBook, Saves
 from .election import Election
-from .events import QuorumChanged
+from .events import DuplicateRefused, QuorumChanged, WorkerIdTaken
 from .membership import Membership
 from .messages import (
     Ack,
@@ -37,6 +42,7 @@ from .messages import (
     CommitOutcome,
     Gossip,
     Join,
+    JoinRefused,
     Leader,
     MemberEntry,
     Members,
@@ -54,6 +60,9 @@ from .messages import (
 from .outbox import Outbox, Ready
 from .progress import ProgressBook
 from .settings import ProtocolSettings
+
+
+REFUSED_MEMORY = 64  # refused joiners remembered, so each is reported once
 
 
 class Node:
@@ -90,6 +99,7 @@ class Node:
         self._join_attempts = 0
         self._next_join_at = now
         self._world_announced = False
+        self._refused: OrderedDict[tuple[str, str, int], None] = OrderedDict()  # joiners refused, reported once
         self._has_quorum = 1 >= self.election.quorum
         self._left = False
         self.dropped: Counter[str] = Counter()  # messages ignored, by reason
@@ -116,7 +126,7 @@ class Node:
             self._send_join(now)
         self.membership.tick(now, self._gossip)
         self.book.tick(now, self.membership)
-        self.waits.tick(now)
+        self.waits.tick(now, self._no_answer)
         if self.waits.resend_due(now):
             self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation, now), now)
         if self.saves.resend_due(now):
@@ -205,8 +215,13 @@ class Node:
         """Handle one message that arrived from the network."""
         if self._left:
             return self._out.drain(float("inf"))
-        if message.sender == self.worker_id:
-            self.dropped["from_self"] += 1
+        if message.sender == self.worker_id:  # from this node, or from another process using its id
+            if isinstance(message, Join) and message.member.endpoint != self.membership.me.endpoint:
+                self._refuse_join(message.member, self.membership.me)
+            elif isinstance(message, JoinRefused):
+                self._on_join_refused(message, now)
+            else:
+                self.dropped["from_self"] += 1
             return self._after(now)
         handler = _HANDLERS[type(message)]
         handler(self, message, now)
@@ -245,6 +260,14 @@ class Node:
         if message.member.worker_id != message.sender:
             self.dropped["join_mismatch"] += 1
             return
+        holder, joiner = self.membership.get(message.sender), message.member
+        if (holder is not None and holder.is_live and holder.rank != joiner.rank
+                and holder.endpoint != joiner.endpoint and joiner.incarnation <= holder.incarnation):
+            # A live worker holds the id at another rank and the joiner is no newer: two
+            # processes share it. A newer joiner may be that worker restarted (at any
+            # rank, before its old process was found dead): membership decides.
+            self._refuse_join(joiner, holder)
+            return
         self.membership.apply(message.member, now, news=self._world_announced, direct=True)
         view = self._view()
         self._out.send(message.member.endpoint, view)
@@ -253,6 +276,25 @@ class Node:
             for entry in self.membership.members.values():
                 if entry.is_live and entry.worker_id not in (self.worker_id, message.sender):
                     self._out.send(entry.endpoint, view)
+
+    def _refuse_join(self, joiner: MemberEntry, holder: MemberEntry) -> None:
+        """Answer a Join for a taken id with the holder's whereabouts; report each joiner once here."""
+        self.dropped["join_id_taken"] += 1
+        self._out.send(joiner.endpoint, JoinRefused(self.worker_id, joiner.worker_id, holder.endpoint, holder.rank))
+        key = (joiner.worker_id, joiner.endpoint, joiner.incarnation)
+        if key not in self._refused:
+            self._refused[key] = None
+            if len(self._refused) > REFUSED_MEMORY:
+                self._refused.popitem(last=False)
+            self._out.emit(DuplicateRefused(joiner.worker_id, joiner.endpoint, joiner.rank, holder.endpoint))
+
+    def _on_join_refused(self, message: JoinRefused, now: float) -> None:
+        """Our id is taken: stop joining (only before the first view; afterwards it is stale)."""
+        if self.joined or message.worker_id != self.worker_id or self._next_join_at == float("inf"):
+            self.dropped["join_refused_ignored"] += 1
+            return
+        self._next_join_at = float("inf")
+        self._out.emit(WorkerIdTaken(self.worker_id, message.holder_endpoint, message.holder_rank))
 
     def _on_members(self, message: Members, now: float) -> None:
         first_view = not self.joined
@@ -468,7 +510,16 @@ class Node:
             self._has_quorum = has_quorum
             self._out.emit(QuorumChanged(has_quorum, live, needed))
             if not has_quorum and self.joined:
-                self.waits.fail_all(f"no quorum: {live} of {needed} needed workers are live")
+                self.waits.fail_all(f"no quorum: {self.membership.describe_quorum(needed)}")
+
+    def _no_answer(self) -> str:
+        """Why a barrier wait got no answer by its deadline, as far as this node can tell."""
+        leader_id = self.election.leader_id
+        if leader_id is not None:
+            return f"no answer from the leader {leader_id}"
+        if self.membership.live_count < self.election.quorum:
+            return f"no leader, no quorum: {self.membership.describe_quorum(self.election.quorum)}"
+        return "no leader was elected in time"
 
 
 _HANDLERS = {
@@ -484,4 +535,5 @@ _HANDLERS = {
     Release: Node._on_release,
     PartDone: Node._on_part_done,
     StepResult: Node._on_step_result,
+    JoinRefused: Node._on_join_refused,
 }

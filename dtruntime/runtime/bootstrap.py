@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 MASTER_PORT_OFFSET = 1
 MAX_PEERS = 1024
 MAX_WORLD_SIZE = 1 << 20
+OWN_HOST = "DTRUNTIME_HOST or ip"  # BindPlan.advertise_source of a host the user named
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?$")
 _ENDPOINT = re.compile(r"^(?:(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://)?(?P<host>\[[^\]]*\]|[^:/\[\]]*):(?P<port>[^/]*)/?$")
@@ -71,12 +72,15 @@ class BindPlan:
     """Where to bind and what host to advertise; the port is known only after binding.
 
     ``bind_endpoint`` may end in ``:0`` (an ephemeral port). The endpoint to advertise
-    is ``tcp://{advertise_host}:{bound port}``.
+    is ``tcp://{advertise_host}:{bound port}``; ``advertise_source`` says where that host
+    came from (``coordinator_url``, :data:`OWN_HOST`, ``loopback`` or ``hostname``), for
+    the log line that tells the user what peers will dial.
     """
 
     bind_endpoint: str
     advertise_host: str
     is_coordinator: bool
+    advertise_source: str
 
 
 def split_endpoint(endpoint: str, *, key: str = "endpoint", allow_port_zero: bool = False) -> tuple[str, int]:
@@ -88,6 +92,9 @@ def split_endpoint(endpoint: str, *, key: str = "endpoint", allow_port_zero: boo
         raise ConfigError(key, f"must be a string, not {type(endpoint).__name__}")
     match = _ENDPOINT.match(endpoint.strip())
     if match is None:
+        rest = endpoint.strip().split("://", 1)[-1].rstrip("/")
+        if rest and ":" not in rest:
+            raise ConfigError(key, f"{endpoint!r} has no port: write host:port, e.g. {rest}:50051")
         raise ConfigError(key, f"{endpoint!r} is not of the form tcp://host:port")
     scheme = (match["scheme"] or "tcp").lower()
     if scheme not in ("tcp", "http"):
@@ -220,28 +227,72 @@ def parse_peers(value: str, *, key: str = "DTRUNTIME_PEERS") -> tuple[str, ...]:
     return tuple(peers)
 
 
-def describe_bind(rank: int, coordinator_endpoint: str, *, own_host: str | None = None, port: int = 0) -> BindPlan:
-    """Choose where this worker binds.
+def describe_bind(
+    rank: int, coordinator_endpoint: str, *, own_host: str | None = None, fallback_host: str | None = None
+) -> BindPlan:
+    """Choose where this worker binds and which host it advertises to peers.
 
     Rank 0 binds the coordinator endpoint's port: on that host's address when it is an
     IP literal or ``localhost``, else on all interfaces (a name may map to any of them,
     and resolving it is not this function's job). Other ranks bind ``own_host`` (an IP
-    literal is bound as is; a name binds all interfaces and is advertised) on ``port``,
-    0 by default (an ephemeral port). Without ``own_host``, a loopback coordinator means
-    a single-host job and ``127.0.0.1`` is used; otherwise ``own_host`` is required (the
-    caller passes ``DTRUNTIME_HOST`` or ``socket.gethostname()``).
+    literal is bound as is; a name binds all interfaces and is advertised) on an
+    ephemeral port. Without ``own_host``, a loopback coordinator means a single-host
+    job and ``127.0.0.1`` is used; otherwise ``own_host`` is required.
+
+    A wildcard (``0.0.0.0``, ``::``, ``*``) is bound but never advertised, since peers
+    cannot dial it: the advertised host is then ``own_host`` if it is not a wildcard
+    itself, else ``fallback_host`` (the caller passes ``socket.gethostname()``); with
+    neither, ConfigError asks for ``DTRUNTIME_HOST``.
     """
     coord_host, coord_port = split_endpoint(coordinator_endpoint, key="coordinator_url")
+    if own_host is not None:
+        split_endpoint(join_endpoint(own_host, 1), key="DTRUNTIME_HOST")
     if rank == 0:
-        return BindPlan(join_endpoint(_bind_host(coord_host), coord_port), coord_host, True)
-    if not 0 <= port <= 65535:
-        raise ConfigError("port", f"must be in [0, 65535], not {port}")
+        bind = join_endpoint(_bind_host(coord_host), coord_port)
+        if coord_host not in _WILDCARD_HOSTS:
+            return BindPlan(bind, coord_host, True, "coordinator_url")
+        host, source = _advertised(coord_host, own_host, fallback_host)
+        return BindPlan(bind, host, True, source)
     if own_host is None:
         if not is_loopback_host(coord_host):
             raise ConfigError("DTRUNTIME_HOST", "needed when the coordinator is not on loopback: how do peers reach us?")
-        own_host = "127.0.0.1"
-    split_endpoint(join_endpoint(own_host, 1), key="DTRUNTIME_HOST")
-    return BindPlan(join_endpoint(_bind_host(own_host), port), own_host, False)
+        return BindPlan(join_endpoint("127.0.0.1", 0), "127.0.0.1", False, "loopback")
+    bind = join_endpoint(_bind_host(own_host), 0)
+    if own_host not in _WILDCARD_HOSTS:
+        return BindPlan(bind, own_host, False, OWN_HOST)
+    host, source = _advertised(own_host, None, fallback_host)
+    return BindPlan(bind, host, False, source)
+
+
+def _advertised(wildcard: str, own_host: str | None, fallback_host: str | None) -> tuple[str, str]:
+    """(host, source) to advertise for a worker that binds ``wildcard``."""
+    if own_host is not None and own_host not in _WILDCARD_HOSTS:
+        return own_host, OWN_HOST
+    if fallback_host:
+        try:
+            split_endpoint(join_endpoint(fallback_host, 1), key="hostname")
+        except ConfigError:
+            pass
+        else:
+            return fallback_host, "hostname"
+    raise ConfigError(
+        "DTRUNTIME_HOST", f"this worker binds the wildcard {wildcard!r}, which peers cannot dial: set DTRUNTIME_HOST "
+        "(or register_worker(ip=...)) to the address they reach it at"
+    )
+
+
+def is_endpoint_shaped(value: object) -> bool:
+    """Whether ``value`` reads as a coordinator address (``tcp://h:p``, ``http://h:p``, ``h:p`` with a
+    port in 1..65535) rather than a worker id: the original quick reference's
+    ``TrainingOrchestrator("localhost:50051")``. A worker id such as ``node:7`` is such a
+    string too; pass it as ``worker_id=`` next to a ``coordinator_url``."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parse_coordinator_url(value)
+    except ConfigError:
+        return False
+    return True
 
 
 def is_loopback_host(host: str) -> bool:

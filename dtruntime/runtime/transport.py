@@ -31,7 +31,7 @@ from typing import Protocol, runtime_checkable
 
 import zmq
 
-from ..errors import ConfigError, ProtocolError
+from ..errors import BindError, ConfigError, ProtocolError
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 DEFAULT_HWM = 1000
@@ -181,7 +181,7 @@ class ZmqTransport:
             self._wake_tx.setblocking(False)
         except (zmq.ZMQError, OSError) as exc:
             self._release(0)
-            raise ConfigError("bind_endpoint", f"cannot bind {bind_endpoint!r}: {exc}") from None
+            raise BindError(f"cannot bind {bind_endpoint!r}: {exc}") from None
         self._poller = zmq.Poller()
         self._poller.register(self._router, zmq.POLLIN)
         self._wake_fd = self._wake_rx.fileno()
