@@ -295,7 +295,7 @@ class AgreeingMembership(Membership):
         self.other_summary = other_summary
         self.calls = []
 
-    def agree_sync(self, barrier_id, value, timeout=None):
+    def agree_sync(self, barrier_id, value, timeout=None, elastic=False):
         from dtruntime import Agreement
 
         self.calls.append((barrier_id, value, timeout))
@@ -333,15 +333,18 @@ class TakeOverView(AgreeingMembership):
     def __init__(self, members, heard, other_cursor, other_fingerprint=None):
         super().__init__(members)
         self.heard, self.other_cursor, self.other_fingerprint = heard, other_cursor, other_fingerprint
+        self.agreed_lost = 0
 
     def progress(self, key):
         return dict(self.heard)
 
-    def agree_sync(self, barrier_id, value, timeout=None):
+    def agree_sync(self, barrier_id, value, timeout=None, elastic=False):
         from dtruntime import Agreement
 
-        if barrier_id.startswith("dtruntime.dataset:"):
-            return Agreement(barrier_id, "host-a/0", value, (), "")  # the spec check: all agree
+        if barrier_id.startswith(("dtruntime.dataset:", "dtruntime.lost:")):
+            assert elastic or barrier_id.startswith("dtruntime.dataset:")
+            self.agreed_lost += barrier_id.startswith("dtruntime.lost:")
+            return Agreement(barrier_id, "host-a/0", value, (), "")  # spec check, who is lost: all agree
         self.calls.append((barrier_id, value, timeout))
         fingerprint, _, cursor = value.partition(":")
         other = f"{self.other_fingerprint or fingerprint}:{max(int(cursor), self.other_cursor)}"
@@ -356,7 +359,8 @@ def test_take_over_settles_on_the_furthest_cursor_any_survivor_heard():
     registry = DatasetRegistry(orchestrator=view)
     registry.register("d", total_samples=3000, shard_size=100, shuffle=True, seed=1)
     registry.get_assignment("d", 0, 0)
-    assert registry.take_over("d", 0) == []  # nobody lost: nothing to do, no barrier
+    assert registry.take_over("d", 0) == []  # nobody lost: one agreement on that, no cursor rounds
+    assert view.agreed_lost == 1 and view.calls == []
     epoch = registry.assignment("d", 0)
     view.live.pop(2)
     records = registry.take_over("d", 0, timeout=9.0)

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -414,10 +415,14 @@ class DatasetRegistry:
     def take_over(self, dataset_id: str, epoch: int, *, timeout: float | None = None) -> list[ShardAssignment]:
         """This worker's share of what the workers lost since ``epoch`` began left unread.
 
-        Collective: every survivor calls it (typically after a barrier raised
-        WorkerLostError). Returns records to read on top of this worker's own; empty when
-        no worker of the epoch's membership is lost. The epoch's membership is the one
+        Collective: every live worker of the epoch calls it once its own records are read,
+        whether or not it has seen a loss (a loss seen before the end of the epoch is
+        still a loss). The workers first agree on who is lost (views can differ for a
+        heartbeat or two after a loss: they retry until they agree), so all of them take
+        the same path. Returns records to read on top of this worker's own; empty when no
+        worker of the epoch's membership is lost. The epoch's membership is the one
         :meth:`get_assignment` first used for ``(dataset_id, epoch)`` on this worker.
+        A worker lost while the survivors read the returned records is not covered.
         """
         agree = getattr(self._orchestrator, "agree_sync", None)
         if not callable(agree):
@@ -428,10 +433,9 @@ class DatasetRegistry:
             epoch_members = self._epoch_members.get((dataset_id, epoch))
         if epoch_members is None:
             raise DatasetError(f"dataset {dataset_id!r} epoch {epoch}: get_assignment was never called for it here")
-        live = {str(m.worker_id) for m in self._live_members()}
         me = str(self._orchestrator.worker_id)  # type: ignore[union-attr]
-        survivors = [m for m in epoch_members if m in live]
-        lost = sorted(m for m in epoch_members if m not in live)
+        lost = self._agree_on_lost(agree, dataset_id, epoch, epoch_members, timeout)
+        survivors = [m for m in epoch_members if m not in lost]
         if not lost:
             return []
         if me not in survivors:
@@ -445,6 +449,32 @@ class DatasetRegistry:
         }
         extra = sharding.take_over(assignment, completed, survivors)
         return self._records(dataset, extra[me], epoch)
+
+    def _agree_on_lost(
+        self, agree: Any, dataset_id: str, epoch: int, epoch_members: list[str], timeout: float | None
+    ) -> list[str]:
+        """The epoch's members every live worker agrees are lost.
+
+        Rounds of an elastic agreement on the lost set as each worker sees it. A round
+        counts only if it agreed and nobody was excluded at it: a worker that died
+        unseen until the barrier excluded it is in every survivor's view once the
+        release arrives (the release carries the leader's verdicts), so every survivor
+        sees the change and goes to the next round together.
+        """
+        key = _progress_key(dataset_id, epoch)
+        for round_index in range(_LOST_AGREEMENT_ROUNDS):
+            lost = self._lost_of(epoch_members)
+            digest = hashlib.blake2b("\n".join(lost).encode("utf-8"), digest_size=8).hexdigest()
+            agreement = agree(f"dtruntime.lost:{key}:{round_index}", f"{len(lost)}:{digest}", timeout=timeout,
+                              elastic=True)
+            if agreement.agreed and self._lost_of(epoch_members) == lost:
+                return lost
+            time.sleep(self._orchestrator.config.coordinator.heartbeat_interval_ms / 1000)  # type: ignore[union-attr]
+        raise DatasetError(f"{key}: the workers did not agree on who is lost in {_LOST_AGREEMENT_ROUNDS} rounds")
+
+    def _lost_of(self, epoch_members: list[str]) -> list[str]:
+        live = {str(m.worker_id) for m in self._live_members()}
+        return sorted(m for m in epoch_members if m not in live)
 
     def _agree_on_cursors(
         self, agree: Any, key: str, epoch_members: list[str], lost: list[str], timeout: float | None
@@ -625,6 +655,7 @@ def _display_path(fs: Any, file_path: str, url: str) -> str:
 
 
 _CURSORS_PER_AGREEMENT = 40  # 40 cursors of up to 19 digits fit a 1024-character barrier value
+_LOST_AGREEMENT_ROUNDS = 50  # rounds of "who is lost" before giving up (views settle within a few heartbeats)
 
 
 def _short_name(dataset_id: str) -> str:
