@@ -101,3 +101,36 @@ def test_killed_job_resumes_from_the_newest_committed_checkpoint(tmp_path):
     assert f"resumed from epoch {newest['epoch']}" in output
     assert "training complete: 5 epochs on 4 workers" in output
     assert f"epoch {newest['epoch']}:" not in output  # finished epochs are not trained again
+
+
+ELASTIC_EXAMPLE = str(ROOT / "examples" / "train_elastic.py")
+
+
+def test_the_elastic_example_finishes_every_epoch_after_a_worker_is_killed():
+    """The README's elastic example, as plain processes: rank 2 is SIGKILLed mid-run."""
+    coordinator = f"tcp://127.0.0.1:{free_port()}"
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "4",
+            "COORDINATOR_URL": coordinator, "DTRUNTIME_HEARTBEAT_INTERVAL_MS": "100",
+            "DTRUNTIME_HEARTBEAT_TIMEOUT_MS": "1000"}
+    workers = [subprocess.Popen([sys.executable, ELASTIC_EXAMPLE, "--epochs", "4"], cwd=ROOT,
+                                env={**base, "RANK": str(rank)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+               for rank in range(4)]
+    try:
+        first_line = workers[0].stdout.readline()  # rank 0 prints after each epoch
+        assert first_line.startswith("epoch 0:") and "4 workers" in first_line, first_line
+        workers[2].kill()
+        rest, _ = workers[0].communicate(timeout=180)
+        for rank in (1, 3):
+            workers[rank].communicate(timeout=60)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait(timeout=30)
+    assert [workers[rank].returncode for rank in (0, 1, 3)] == [0, 0, 0], rest[-3000:]
+    assert "training complete: 4 epochs" in rest and "1 recoveries" in rest, rest[-3000:]
+    assert "epoch 3:" in rest and "3 workers at the end" in rest
+    losses = [float(line.split("mean loss ")[1].split()[0]) for line in [first_line, *rest.splitlines()]
+              if line.startswith("epoch ")]
+    assert losses[-1] < losses[0], losses  # training went on; it did not start over
