@@ -3,7 +3,7 @@
     python -m tests.workers.elastic_worker --rank R --world N --coordinator tcp://127.0.0.1:P
         [--epochs E] [--samples S] [--batch-size B] [--die-at-step K --die-when before|backward|after]
 
-Events: "step" (number, epoch, begin, end, padding, loss, world) after each applied
+Events: "step" (number, epoch, begin, end, padding, loss, world, monotonic time) after each applied
 step; "recovered" per new generation; "done" with a digest of the parameters. With
 ``--die-at-step`` the process SIGKILLs itself at step K: before the step's forward,
 inside it after the forward (its peers are then in, or about to enter, the
@@ -17,6 +17,7 @@ import faulthandler
 import hashlib
 import os
 import signal
+import time
 
 import torch
 from torch import nn
@@ -76,7 +77,7 @@ def main() -> None:
                 loss.backward()
             if step.applied:
                 emit(event="step", number=step.number, epoch=epoch, begin=step.begin, end=step.end,
-                     padding=step.padding, loss=loss.item(), world=trainer.generation.size)
+                     padding=step.padding, loss=loss.item(), world=trainer.generation.size, time=time.monotonic())
                 if dies and args.die_when == "after":
                     os.kill(os.getpid(), signal.SIGKILL)
             for record in trainer.recoveries[seen_recoveries:]:
