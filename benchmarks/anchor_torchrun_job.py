@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from datetime import timedelta
 
@@ -53,8 +54,9 @@ def main() -> None:
         optimizer.zero_grad()
         nn.functional.mse_loss(ddp(x), x.sum(dim=1, keepdim=True)).backward()
         optimizer.step()
-        print(json.dumps({"event": "step", "number": number, "attempt": int(attempt), "time": time.monotonic()}),
-              flush=True)
+        line = json.dumps({"event": "step", "number": number, "attempt": int(attempt), "time": time.monotonic()})
+        sys.stdout.write(line + "\n")  # one write: the four workers share torchrun's stdout
+        sys.stdout.flush()
         if rank == 0 and number % args.checkpoint_every == 0:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": number},
                        args.checkpoint + ".tmp")

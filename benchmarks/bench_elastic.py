@@ -8,8 +8,8 @@ Both jobs are DDP (gloo, CPU) on ``world`` processes on 127.0.0.1, in the same r
   heartbeat 100 ms / timeout 1 s. Once every worker has applied ``--kill-after`` steps,
   one is SIGKILLed (rank 2, then rank 0, the leader, in alternate trials). *Continue* is
   the kill to the first step the survivors apply in the new group (the last survivor to
-  do so); *steps lost* is the newest step applied before the kill minus the step the
-  survivors continued from.
+  do so); *steps lost* is the newest step any worker applied in the old group minus
+  the step the survivors continued from (what the new group redoes).
 - **torchrun** (the anchor): ``benchmarks/anchor_torchrun_job.py`` under ``torchrun
   --max-restarts 1``, checkpointing every 50 steps; rank 1 is SIGKILLed at the same
   step. *Continue* is the kill to the first step of the restarted attempt; *steps lost*
@@ -51,7 +51,7 @@ def dtruntime_trial(world: int, victim: int, kill_after: int) -> dict:
         survivors = [p for rank, p in enumerate(procs) if rank != victim]
         wait_for(lambda: all(any(e["world"] == world - 1 for e in p.events("step")) for p in survivors), 120,
                  "a step in the new group", procs)
-        before = max(e["number"] for p in procs for e in p.events("step") if e["time"] < killed_at)
+        before = max(e["number"] for p in procs for e in p.events("step") if e["world"] == world)
         first_after = [next(e for e in p.events("step") if e["world"] == world - 1) for p in survivors]
         return {"continue_s": max(e["time"] for e in first_after) - killed_at,
                 "first_survivor_s": min(e["time"] for e in first_after) - killed_at,
@@ -74,9 +74,12 @@ def torchrun_trial(world: int, kill_after: int) -> dict:
 
         def read() -> None:
             for line in job.stdout:  # type: ignore[union-attr]
-                if line.startswith("{"):
-                    with lock:
-                        steps.append(json.loads(line))
+                try:
+                    record = json.loads(line)
+                except ValueError:  # torchrun's own lines
+                    continue
+                with lock:
+                    steps.append(record)
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
