@@ -48,7 +48,6 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
