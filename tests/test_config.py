@@ -63,6 +63,8 @@ def test_config_file_from_environment_variable(tmp_path):
         ("[coordinator]\nheartbeat_timeout_ms = 10\n", "coordinator.heartbeat_timeout_ms"),
         ("[checkpoint]\ncompression = 'lz4'\n", "checkpoint.compression"),
         ("[checkpoint]\nkeep_lastn = 3\n", "checkpoint.keep_lastn"),
+        ("[checkpoint]\nexit_timeout_s = -1\n", "checkpoint.exit_timeout_s"),
+        ("[dataset]\nprefetch_shards = true\n", "dataset.prefetch_shards"),
         ("[storage]\nbackend = 'ftp'\n", "storage.backend"),
         ("[cluster]\nsize = 3\n", "cluster"),
         ("[coordinator\n", "is not valid TOML"),
@@ -77,6 +79,11 @@ def test_bad_values_name_the_key(tmp_path, text, key):
 def test_bad_environment_value_names_the_key():
     with pytest.raises(ConfigError, match="coordinator.heartbeat_timeout_ms"):
         Config.load(env={"DTRUNTIME_HEARTBEAT_TIMEOUT_MS": "soon"})
+
+
+def test_exit_timeout_defaults_to_two_minutes_and_the_environment_sets_it():
+    assert Config.load(env={}).checkpoint.exit_timeout_s == 120
+    assert Config.load(env={"DTRUNTIME_CHECKPOINT_EXIT_TIMEOUT_S": "0"}).checkpoint.exit_timeout_s == 0
 
 
 def test_missing_file_and_unknown_override_are_clear_errors(tmp_path):

@@ -19,6 +19,11 @@ before the commit deletes only the part it wrote itself, so an earlier checkpoin
 never touched; a failed manifest write leaves the part for orphan cleanup rather than
 risk deleting a part a manifest names.
 
+Nothing queued is dropped silently: every open manager is closed at interpreter exit
+(also an exit by an uncaught exception), waiting up to ``exit_timeout_s`` for pending
+saves and logging an ERROR naming each step that will not exist (:mod:`.shutdown`).
+Closing the orchestrator a manager is attached to closes the manager first, the same way.
+
 Reads (``load``, ``list_checkpoints``) run in the caller's thread (asyncio variants in
 the default executor) and go straight to storage, so another process's commits are seen.
 
@@ -42,23 +47,23 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
+from ..config import Config
 from ..errors import CheckpointError, ConfigError, DtruntimeError
-from . import layout
+from . import layout, shutdown
 from .commit import PartReport, StepCommit, StorageView, scan_listing
-from .compression import compress, decompress, validate_setting
+from .compression import compress, decompress
 from .leader import LeaderCommitter
 from .integrity import Buffer, crc32c
 from .manifest import Manifest, PartRecord, check_metadata, decode_manifest, encode_manifest, verify_part
-from .retention import plan_retention, validate_keep_last_n
+from .retention import plan_retention
 from .slots import InFlightSlots
 from .storage import Storage, open_storage
 
 log = logging.getLogger("dtruntime.checkpoint")
-
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,10 @@ class _SaveJob:
 class CheckpointManager:
     """Save and load checkpoints under ``storage_path``.
 
+    The ``[checkpoint]`` settings left as None come from ``config``, or, without one, from
+    :meth:`Config.load` (the TOML file at ``$DTRUNTIME_CONFIG`` and the environment), so a
+    plain ``CheckpointManager(path)`` honours them; keyword arguments override both.
+
     Args:
         storage_path: a directory, or any fsspec URL (``s3://bucket/prefix``, ``memory://x``).
         backend: ``"local"``, ``"s3"``, ``"memory"`` or None (from the URL; plain path = local).
@@ -147,20 +156,32 @@ class CheckpointManager:
         orchestrator: a :class:`~dtruntime.TrainingOrchestrator` (registered before the
             first save): every rank saves its own part of each step and the leader
             commits it. Without one, or in a world of one, this process commits alone.
+            Closing the orchestrator first closes this manager (see :meth:`close_before_exit`).
+        exit_timeout_s: how long saves still pending at interpreter exit, or when the
+            orchestrator closes, may take to become durable (see :mod:`.shutdown`).
+        config: a :class:`~dtruntime.Config` to read the ``[checkpoint]`` section from.
     """
 
     def __init__(
         self,
         storage_path: str,
         backend: str | None = None,
-        keep_last_n: int = 5,
-        compression: str = "auto",
+        keep_last_n: int | None = None,
+        compression: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
         max_in_flight: int = 2,
         orchestrator: Any = None,
+        *,
+        exit_timeout_s: int | None = None,
+        config: Config | None = None,
     ) -> None:
-        self.keep_last_n = validate_keep_last_n(keep_last_n)
-        self.compression = validate_setting(compression)
+        given = {"keep_last_n": keep_last_n, "compression": compression, "exit_timeout_s": exit_timeout_s}
+        settings = (config if config is not None else Config.load()).checkpoint
+        settings = replace(settings, **{key: value for key, value in given.items() if value is not None})
+        settings.validate()
+        self.keep_last_n = settings.keep_last_n
+        self.compression = settings.compression
+        self.exit_timeout_s = settings.exit_timeout_s
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ConfigError("max_in_flight", f"must be a positive integer, not {max_in_flight!r}")
         self.max_in_flight = max_in_flight
@@ -190,14 +211,18 @@ class CheckpointManager:
         self._writer.start()
         self._janitor = threading.Thread(target=self._run_janitor, name="dtruntime-checkpoint-janitor", daemon=True)
         self._janitor.start()
+        shutdown.register(self)
+        if orchestrator is not None:
+            orchestrator.before_close(lambda: self.close_before_exit(self.exit_timeout_s))
 
     @classmethod
     def from_config(cls, config: Any, storage_path: str | None = None, **overrides: Any) -> "CheckpointManager":
         """Build from a :class:`dtruntime.Config` ([storage] and [checkpoint] sections).
 
-        Without ``storage_path``, the s3 backend uses ``s3://<bucket>/checkpoints``.
+        Without ``storage_path``, the s3 backend uses ``s3://<bucket>/checkpoints``. Unlike
+        the plain constructor, the backend and its endpoint and region come from [storage].
         """
-        storage, checkpoint = config.storage, config.checkpoint
+        storage = config.storage
         options: dict[str, Any] = {}
         if storage.backend == "s3":
             if storage_path is None:
@@ -210,12 +235,7 @@ class CheckpointManager:
                 options["client_kwargs"] = {"region_name": storage.region}
         if storage_path is None:
             raise ConfigError("storage_path", f"is required for the {storage.backend} backend")
-        settings: dict[str, Any] = {
-            "backend": storage.backend,
-            "keep_last_n": checkpoint.keep_last_n,
-            "compression": checkpoint.compression,
-            "storage_options": options or None,
-        }
+        settings: dict[str, Any] = {"backend": storage.backend, "storage_options": options or None, "config": config}
         settings.update(overrides)
         return cls(storage_path, **settings)
 
@@ -370,7 +390,33 @@ class CheckpointManager:
         self._janitor.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if self._janitor.is_alive():
             raise TimeoutError(f"checkpoint retention still running after {timeout} s")
+        shutdown.unregister(self)
         self._raise_unreported()
+
+    def close_before_exit(self, timeout: float) -> None:
+        """:meth:`close` within ``timeout`` s, for an exit: of the interpreter (the
+        :mod:`.shutdown` handler) or of the orchestrator this manager is attached to.
+
+        Never raises. Logs an ERROR naming each step still queued, being written or
+        awaiting its commit when the time is up (it will not exist), and one for failed
+        saves no handle reported.
+        """
+        try:
+            self.close(timeout)
+        except TimeoutError:
+            with self._lock:
+                lost, retaining = sorted(self._pending), self._retention_done < self._retention_requested
+            if lost:
+                log.error(
+                    "checkpoint step(s) %s under %s were not durable %s s after exit began and will not exist "
+                    "(wait for the save handles or close the manager before exiting, or raise "
+                    "[checkpoint] exit_timeout_s)", lost, self._storage.url, timeout,
+                )
+            elif retaining:
+                log.warning("checkpoint retention under %s was still running at exit: old steps may remain",
+                            self._storage.url)
+        except CheckpointError as exc:
+            log.error("checkpoint saves under %s failed before exit: %s", self._storage.url, exc)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
