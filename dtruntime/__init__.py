@@ -7,6 +7,7 @@ from .data import DatasetRegistry
 from .errors import (
     BarrierTimeout,
     CheckpointError,
+    CheckpointNotFoundError,
     ConfigError,
     DatasetError,
     DtruntimeError,
@@ -23,6 +24,7 @@ __all__ = [
     "BarrierTimeout",
     "CheckpointError",
     "CheckpointManager",
+    "CheckpointNotFoundError",
     "Config",
     "ConfigError",
     "DatasetError",

@@ -26,6 +26,9 @@ Closing the orchestrator a manager is attached to closes the manager first, the 
 
 Reads (``load``, ``list_checkpoints``) run in the caller's thread (asyncio variants in
 the default executor) and go straight to storage, so another process's commits are seen.
+``load()`` with no step (or step 0, the original API's "latest") falls back past newer
+committed steps that do not verify, to the newest whose every part does, so all ranks of
+a job resume from the same step; ``list_checkpoints(verify=True)`` lists those.
 
 With an orchestrator and a world of more than one rank, the writer writes this rank's
 part only (its key names the rank) and reports it through the orchestrator; its slot is
@@ -52,7 +55,7 @@ from types import TracebackType
 from typing import Any
 
 from ..config import Config
-from ..errors import CheckpointError, ConfigError, DtruntimeError
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, DtruntimeError
 from . import layout, shutdown
 from .commit import PartReport, StepCommit, StorageView, scan_listing
 from .compression import compress, decompress
@@ -311,45 +314,63 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------- loading
 
-    async def load(self, step: int | None = None, rank: int | None = None) -> bytes:
-        """Bytes of ``step`` (None: newest committed step), verified; see :meth:`load_bytes`."""
-        return await asyncio.to_thread(self.load_bytes, step, rank)
+    async def load(self, step: int | None = None, rank: int | None = None, *, exact: bool = False) -> bytes:
+        """Bytes of ``step`` (None or 0: the newest step that verifies), verified; see :meth:`load_bytes`."""
+        return await asyncio.to_thread(self.load_bytes, step, rank, exact=exact)
 
-    async def list_checkpoints(self) -> list[int]:
+    async def list_checkpoints(self, verify: bool = False) -> list[int]:
         """Committed steps, ascending; see :meth:`list_checkpoints_sync`."""
-        return await asyncio.to_thread(self.list_checkpoints_sync)
+        return await asyncio.to_thread(self.list_checkpoints_sync, verify)
 
-    def load_bytes(self, step: int | None = None, rank: int | None = None) -> bytes:
-        """Read and verify ``rank``'s part (None: this manager's rank) of ``step`` (None: the
-        newest step with a manifest).
+    def load_bytes(self, step: int | None = None, rank: int | None = None, *, exact: bool = False) -> bytes:
+        """Read and verify ``rank``'s part (None: this manager's rank) of ``step``.
 
-        FileNotFoundError when that step (or any step) is not committed; CheckpointError
-        naming step, rank and file when the part is missing, the wrong size or fails its
-        CRC, when the manifest has no such rank, or the manifest is damaged.
+        ``step=None`` loads the newest committed step whose every part verifies (so every
+        rank of a job resumes from the same step), logging a WARNING naming each newer step
+        skipped and why. ``step=0`` means the same, as in the original API (``load(step=0)
+        # Load latest``), with an INFO log when the step loaded is not 0; it is step 0
+        itself whenever that is the newest, and ``exact=True`` loads step 0 even when
+        newer steps exist. Any other step is loaded as it is, without falling back.
+
+        Raises :class:`CheckpointNotFoundError` (a ``FileNotFoundError`` too) when no
+        step, or not the step asked for, is committed; CheckpointError naming step, rank
+        and file when the part is missing, the wrong size or fails its CRC, when the
+        manifest has no such rank or is damaged, or, falling back, when no step verifies.
         """
-        manifest = self._read_manifest(self._resolve(step))
         wanted = self.rank if rank is None else layout.validate_rank(rank)
-        for record in manifest.parts:
-            if record.rank == wanted:
-                return self._read_part(manifest, record)
-        raise CheckpointError(f"checkpoint step {manifest.step} has no part of rank {wanted} (world of {manifest.world_size})")
+        if step is None or (layout.validate_step(step) == 0 and not exact):
+            return self._load_newest(wanted, latest_spelled_as_zero=step == 0)
+        return self._check_step(step, wanted, verify_all=False)
 
     def load_state(
-        self, step: int | None = None, *, rank: int | None = None, map_location: Any = "cpu", weights_only: bool = True
+        self,
+        step: int | None = None,
+        *,
+        rank: int | None = None,
+        exact: bool = False,
+        map_location: Any = "cpu",
+        weights_only: bool = True,
     ) -> Any:
         """``torch.load`` of :meth:`load_bytes` (``weights_only=True``: tensors and plain containers)."""
         import torch
 
-        data = self.load_bytes(step, rank)
+        data = self.load_bytes(step, rank, exact=exact)
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
 
-    def list_checkpoints_sync(self) -> list[int]:
-        """Committed steps, ascending: those whose manifest exists and decodes."""
+    def list_checkpoints_sync(self, verify: bool = False) -> list[int]:
+        """Committed steps, ascending: those whose manifest exists and decodes.
+
+        ``verify=True`` lists only the loadable ones, whose every part verifies (this reads
+        every part of every step). A step listed without ``verify`` may fail to load.
+        """
         steps = []
         for step in self._scan().committed:
             try:
-                self._read_manifest(step)
-            except (CheckpointError, FileNotFoundError):
+                if verify:
+                    self._check_step(step, None, verify_all=True)
+                else:
+                    self._read_manifest(step)
+            except CheckpointError:
                 continue
             steps.append(step)
         return steps
@@ -360,12 +381,10 @@ class CheckpointManager:
 
     def newest_valid_step(self) -> int | None:
         """The newest committed step whose every part verifies, or None. Reads the data."""
-        for step in reversed(self.list_checkpoints_sync()):
+        for step in reversed(self._scan().committed):
             try:
-                manifest = self._read_manifest(step)
-                for record in manifest.parts:
-                    self._read_part(manifest, record)
-            except (CheckpointError, FileNotFoundError) as exc:
+                self._check_step(step, None, verify_all=True)
+            except CheckpointError as exc:
                 log.warning("checkpoint step %d does not verify: %s", step, exc)
                 continue
             return step
@@ -656,8 +675,45 @@ class CheckpointManager:
             return layout.validate_step(step)
         newest = self._scan().newest_committed
         if newest is None:
-            raise FileNotFoundError(f"no committed checkpoint under {self._storage.url}")
+            raise CheckpointNotFoundError(f"no committed checkpoint under {self._storage.url}")
         return newest
+
+    def _load_newest(self, rank: int, latest_spelled_as_zero: bool) -> bytes:
+        """``rank``'s part of the newest committed step whose every part verifies."""
+        committed = self._scan().committed
+        if not committed:
+            raise CheckpointNotFoundError(f"no committed checkpoint under {self._storage.url}")
+        skipped: list[str] = []
+        for step in reversed(committed):
+            try:
+                data = self._check_step(step, rank, verify_all=True)
+            except CheckpointError as exc:
+                log.warning("skipping checkpoint step %d under %s, it does not verify: %s", step, self._storage.url, exc)
+                skipped.append(f"step {step}: {exc}")
+                continue
+            if skipped:
+                log.warning("loading checkpoint step %d under %s, the newest that verifies", step, self._storage.url)
+            if latest_spelled_as_zero and step != 0:
+                log.info("load(step=0) means the newest checkpoint, as in the original API: loading step %d "
+                         "(exact=True loads step 0 itself)", step)
+            return data
+        raise CheckpointError(f"no committed checkpoint under {self._storage.url} verifies: {'; '.join(skipped)}")
+
+    def _check_step(self, step: int, rank: int | None, verify_all: bool) -> bytes:
+        """Read ``step``'s manifest and verify its parts: ``rank``'s, and every other one
+        too when ``verify_all`` (read and dropped, one at a time). Returns ``rank``'s
+        decompressed bytes (empty when ``rank`` is None)."""
+        manifest = self._read_manifest(step)
+        records = {record.rank: record for record in manifest.parts}
+        if rank is not None and rank not in records:
+            raise CheckpointError(
+                f"checkpoint step {step} has no part of rank {rank} (world of {manifest.world_size})"
+            )
+        if verify_all:
+            for record in manifest.parts:
+                if record.rank != rank:
+                    self._read_stored(manifest, record)
+        return b"" if rank is None else self._read_part(manifest, records[rank])
 
     def _read_manifest(self, step: int) -> Manifest:
         key = layout.manifest_key(step)
@@ -665,12 +721,21 @@ class CheckpointManager:
         try:
             raw = self._storage.read(key)
         except FileNotFoundError:
-            raise FileNotFoundError(f"checkpoint step {step} is not committed under {self._storage.url}") from None
+            raise CheckpointNotFoundError(f"checkpoint step {step} is not committed under {self._storage.url}") from None
         except OSError as exc:
             raise CheckpointError(f"cannot read {source}: {exc}") from exc
         return decode_manifest(raw, expected_step=step, source=source)
 
     def _read_part(self, manifest: Manifest, record: PartRecord) -> bytes:
+        """The part of ``record``, verified and decompressed."""
+        stored, source = self._read_stored(manifest, record)
+        try:
+            return decompress(record.codec, stored)
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source}: {exc}") from exc
+
+    def _read_stored(self, manifest: Manifest, record: PartRecord) -> tuple[bytes, str]:
+        """The stored (compressed) bytes of ``record``'s part once they verify, and their source."""
         key = layout.part_key(manifest.step, record.rank, record.codec, record.checksum)
         source = self._storage.describe(key)
         try:
@@ -680,10 +745,7 @@ class CheckpointManager:
         except OSError as exc:
             raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: cannot read {source}: {exc}") from exc
         verify_part(manifest.step, record, stored, source)
-        try:
-            return decompress(record.codec, stored)
-        except CheckpointError as exc:
-            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source}: {exc}") from exc
+        return stored, source
 
     def _failure_seen(self, future: concurrent.futures.Future[SaveResult]) -> None:
         with self._lock:
