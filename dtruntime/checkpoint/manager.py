@@ -162,6 +162,7 @@ class CheckpointManager:
             Closing the orchestrator first closes this manager (see :meth:`close_before_exit`).
         exit_timeout_s: how long saves still pending at interpreter exit, or when the
             orchestrator closes, may take to become durable (see :mod:`.shutdown`).
+        interval_steps: the cadence of :meth:`should_save` / :meth:`maybe_save`.
         config: a :class:`~dtruntime.Config` to read the ``[checkpoint]`` section from.
     """
 
@@ -176,15 +177,18 @@ class CheckpointManager:
         orchestrator: Any = None,
         *,
         exit_timeout_s: int | None = None,
+        interval_steps: int | None = None,
         config: Config | None = None,
     ) -> None:
-        given = {"keep_last_n": keep_last_n, "compression": compression, "exit_timeout_s": exit_timeout_s}
+        given = {"keep_last_n": keep_last_n, "compression": compression, "exit_timeout_s": exit_timeout_s,
+                 "interval_steps": interval_steps}
         settings = (config if config is not None else Config.load()).checkpoint
         settings = replace(settings, **{key: value for key, value in given.items() if value is not None})
         settings.validate()
         self.keep_last_n = settings.keep_last_n
         self.compression = settings.compression
         self.exit_timeout_s = settings.exit_timeout_s
+        self.interval_steps = settings.interval_steps
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ConfigError("max_in_flight", f"must be a positive integer, not {max_in_flight!r}")
         self.max_in_flight = max_in_flight
@@ -292,6 +296,16 @@ class CheckpointManager:
                 f"step {step}: no save slot free after {timeout} s ({self.max_in_flight} saves in flight)"
             )
         return self._enqueue(job)
+
+    def should_save(self, step: int) -> bool:
+        """True when ``step`` is a positive multiple of ``interval_steps`` (``[checkpoint]
+        interval_steps``): step 0, before any training, is never due."""
+        layout.validate_step(step)
+        return step > 0 and step % self.interval_steps == 0
+
+    def maybe_save(self, state: Any, step: int, *, timeout: float | None = None, **metadata: Any) -> SaveHandle | None:
+        """:meth:`save` when :meth:`should_save` says ``step`` is due, else None."""
+        return self.save(state, step, timeout=timeout, **metadata) if self.should_save(step) else None
 
     async def flush(self) -> None:
         """Wait until every save queued so far is committed (or failed) and its retention ran.
