@@ -26,9 +26,10 @@ Closing the orchestrator a manager is attached to closes the manager first, the 
 
 Reads (``load``, ``list_checkpoints``) run in the caller's thread (asyncio variants in
 the default executor) and go straight to storage, so another process's commits are seen.
-``load()`` with no step (or step 0, the original API's "latest") falls back past newer
-committed steps that do not verify, to the newest whose every part does, so all ranks of
-a job resume from the same step; ``list_checkpoints(verify=True)`` lists those.
+``load()`` with no step (or step 0 while step 0 is not committed: the original API's
+"latest") falls back past newer committed steps that do not verify, to the newest whose
+every part does, so all ranks of a job resume from the same step;
+``list_checkpoints(verify=True)`` lists those.
 
 With an orchestrator and a world of more than one rank, the writer writes this rank's
 part only (its key names the rank) and reports it through the orchestrator; its slot is
@@ -328,47 +329,55 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------- loading
 
-    async def load(self, step: int | None = None, rank: int | None = None, *, exact: bool = False) -> bytes:
-        """Bytes of ``step`` (None or 0: the newest step that verifies), verified; see :meth:`load_bytes`."""
-        return await asyncio.to_thread(self.load_bytes, step, rank, exact=exact)
+    async def load(self, step: int | None = None, rank: int | None = None) -> bytes:
+        """Bytes of ``step`` (None: the newest step that verifies), verified; see :meth:`load_bytes`."""
+        return await asyncio.to_thread(self.load_bytes, step, rank)
 
     async def list_checkpoints(self, verify: bool = False) -> list[int]:
         """Committed steps, ascending; see :meth:`list_checkpoints_sync`."""
         return await asyncio.to_thread(self.list_checkpoints_sync, verify)
 
-    def load_bytes(self, step: int | None = None, rank: int | None = None, *, exact: bool = False) -> bytes:
+    def load_bytes(self, step: int | None = None, rank: int | None = None) -> bytes:
         """Read and verify ``rank``'s part (None: this manager's rank) of ``step``.
 
         ``step=None`` loads the newest committed step whose every part verifies (so every
         rank of a job resumes from the same step), logging a WARNING naming each newer step
-        skipped and why. ``step=0`` means the same, as in the original API (``load(step=0)
-        # Load latest``), with an INFO log when the step loaded is not 0; it is step 0
-        itself whenever that is the newest, and ``exact=True`` loads step 0 even when
-        newer steps exist. Any other step is loaded as it is, without falling back.
+        skipped and why. A committed step asked for by number is loaded as it is, never
+        another one. The one exception keeps the original API's ``load(step=0)  # Load
+        latest`` working: when step 0 is not committed, ``step=0`` loads what ``None``
+        would, with an INFO log. (So a program that saved step 0 and means "latest" by 0
+        gets step 0 while retention keeps it.)
 
         Raises :class:`CheckpointNotFoundError` (a ``FileNotFoundError`` too) when no
         step, or not the step asked for, is committed; CheckpointError naming step, rank
         and file when the part is missing, the wrong size or fails its CRC, when the
-        manifest has no such rank or is damaged, or, falling back, when no step verifies.
+        manifest has no such rank or is damaged, or, with no step, when no step verifies.
         """
         wanted = self.rank if rank is None else layout.validate_rank(rank)
-        if step is None or (layout.validate_step(step) == 0 and not exact):
-            return self._load_newest(wanted, latest_spelled_as_zero=step == 0)
-        return self._check_step(step, wanted, verify_all=False)
+        if step is None:
+            return self._load_newest(wanted)[1]
+        try:
+            return self._check_step(layout.validate_step(step), wanted, verify_all=False)
+        except CheckpointNotFoundError:
+            if step != 0:
+                raise
+        newest, data = self._load_newest(wanted)
+        log.info("checkpoint step 0 is not committed under %s: load(step=0) loaded the newest step, %d, "
+                 "as the original API's 'load latest' did", self._storage.url, newest)
+        return data
 
     def load_state(
         self,
         step: int | None = None,
         *,
         rank: int | None = None,
-        exact: bool = False,
         map_location: Any = "cpu",
         weights_only: bool = True,
     ) -> Any:
         """``torch.load`` of :meth:`load_bytes` (``weights_only=True``: tensors and plain containers)."""
         import torch
 
-        data = self.load_bytes(step, rank, exact=exact)
+        data = self.load_bytes(step, rank)
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
 
     def list_checkpoints_sync(self, verify: bool = False) -> list[int]:
@@ -692,8 +701,8 @@ class CheckpointManager:
             raise CheckpointNotFoundError(f"no committed checkpoint under {self._storage.url}")
         return newest
 
-    def _load_newest(self, rank: int, latest_spelled_as_zero: bool) -> bytes:
-        """``rank``'s part of the newest committed step whose every part verifies."""
+    def _load_newest(self, rank: int) -> tuple[int, bytes]:
+        """The newest committed step whose every part verifies, and ``rank``'s part of it."""
         committed = self._scan().committed
         if not committed:
             raise CheckpointNotFoundError(f"no committed checkpoint under {self._storage.url}")
@@ -707,10 +716,7 @@ class CheckpointManager:
                 continue
             if skipped:
                 log.warning("loading checkpoint step %d under %s, the newest that verifies", step, self._storage.url)
-            if latest_spelled_as_zero and step != 0:
-                log.info("load(step=0) means the newest checkpoint, as in the original API: loading step %d "
-                         "(exact=True loads step 0 itself)", step)
-            return data
+            return step, data
         raise CheckpointError(f"no committed checkpoint under {self._storage.url} verifies: {'; '.join(skipped)}")
 
     def _check_step(self, step: int, rank: int | None, verify_all: bool) -> bytes:

@@ -44,7 +44,7 @@ def test_save_list_load_round_trip_newest_first(store):
         assert [r.step for r in results] == [0, 5, 3] and all(r.codec == "none" for r in results)
         assert manager.list_checkpoints_sync() == [0, 3, 5]
         assert manager.load_bytes() == payloads[5]
-        assert all(manager.load_bytes(s, exact=True) == d for s, d in payloads.items())
+        assert all(manager.load_bytes(s) == d for s, d in payloads.items())
         with pytest.raises(FileNotFoundError, match="step 4 is not committed"):
             manager.load_bytes(4)
 

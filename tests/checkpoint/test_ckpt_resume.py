@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from dtruntime import CheckpointError, CheckpointManager, CheckpointNotFoundError
 from dtruntime.checkpoint import layout
 from dtruntime.checkpoint.leader import LeaderCommitter
+from dtruntime.checkpoint.storage import open_storage
 
 from .test_ckpt_exit import run_script
 from .test_ckpt_leader import WORLD, write_part
@@ -60,7 +60,7 @@ def test_when_no_step_verifies_the_error_names_each_and_is_not_file_not_found(tm
 
 
 def test_every_rank_falls_back_to_the_same_step_when_another_ranks_part_is_corrupt(tmp_path):
-    storage = CheckpointManager(str(tmp_path))._storage
+    storage = open_storage(str(tmp_path), None, None)
     leader = LeaderCommitter(storage, WORLD, 5, lambda step: {}, lambda step: None)
     for step in (4, 8):
         leader.decide(step, tuple(write_part(storage, step, rank) for rank in range(WORLD)), ())
@@ -71,26 +71,24 @@ def test_every_rank_falls_back_to_the_same_step_when_another_ranks_part_is_corru
         assert manager.newest_valid_step() == 4
 
 
-def test_load_step_0_means_latest_unless_step_0_is_asked_for_exactly(tmp_path, caplog):
+def test_load_step_0_is_step_0_when_committed_and_else_the_latest(tmp_path, caplog):
     with CheckpointManager(str(tmp_path)) as manager:
         with pytest.raises(FileNotFoundError):  # the original API's "nothing saved yet"
             asyncio.run(manager.load(step=0))
         with pytest.raises(CheckpointNotFoundError, match="no committed checkpoint"):
             manager.load_bytes(0)
-        manager.save_bytes(b"step zero", 0).result(TIMEOUT)
-        with caplog.at_level(logging.INFO, logger="dtruntime.checkpoint"):
-            assert asyncio.run(manager.load(step=0)) == b"step zero"  # the newest is step 0 itself
-        assert not [r for r in caplog.records if "means the newest" in r.getMessage()]
         for step in (10, 20):
             manager.save_bytes(b"step %d" % step, step).result(TIMEOUT)
         with caplog.at_level(logging.INFO, logger="dtruntime.checkpoint"):
-            assert asyncio.run(manager.load(step=0)) == b"step 20"
-        assert [r.levelname for r in caplog.records if "loading step 20" in r.getMessage()] == ["INFO"]
-        assert asyncio.run(manager.load(step=0, exact=True)) == b"step zero"  # a real step 0 stays reachable
+            assert asyncio.run(manager.load(step=0)) == b"step 20"  # the original API's "load latest"
+        [note] = [r for r in caplog.records if "load(step=0) loaded the newest step, 20" in r.getMessage()]
+        assert note.levelname == "INFO"
+        manager.save_bytes(b"step zero", 0).result(TIMEOUT)
+        assert asyncio.run(manager.load(step=0)) == b"step zero"  # a committed step 0 is never substituted
         assert manager.load_bytes(10) == b"step 10"
         with pytest.raises(CheckpointNotFoundError, match="step 15 is not committed") as caught:
             manager.load_bytes(15)
-        assert isinstance(caught.value, FileNotFoundError)
+        assert isinstance(caught.value, FileNotFoundError)  # other steps never fall back
 
 
 # The checkpoint code of the original document's full example, unchanged but for a toy
@@ -131,14 +129,18 @@ asyncio.run(main())
 
 
 def test_the_original_full_example_starts_fresh_then_resumes_from_the_latest_step(tmp_path):
-    first = run_script(_ORIGINAL_EXAMPLE, str(tmp_path), "30")
+    # keep_last_n = 2 from the configuration file: retention has removed step 0 by the rerun.
+    config = tmp_path / "dtruntime.toml"
+    config.write_text("[checkpoint]\nkeep_last_n = 2\n")
+    env = {"DTRUNTIME_CONFIG": str(config)}
+    first = run_script(_ORIGINAL_EXAMPLE, str(tmp_path / "ckpt"), "40", env=env)
     assert first.returncode == 0 and first.stdout.split() == ["start", "0"], first.stderr
-    with CheckpointManager(str(tmp_path)) as manager:
-        assert manager.list_checkpoints_sync() == [0, 10, 20]
-    second = run_script(_ORIGINAL_EXAMPLE, str(tmp_path), "50")
-    assert second.returncode == 0 and second.stdout.split() == ["start", "20"], second.stderr
-    with CheckpointManager(str(tmp_path)) as manager:
-        assert manager.list_checkpoints_sync() == [0, 10, 20, 30, 40]
-        assert manager.load_state(step=0)["step"] == 40
+    with CheckpointManager(str(tmp_path / "ckpt")) as manager:
+        assert manager.list_checkpoints_sync() == [20, 30]
+    second = run_script(_ORIGINAL_EXAMPLE, str(tmp_path / "ckpt"), "60", env=env)
+    assert second.returncode == 0 and second.stdout.split() == ["start", "30"], second.stderr
+    with CheckpointManager(str(tmp_path / "ckpt")) as manager:
+        assert manager.list_checkpoints_sync() == [40, 50]
+        assert manager.load_state()["step"] == 50
     # Its re-save of the step it resumed from is refused, loudly, at exit.
-    assert "step 20 already exists" in second.stderr
+    assert "step 30 already exists" in second.stderr
