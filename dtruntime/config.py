@@ -5,8 +5,10 @@ accepted as they are::
 
     [coordinator]  address, heartbeat_interval_ms, heartbeat_timeout_ms
     [storage]      backend, bucket, region, endpoint_url
-    [checkpoint]   interval_steps, keep_last_n, compression
+    [checkpoint]   interval_steps, keep_last_n, compression, exit_timeout_s
     [dataset]      default_shard_size, prefetch_shards
+
+(``exit_timeout_s`` is the one key the original file did not have.)
 
 Precedence, lowest first: dataclass defaults < TOML file < environment < keyword
 overrides passed in code. Every bad value raises :class:`~dtruntime.errors.ConfigError`
@@ -68,15 +70,22 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    """Checkpoint cadence, retention and compression (``none``, ``gzip``, ``zstd``, ``auto``)."""
+    """Checkpoint cadence, retention and compression (``none``, ``gzip``, ``zstd``, ``auto``).
+
+    ``exit_timeout_s``: how long, at interpreter exit (or when the orchestrator a manager
+    is attached to closes), saves still pending may take to become durable; 0 waits not at
+    all. Steps not durable by then are named in an ERROR log.
+    """
 
     interval_steps: int = 1000
     keep_last_n: int = 5
     compression: str = "auto"
+    exit_timeout_s: int = 120
 
     def validate(self) -> None:
         _positive("checkpoint.interval_steps", self.interval_steps)
         _positive("checkpoint.keep_last_n", self.keep_last_n)
+        _non_negative("checkpoint.exit_timeout_s", self.exit_timeout_s)
         if self.compression not in ("none", "gzip", "zstd", "auto"):
             raise ConfigError(
                 "checkpoint.compression", f"must be none, gzip, zstd or auto, not {self.compression!r}"
@@ -92,8 +101,7 @@ class DatasetConfig:
 
     def validate(self) -> None:
         _positive("dataset.default_shard_size", self.default_shard_size)
-        if not isinstance(self.prefetch_shards, int) or self.prefetch_shards < 0:
-            raise ConfigError("dataset.prefetch_shards", f"must be an integer >= 0, not {self.prefetch_shards!r}")
+        _non_negative("dataset.prefetch_shards", self.prefetch_shards)
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,7 @@ _ENV_KEYS = {
     "DTRUNTIME_STORAGE_BACKEND": ("storage", "backend"),
     "DTRUNTIME_CHECKPOINT_KEEP_LAST_N": ("checkpoint", "keep_last_n"),
     "DTRUNTIME_CHECKPOINT_COMPRESSION": ("checkpoint", "compression"),
+    "DTRUNTIME_CHECKPOINT_EXIT_TIMEOUT_S": ("checkpoint", "exit_timeout_s"),
     "DTRUNTIME_PREFETCH_SHARDS": ("dataset", "prefetch_shards"),
 }
 
@@ -178,6 +187,11 @@ _ENV_KEYS = {
 def _positive(key: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(key, f"must be a positive integer, not {value!r}")
+
+
+def _non_negative(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(key, f"must be an integer >= 0, not {value!r}")
 
 
 def _read_toml(path: Path, key: str) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The one error hierarchy of dtruntime.
 
 Every error the package raises on purpose derives from :class:`DtruntimeError`, so
-``except dtruntime.DtruntimeError`` catches all of them. ``FileNotFoundError`` from
-``CheckpointManager.load`` when no checkpoint exists is the one documented exception
-(it is what the original API promised).
+``except dtruntime.DtruntimeError`` catches all of them. :class:`CheckpointNotFoundError`
+(``CheckpointManager.load`` when no checkpoint, or not the step asked for, is committed)
+is also a ``FileNotFoundError``, which is what the original API promised.
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ class NoQuorumError(DtruntimeError):
 
 class CheckpointError(DtruntimeError):
     """A checkpoint could not be written, committed, or verified."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint is committed (or not the step asked for): ``except FileNotFoundError``,
+    the original API's way to start from scratch, catches it."""
 
 
 class DatasetError(DtruntimeError, ValueError):

@@ -36,6 +36,22 @@ def test_every_rank_saves_its_own_part_and_all_see_the_same_committed_steps(tmp_
             assert [layout.parse_part_name(k.split("/")[1])[0] for k in parts] == [0, 1, 2, 3]
 
 
+def test_the_readme_synchronous_ending_commits_every_rank_without_closing_the_manager(tmp_path):
+    # Saves queued, then orch.close_sync() and exit: the close flushes the manager first.
+    steps = [1, 2, 3]
+    extra = ["--storage", str(tmp_path), "--steps", ",".join(map(str, steps)), "--readme-ending"]
+    with Cluster(3, extra, module=WORKER) as cluster:
+        cluster.wait_exit([0, 1, 2], 60)
+        for worker in cluster.workers:
+            assert worker.process.returncode == 0, worker.stderr[-10:]
+            assert worker.events("queued") and not any("will not exist" in line for line in worker.stderr)
+    view = scan_listing(LocalStorage(str(tmp_path)).list_files())
+    assert view.committed == tuple(steps) and not view.in_flight
+    with CheckpointManager(str(tmp_path)) as manager:
+        for step in steps:
+            assert [manager.load_bytes(step, rank=rank) for rank in range(3)] == [payload(r, step) for r in range(3)]
+
+
 @pytest.mark.parametrize("stall_at", ["decide", "manifest"])
 def test_leader_killed_mid_commit_the_new_leader_finishes_the_step_from_storage(tmp_path, stall_at):
     extra = ["--storage", str(tmp_path), "--steps", "5,6", "--stall-step", "6", "--stall-at", stall_at]

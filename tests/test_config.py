@@ -63,6 +63,8 @@ def test_config_file_from_environment_variable(tmp_path):
         ("[coordinator]\nheartbeat_timeout_ms = 10\n", "coordinator.heartbeat_timeout_ms"),
         ("[checkpoint]\ncompression = 'lz4'\n", "checkpoint.compression"),
         ("[checkpoint]\nkeep_lastn = 3\n", "checkpoint.keep_lastn"),
+        ("[checkpoint]\nexit_timeout_s = -1\n", "checkpoint.exit_timeout_s"),
+        ("[dataset]\nprefetch_shards = true\n", "dataset.prefetch_shards"),
         ("[storage]\nbackend = 'ftp'\n", "storage.backend"),
         ("[cluster]\nsize = 3\n", "cluster"),
         ("[coordinator\n", "is not valid TOML"),
@@ -104,8 +106,64 @@ def test_an_address_without_a_port_says_the_port_is_missing(tmp_path):
     assert str(caught.value) == "config coordinator.address: 'localhost' has no port: write host:port, e.g. localhost:50051"
 
 
+def test_exit_timeout_defaults_to_two_minutes_and_the_environment_sets_it():
+    assert Config.load(env={}).checkpoint.exit_timeout_s == 120
+    assert Config.load(env={"DTRUNTIME_CHECKPOINT_EXIT_TIMEOUT_S": "0"}).checkpoint.exit_timeout_s == 0
+
+
 def test_missing_file_and_unknown_override_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         Config.load(tmp_path / "nope.toml", env={})
     with pytest.raises(ConfigError, match="unknown configuration key"):
         Config.load(env={}, heartbeat_ms=5)
+
+
+# ---------------------------------------------- the plain constructors honour the file
+
+
+@pytest.fixture
+def config_file(tmp_path, monkeypatch):
+    """A TOML file at $DTRUNTIME_CONFIG with [checkpoint] and [dataset] set away from the defaults."""
+    path = write(tmp_path, "[checkpoint]\nkeep_last_n = 2\ninterval_steps = 50\ncompression = 'none'\n"
+                           "[dataset]\ndefault_shard_size = 250\nprefetch_shards = 0\n")
+    monkeypatch.setenv("DTRUNTIME_CONFIG", str(path))
+    for name in ("DTRUNTIME_CHECKPOINT_KEEP_LAST_N", "DTRUNTIME_CHECKPOINT_COMPRESSION", "DTRUNTIME_PREFETCH_SHARDS"):
+        monkeypatch.delenv(name, raising=False)
+    return path
+
+
+def test_checkpoint_manager_reads_the_file_and_keywords_win(tmp_path, config_file, monkeypatch):
+    from dtruntime import CheckpointManager
+
+    with CheckpointManager(str(tmp_path / "ckpt")) as manager:
+        assert (manager.keep_last_n, manager.compression, manager.interval_steps) == (2, "none", 50)
+        for step in (50, 100, 150, 200):
+            handle = manager.maybe_save({"step": step}, step)
+            assert handle is not None and handle.result(30).codec == "none"
+        assert manager.maybe_save({"step": 201}, 201) is None
+        manager.flush_sync(30)
+        assert manager.list_checkpoints_sync() == [150, 200]  # keep_last_n = 2 from the file
+    with CheckpointManager(str(tmp_path / "x"), interval_steps=7) as manager:
+        assert [manager.should_save(s) for s in (0, 7, 8, 14)] == [False, True, False, True]
+    monkeypatch.setenv("DTRUNTIME_CHECKPOINT_KEEP_LAST_N", "4")  # the environment overrides the file
+    with CheckpointManager(str(tmp_path / "y")) as manager:
+        assert manager.keep_last_n == 4
+    with CheckpointManager(str(tmp_path / "z"), keep_last_n=9) as manager:  # keywords override both
+        assert manager.keep_last_n == 9
+    with pytest.raises(ConfigError, match="checkpoint.interval_steps"):
+        CheckpointManager(str(tmp_path / "w"), interval_steps=0)
+    with pytest.raises(ConfigError, match="checkpoint.exit_timeout_s"):
+        CheckpointManager(str(tmp_path / "w"), exit_timeout_s=-1)
+
+
+def test_dataset_registry_reads_shard_size_and_prefetch_from_the_file(tmp_path, config_file):
+    from dtruntime import DatasetRegistry
+
+    from .datasets_helpers import write_parquet_files
+
+    write_parquet_files(str(tmp_path / "data"), [600])
+    registry = DatasetRegistry(rank=0, world_size=1)
+    assert registry.register("d", str(tmp_path / "data")).shard_size == 250
+    assert registry.open_shard("d", 0, 0).prefetch_shards == 0
+    assert registry.open_shard("d", 0, 0, prefetch_shards=3).prefetch_shards == 3
+    assert registry.register("e", total_samples=1000, shard_size=100).shard_size == 100  # a keyword wins

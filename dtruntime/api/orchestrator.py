@@ -35,7 +35,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
@@ -195,6 +195,7 @@ class TrainingOrchestrator:
         self._commit_handler: CommitHandler | None = None
         self._commit_backlog: list[CommitDue] = []  # dues that came before a handler
         self._commit_thread: ThreadPoolExecutor | None = None
+        self._before_close: list[Callable[[], None]] = []
 
     # -- properties -----------------------------------------------------------------
 
@@ -294,7 +295,19 @@ class TrainingOrchestrator:
         self._running().submit(lambda node, now: node.tick(now)).result(timeout=10)
 
     def close_sync(self) -> None:
-        """Leave the cluster and release the threads, sockets and port. Idempotent."""
+        """Leave the cluster and release the threads, sockets and port. Idempotent.
+
+        First, while this worker is still in the cluster, runs the :meth:`before_close`
+        callbacks: the checkpoint managers attached to it finish their pending saves, so
+        that every rank's part of those steps is committed.
+        """
+        with self._lock:
+            callbacks, self._before_close = self._before_close, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - the close goes on; the rest must still run
+                log.exception("a before-close callback of %s failed", self.worker_id)
         driver = self._driver
         if driver is not None:
             driver.close()
@@ -327,6 +340,13 @@ class TrainingOrchestrator:
 
         submitted.add_done_callback(on_submitted)
         return future
+
+    def before_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` at the start of :meth:`close_sync` (in registration order, each
+        once), while the driver still runs: a ``CheckpointManager`` attached to this
+        orchestrator registers its close here. An exception from it is logged."""
+        with self._lock:
+            self._before_close.append(callback)
 
     def set_commit_handler(self, handler: CommitHandler) -> None:
         """Register the storage owner that decides steps while this worker leads (one per process)."""

@@ -19,8 +19,17 @@ before the commit deletes only the part it wrote itself, so an earlier checkpoin
 never touched; a failed manifest write leaves the part for orphan cleanup rather than
 risk deleting a part a manifest names.
 
+Nothing queued is dropped silently: every open manager is closed at interpreter exit
+(also an exit by an uncaught exception), waiting up to ``exit_timeout_s`` for pending
+saves and logging an ERROR naming each step that will not exist (:mod:`.shutdown`).
+Closing the orchestrator a manager is attached to closes the manager first, the same way.
+
 Reads (``load``, ``list_checkpoints``) run in the caller's thread (asyncio variants in
 the default executor) and go straight to storage, so another process's commits are seen.
+``load()`` with no step (or step 0 while step 0 is not committed: the original API's
+"latest") falls back past newer committed steps that do not verify, to the newest whose
+every part does, so all ranks of a job resume from the same step;
+``list_checkpoints(verify=True)`` lists those.
 
 With an orchestrator and a world of more than one rank, the writer writes this rank's
 part only (its key names the rank) and reports it through the orchestrator; its slot is
@@ -42,23 +51,23 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
-from ..errors import CheckpointError, ConfigError, DtruntimeError
-from . import layout
+from ..config import Config
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, DtruntimeError
+from . import layout, shutdown
 from .commit import PartReport, StepCommit, StorageView, scan_listing
-from .compression import compress, decompress, validate_setting
+from .compression import compress, decompress
 from .leader import LeaderCommitter
 from .integrity import Buffer, crc32c
 from .manifest import Manifest, PartRecord, check_metadata, decode_manifest, encode_manifest, verify_part
-from .retention import plan_retention, validate_keep_last_n
+from .retention import plan_retention
 from .slots import InFlightSlots
 from .storage import Storage, open_storage
 
 log = logging.getLogger("dtruntime.checkpoint")
-
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,10 @@ class _SaveJob:
 class CheckpointManager:
     """Save and load checkpoints under ``storage_path``.
 
+    The ``[checkpoint]`` settings left as None come from ``config``, or, without one, from
+    :meth:`Config.load` (the TOML file at ``$DTRUNTIME_CONFIG`` and the environment), so a
+    plain ``CheckpointManager(path)`` honours them; keyword arguments override both.
+
     Args:
         storage_path: a directory, or any fsspec URL (``s3://bucket/prefix``, ``memory://x``).
         backend: ``"local"``, ``"s3"``, ``"memory"`` or None (from the URL; plain path = local).
@@ -147,20 +160,36 @@ class CheckpointManager:
         orchestrator: a :class:`~dtruntime.TrainingOrchestrator` (registered before the
             first save): every rank saves its own part of each step and the leader
             commits it. Without one, or in a world of one, this process commits alone.
+            Closing the orchestrator first closes this manager (see :meth:`close_before_exit`).
+        exit_timeout_s: how long saves still pending at interpreter exit, or when the
+            orchestrator closes, may take to become durable (see :mod:`.shutdown`).
+        interval_steps: the cadence of :meth:`should_save` / :meth:`maybe_save`.
+        config: a :class:`~dtruntime.Config` to read the ``[checkpoint]`` section from.
     """
 
     def __init__(
         self,
         storage_path: str,
         backend: str | None = None,
-        keep_last_n: int = 5,
-        compression: str = "auto",
+        keep_last_n: int | None = None,
+        compression: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
         max_in_flight: int = 2,
         orchestrator: Any = None,
+        *,
+        exit_timeout_s: int | None = None,
+        interval_steps: int | None = None,
+        config: Config | None = None,
     ) -> None:
-        self.keep_last_n = validate_keep_last_n(keep_last_n)
-        self.compression = validate_setting(compression)
+        given = {"keep_last_n": keep_last_n, "compression": compression, "exit_timeout_s": exit_timeout_s,
+                 "interval_steps": interval_steps}
+        settings = (config if config is not None else Config.load()).checkpoint
+        settings = replace(settings, **{key: value for key, value in given.items() if value is not None})
+        settings.validate()
+        self.keep_last_n = settings.keep_last_n
+        self.compression = settings.compression
+        self.exit_timeout_s = settings.exit_timeout_s
+        self.interval_steps = settings.interval_steps
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ConfigError("max_in_flight", f"must be a positive integer, not {max_in_flight!r}")
         self.max_in_flight = max_in_flight
@@ -190,14 +219,18 @@ class CheckpointManager:
         self._writer.start()
         self._janitor = threading.Thread(target=self._run_janitor, name="dtruntime-checkpoint-janitor", daemon=True)
         self._janitor.start()
+        shutdown.register(self)
+        if orchestrator is not None:
+            orchestrator.before_close(lambda: self.close_before_exit(self.exit_timeout_s))
 
     @classmethod
     def from_config(cls, config: Any, storage_path: str | None = None, **overrides: Any) -> "CheckpointManager":
         """Build from a :class:`dtruntime.Config` ([storage] and [checkpoint] sections).
 
-        Without ``storage_path``, the s3 backend uses ``s3://<bucket>/checkpoints``.
+        Without ``storage_path``, the s3 backend uses ``s3://<bucket>/checkpoints``. Unlike
+        the plain constructor, the backend and its endpoint and region come from [storage].
         """
-        storage, checkpoint = config.storage, config.checkpoint
+        storage = config.storage
         options: dict[str, Any] = {}
         if storage.backend == "s3":
             if storage_path is None:
@@ -210,12 +243,7 @@ class CheckpointManager:
                 options["client_kwargs"] = {"region_name": storage.region}
         if storage_path is None:
             raise ConfigError("storage_path", f"is required for the {storage.backend} backend")
-        settings: dict[str, Any] = {
-            "backend": storage.backend,
-            "keep_last_n": checkpoint.keep_last_n,
-            "compression": checkpoint.compression,
-            "storage_options": options or None,
-        }
+        settings: dict[str, Any] = {"backend": storage.backend, "storage_options": options or None, "config": config}
         settings.update(overrides)
         return cls(storage_path, **settings)
 
@@ -270,6 +298,16 @@ class CheckpointManager:
             )
         return self._enqueue(job)
 
+    def should_save(self, step: int) -> bool:
+        """True when ``step`` is a positive multiple of ``interval_steps`` (``[checkpoint]
+        interval_steps``): step 0, before any training, is never due."""
+        layout.validate_step(step)
+        return step > 0 and step % self.interval_steps == 0
+
+    def maybe_save(self, state: Any, step: int, *, timeout: float | None = None, **metadata: Any) -> SaveHandle | None:
+        """:meth:`save` when :meth:`should_save` says ``step`` is due, else None."""
+        return self.save(state, step, timeout=timeout, **metadata) if self.should_save(step) else None
+
     async def flush(self) -> None:
         """Wait until every save queued so far is committed (or failed) and its retention ran.
 
@@ -292,30 +330,49 @@ class CheckpointManager:
     # ---------------------------------------------------------------- loading
 
     async def load(self, step: int | None = None, rank: int | None = None) -> bytes:
-        """Bytes of ``step`` (None: newest committed step), verified; see :meth:`load_bytes`."""
+        """Bytes of ``step`` (None: the newest step that verifies), verified; see :meth:`load_bytes`."""
         return await asyncio.to_thread(self.load_bytes, step, rank)
 
-    async def list_checkpoints(self) -> list[int]:
+    async def list_checkpoints(self, verify: bool = False) -> list[int]:
         """Committed steps, ascending; see :meth:`list_checkpoints_sync`."""
-        return await asyncio.to_thread(self.list_checkpoints_sync)
+        return await asyncio.to_thread(self.list_checkpoints_sync, verify)
 
     def load_bytes(self, step: int | None = None, rank: int | None = None) -> bytes:
-        """Read and verify ``rank``'s part (None: this manager's rank) of ``step`` (None: the
-        newest step with a manifest).
+        """Read and verify ``rank``'s part (None: this manager's rank) of ``step``.
 
-        FileNotFoundError when that step (or any step) is not committed; CheckpointError
-        naming step, rank and file when the part is missing, the wrong size or fails its
-        CRC, when the manifest has no such rank, or the manifest is damaged.
+        ``step=None`` loads the newest committed step whose every part verifies (so every
+        rank of a job resumes from the same step), logging a WARNING naming each newer step
+        skipped and why. A committed step asked for by number is loaded as it is, never
+        another one. The one exception keeps the original API's ``load(step=0)  # Load
+        latest`` working: when step 0 is not committed, ``step=0`` loads what ``None``
+        would, with an INFO log. (So a program that saved step 0 and means "latest" by 0
+        gets step 0 while retention keeps it.)
+
+        Raises :class:`CheckpointNotFoundError` (a ``FileNotFoundError`` too) when no
+        step, or not the step asked for, is committed; CheckpointError naming step, rank
+        and file when the part is missing, the wrong size or fails its CRC, when the
+        manifest has no such rank or is damaged, or, with no step, when no step verifies.
         """
-        manifest = self._read_manifest(self._resolve(step))
         wanted = self.rank if rank is None else layout.validate_rank(rank)
-        for record in manifest.parts:
-            if record.rank == wanted:
-                return self._read_part(manifest, record)
-        raise CheckpointError(f"checkpoint step {manifest.step} has no part of rank {wanted} (world of {manifest.world_size})")
+        if step is None:
+            return self._load_newest(wanted)[1]
+        try:
+            return self._check_step(layout.validate_step(step), wanted, verify_all=False)
+        except CheckpointNotFoundError:
+            if step != 0:
+                raise
+        newest, data = self._load_newest(wanted)
+        log.info("checkpoint step 0 is not committed under %s: load(step=0) loaded the newest step, %d, "
+                 "as the original API's 'load latest' did", self._storage.url, newest)
+        return data
 
     def load_state(
-        self, step: int | None = None, *, rank: int | None = None, map_location: Any = "cpu", weights_only: bool = True
+        self,
+        step: int | None = None,
+        *,
+        rank: int | None = None,
+        map_location: Any = "cpu",
+        weights_only: bool = True,
     ) -> Any:
         """``torch.load`` of :meth:`load_bytes` (``weights_only=True``: tensors and plain containers)."""
         import torch
@@ -323,13 +380,20 @@ class CheckpointManager:
         data = self.load_bytes(step, rank)
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
 
-    def list_checkpoints_sync(self) -> list[int]:
-        """Committed steps, ascending: those whose manifest exists and decodes."""
+    def list_checkpoints_sync(self, verify: bool = False) -> list[int]:
+        """Committed steps, ascending: those whose manifest exists and decodes.
+
+        ``verify=True`` lists only the loadable ones, whose every part verifies (this reads
+        every part of every step). A step listed without ``verify`` may fail to load.
+        """
         steps = []
         for step in self._scan().committed:
             try:
-                self._read_manifest(step)
-            except (CheckpointError, FileNotFoundError):
+                if verify:
+                    self._check_step(step, None, verify_all=True)
+                else:
+                    self._read_manifest(step)
+            except CheckpointError:
                 continue
             steps.append(step)
         return steps
@@ -340,12 +404,10 @@ class CheckpointManager:
 
     def newest_valid_step(self) -> int | None:
         """The newest committed step whose every part verifies, or None. Reads the data."""
-        for step in reversed(self.list_checkpoints_sync()):
+        for step in reversed(self._scan().committed):
             try:
-                manifest = self._read_manifest(step)
-                for record in manifest.parts:
-                    self._read_part(manifest, record)
-            except (CheckpointError, FileNotFoundError) as exc:
+                self._check_step(step, None, verify_all=True)
+            except CheckpointError as exc:
                 log.warning("checkpoint step %d does not verify: %s", step, exc)
                 continue
             return step
@@ -370,7 +432,33 @@ class CheckpointManager:
         self._janitor.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if self._janitor.is_alive():
             raise TimeoutError(f"checkpoint retention still running after {timeout} s")
+        shutdown.unregister(self)
         self._raise_unreported()
+
+    def close_before_exit(self, timeout: float) -> None:
+        """:meth:`close` within ``timeout`` s, for an exit: of the interpreter (the
+        :mod:`.shutdown` handler) or of the orchestrator this manager is attached to.
+
+        Never raises. Logs an ERROR naming each step still queued, being written or
+        awaiting its commit when the time is up (it will not exist), and one for failed
+        saves no handle reported.
+        """
+        try:
+            self.close(timeout)
+        except TimeoutError:
+            with self._lock:
+                lost, retaining = sorted(self._pending), self._retention_done < self._retention_requested
+            if lost:
+                log.error(
+                    "checkpoint step(s) %s under %s were not durable %s s after exit began and will not exist "
+                    "(wait for the save handles or close the manager before exiting, or raise "
+                    "[checkpoint] exit_timeout_s)", lost, self._storage.url, timeout,
+                )
+            elif retaining:
+                log.warning("checkpoint retention under %s was still running at exit: old steps may remain",
+                            self._storage.url)
+        except CheckpointError as exc:
+            log.error("checkpoint saves under %s failed before exit: %s", self._storage.url, exc)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
@@ -610,8 +698,42 @@ class CheckpointManager:
             return layout.validate_step(step)
         newest = self._scan().newest_committed
         if newest is None:
-            raise FileNotFoundError(f"no committed checkpoint under {self._storage.url}")
+            raise CheckpointNotFoundError(f"no committed checkpoint under {self._storage.url}")
         return newest
+
+    def _load_newest(self, rank: int) -> tuple[int, bytes]:
+        """The newest committed step whose every part verifies, and ``rank``'s part of it."""
+        committed = self._scan().committed
+        if not committed:
+            raise CheckpointNotFoundError(f"no committed checkpoint under {self._storage.url}")
+        skipped: list[str] = []
+        for step in reversed(committed):
+            try:
+                data = self._check_step(step, rank, verify_all=True)
+            except CheckpointError as exc:
+                log.warning("skipping checkpoint step %d under %s, it does not verify: %s", step, self._storage.url, exc)
+                skipped.append(f"step {step}: {exc}")
+                continue
+            if skipped:
+                log.warning("loading checkpoint step %d under %s, the newest that verifies", step, self._storage.url)
+            return step, data
+        raise CheckpointError(f"no committed checkpoint under {self._storage.url} verifies: {'; '.join(skipped)}")
+
+    def _check_step(self, step: int, rank: int | None, verify_all: bool) -> bytes:
+        """Read ``step``'s manifest and verify its parts: ``rank``'s, and every other one
+        too when ``verify_all`` (read and dropped, one at a time). Returns ``rank``'s
+        decompressed bytes (empty when ``rank`` is None)."""
+        manifest = self._read_manifest(step)
+        records = {record.rank: record for record in manifest.parts}
+        if rank is not None and rank not in records:
+            raise CheckpointError(
+                f"checkpoint step {step} has no part of rank {rank} (world of {manifest.world_size})"
+            )
+        if verify_all:
+            for record in manifest.parts:
+                if record.rank != rank:
+                    self._read_stored(manifest, record)
+        return b"" if rank is None else self._read_part(manifest, records[rank])
 
     def _read_manifest(self, step: int) -> Manifest:
         key = layout.manifest_key(step)
@@ -619,12 +741,21 @@ class CheckpointManager:
         try:
             raw = self._storage.read(key)
         except FileNotFoundError:
-            raise FileNotFoundError(f"checkpoint step {step} is not committed under {self._storage.url}") from None
+            raise CheckpointNotFoundError(f"checkpoint step {step} is not committed under {self._storage.url}") from None
         except OSError as exc:
             raise CheckpointError(f"cannot read {source}: {exc}") from exc
         return decode_manifest(raw, expected_step=step, source=source)
 
     def _read_part(self, manifest: Manifest, record: PartRecord) -> bytes:
+        """The part of ``record``, verified and decompressed."""
+        stored, source = self._read_stored(manifest, record)
+        try:
+            return decompress(record.codec, stored)
+        except CheckpointError as exc:
+            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source}: {exc}") from exc
+
+    def _read_stored(self, manifest: Manifest, record: PartRecord) -> tuple[bytes, str]:
+        """The stored (compressed) bytes of ``record``'s part once they verify, and their source."""
         key = layout.part_key(manifest.step, record.rank, record.codec, record.checksum)
         source = self._storage.describe(key)
         try:
@@ -634,10 +765,7 @@ class CheckpointManager:
         except OSError as exc:
             raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: cannot read {source}: {exc}") from exc
         verify_part(manifest.step, record, stored, source)
-        try:
-            return decompress(record.codec, stored)
-        except CheckpointError as exc:
-            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source}: {exc}") from exc
+        return stored, source
 
     def _failure_seen(self, future: concurrent.futures.Future[SaveResult]) -> None:
         with self._lock:

@@ -48,7 +48,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .. import sharding
-from ..config import DatasetConfig
+from ..config import Config, DatasetConfig
 from ..errors import DatasetError
 from . import files as dataset_files
 from .files import FileSlice
@@ -217,7 +217,10 @@ class DatasetRegistry:
     computed locally either way. ``storage_options`` go to fsspec when opening dataset URLs
     (``{"endpoint_url": ...}`` for an S3-compatible store); they are not part of the spec, so
     credentials never enter a fingerprint. ``spec_check_timeout`` bounds the cross-worker
-    spec check of :meth:`register` (None: wait as long as a barrier would).
+    spec check of :meth:`register` (None: wait as long as a barrier would). ``config`` (the
+    ``[dataset]`` section) gives ``default_shard_size`` and ``prefetch_shards`` when a call
+    leaves them out; without one, :meth:`Config.load` reads them (``$DTRUNTIME_CONFIG`` and
+    the environment).
     """
 
     _CACHE_SIZE = 16
@@ -238,7 +241,7 @@ class DatasetRegistry:
         self.coordinator_url = coordinator_url
         self.spec_check_timeout = spec_check_timeout
         self._orchestrator = orchestrator
-        self._config = config or DatasetConfig()
+        self._config = config if config is not None else Config.load().dataset
         self._storage_options = dict(storage_options or {})
         self._rank = _env_int("RANK", 0) if rank is None else rank
         self._world_size = _env_int("WORLD_SIZE", 1) if world_size is None else world_size
@@ -257,13 +260,14 @@ class DatasetRegistry:
         path: str | None = None,
         format: str | None = None,
         total_samples: int | None = None,
-        shard_size: int | None = 10000,
+        shard_size: int | None = None,
         shuffle: bool = False,
         seed: int | None = None,
         **metadata: Any,
     ) -> DatasetSpec:
         """Register a dataset; registering the same spec again is a no-op, a different one an error.
 
+        ``shard_size`` None takes ``[dataset] default_shard_size`` (10000 unless configured).
         ``max_record_bytes`` (TFRecord) may be given among the keyword arguments. With an
         orchestrator, the first registration of ``dataset_id`` is collective: it returns
         once every worker registered it, and raises DatasetError naming the first

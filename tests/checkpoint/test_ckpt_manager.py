@@ -212,11 +212,12 @@ def test_every_byte_flip_and_truncation_of_part_or_manifest_is_detected_on_load(
         assert len(files) == 2
         checked = _flip_and_truncate_everything(manager, 2, files)
         assert checked == 4 * sum(f.stat().st_size for f in files)  # 3 flips + 1 truncation per byte
-        # A damaged newest step is reported by load() and skipped by newest_valid_step().
+        # A damaged newest step is reported by load(2) and skipped by load() and newest_valid_step().
         part = next(f for f in files if f.name != "MANIFEST")
         part.write_bytes(part.read_bytes()[:-1])
         with pytest.raises(CheckpointError, match=part.name):
-            manager.load_bytes()
+            manager.load_bytes(2)
+        assert manager.load_bytes() == b"older checkpoint"
         assert manager.newest_valid_step() == 1
         (step_dir / "MANIFEST").write_bytes(b"{}")
         assert manager.list_checkpoints_sync() == [1]  # unparseable manifest: not listed

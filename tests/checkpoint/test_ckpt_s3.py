@@ -107,7 +107,9 @@ def test_corrupt_part_on_s3_is_detected_and_named(s3_store, s3_options):
         data[50] ^= 0x04
         fs.pipe_file(part, bytes(data))
         with pytest.raises(CheckpointError, match=rf"step 2 rank 0: .*{part.rsplit('/', 1)[1]} crc32c"):
-            manager.load_bytes()
+            manager.load_bytes(2)
+        assert manager.load_bytes() == b"older"  # with no step, load falls back past it
+        assert manager.list_checkpoints_sync(verify=True) == [1]
         assert manager.newest_valid_step() == 1
 
 

@@ -2,13 +2,17 @@
 
     python -m tests.workers.checkpoint_worker --rank R --world N --coordinator tcp://127.0.0.1:P
         --storage DIR --steps 10,20,30 [--stall-step S --stall-at decide|manifest] [--sleep-before-save T]
+        [--readme-ending]
 
 Each rank saves ``payload(rank, step)`` for every step and waits for the commit, passes a
 barrier, then lists the committed steps and loads its own part (and rank 0's) of each.
+``--readme-ending``: instead, end as the README's synchronous example does: queue the
+saves, call ``orchestrator.close_sync()`` and exit, never waiting for a handle or closing
+the manager (prints "queued" before the close).
 ``--stall-step``: on the leader, the commit of that step stops for good just before
 deciding (``decide``) or right after writing the manifest (``manifest``), so the test
 can kill -9 it there. Prints JSON lines: {"event": "registered" | "saved" | "save_error" |
-"stalled" | "listed" | "loaded" | "error" | "done", ...}.
+"stalled" | "listed" | "loaded" | "queued" | "error" | "done", ...}.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def main() -> int:
     parser.add_argument("--stall-at", choices=["decide", "manifest"], default="decide")
     parser.add_argument("--commit-timeout", type=float, default=30.0)
     parser.add_argument("--sleep-before-save", type=float, default=0.0)
+    parser.add_argument("--readme-ending", action="store_true")
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     if args.stall_step is not None:
@@ -81,6 +86,12 @@ def main() -> int:
         emit(event="registered")
         manager = CheckpointManager(args.storage, orchestrator=orchestrator, keep_last_n=10)
         time.sleep(args.sleep_before_save)
+        if args.readme_ending:
+            for step in steps:
+                manager.save_bytes(payload(args.rank, step), step, origin=args.rank)
+            emit(event="queued", steps=steps)
+            orchestrator.close_sync()
+            return 0
         with manager:
             handles = [manager.save_bytes(payload(args.rank, step), step, origin=args.rank) for step in steps]
             for handle in handles:
