@@ -4,10 +4,13 @@ A *generation* is one torch.distributed process group among the workers live at 
 start. Forming generation ``g`` takes three agreement barriers of the control plane
 (``elastic=True``, so a worker lost meanwhile is left out rather than failing them):
 
-1. **members**: each worker brings the ids it sees live, by rank. Views differ for a
+1. **members**: each worker brings a digest of the ids it sees live, by rank (any
+   world size fits a barrier value; equal digests mean equal lists). Views differ for a
    moment after a loss (gossip is still spreading the verdict); a round whose values
    differ is retried, after a heartbeat, under a new round number. Every worker gets
-   the same agreement record, so every worker retries the same rounds.
+   the same agreement record, so every worker retries the same rounds. A round also
+   does not count if a member died during it: the release carries the leader's
+   verdict, so every survivor sees that and retries too.
 2. **steps**: each worker brings how many optimizer steps it has applied. Training is
    lock-step, so the values differ by at most one (a worker lost at the end of an
    all-reduce can leave some survivors with the step applied and others without);
@@ -25,6 +28,7 @@ and the caller forms the next generation.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -69,16 +73,17 @@ def agree_generation(
     """Form generation ``number``; returns it and the store this worker hosts (dense rank 0)."""
     for round_number in range(MAX_MEMBER_ROUNDS):
         tag = f"dtruntime.elastic/{number}/{round_number}"
-        mine = ",".join(live_ids(orchestrator))
-        agreement = orchestrator.agree_sync(f"{tag}/members", mine, timeout=timeout, elastic=True)
-        if agreement.agreed:
-            break
-        log.info("generation %d round %d: views differ (%s sees %s); retrying", number, round_number,
-                 agreement.differing[0], agreement.differing_value)
+        members = tuple(live_ids(orchestrator))
+        digest = hashlib.blake2b("\n".join(members).encode("utf-8"), digest_size=8).hexdigest()
+        agreement = orchestrator.agree_sync(f"{tag}/members", f"{len(members)}:{digest}", timeout=timeout,
+                                            elastic=True)
+        if agreement.agreed and tuple(live_ids(orchestrator)) == members:
+            break  # (a member the barrier excluded as dead is out of every survivor's view by now)
+        log.info("generation %d round %d: views differ (%d members here; %s differs); retrying", number,
+                 round_number, len(members), agreement.differing[0])
         time.sleep(settle_s)
     else:
         raise DtruntimeError(f"generation {number}: no agreed membership after {MAX_MEMBER_ROUNDS} rounds")
-    members = tuple(agreement.reference_value.split(","))
     if orchestrator.worker_id not in members:
         raise WorkerLostError(
             f"this worker ({orchestrator.worker_id}) is not in the survivors' group {list(members)}",
