@@ -7,7 +7,8 @@ Events: "step" (number, epoch, begin, end, padding, loss, world, monotonic time)
 step; "recovered" per new generation; "done" with a digest of the parameters. With
 ``--die-at-step`` the process SIGKILLs itself at step K: before the step's forward,
 inside it after the forward (its peers are then in, or about to enter, the
-all-reduce), or right after the step was applied.
+all-reduce), or right after the step was applied; ``pause`` SIGSTOPs itself inside the
+step instead (a hung host: its sockets stay open).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--die-at-step", type=int, default=0)
-    parser.add_argument("--die-when", choices=["before", "backward", "after"], default="backward")
+    parser.add_argument("--die-when", choices=["before", "backward", "after", "pause"], default="backward")
     args = parser.parse_args()
     faulthandler.register(signal.SIGUSR1)  # a hung test can ask where each worker is
 
@@ -74,6 +75,8 @@ def main() -> None:
                 loss = nn.functional.mse_loss(trainer.ddp(x), y)
                 if dies and args.die_when == "backward":
                     os.kill(os.getpid(), signal.SIGKILL)
+                if dies and args.die_when == "pause":  # alive, sockets open, driver stopped too
+                    os.kill(os.getpid(), signal.SIGSTOP)
                 loss.backward()
             if step.applied:
                 emit(event="step", number=step.number, epoch=epoch, begin=step.begin, end=step.end,
