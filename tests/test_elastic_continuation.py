@@ -16,18 +16,26 @@ from __future__ import annotations
 
 import pytest
 
-from .cluster import Cluster
+from .cluster import Cluster, WorkerProcess
 
 WORLD, EPOCHS, SAMPLES, BATCH = 4, 2, 3000, 16
 STEPS_PER_EPOCH = -(-SAMPLES // (WORLD * BATCH))  # 47 while all four live
 
 
-def run(victim: int, die_at_step: int, die_when: str) -> Cluster:
+def worker_args(epochs: int = EPOCHS) -> list[str]:
+    return ["--epochs", str(epochs), "--samples", str(SAMPLES), "--batch-size", str(BATCH)]
+
+
+def run(victim: int, die_at_step: int, die_when: str, wait: bool = True, epochs: int = EPOCHS) -> Cluster:
+    """Start the cluster; with ``wait``, return once every survivor has exited."""
+
     def extra(rank: int) -> list[str]:
-        common = ["--epochs", str(EPOCHS), "--samples", str(SAMPLES), "--batch-size", str(BATCH)]
+        common = worker_args(epochs)
         return common + (["--die-at-step", str(die_at_step), "--die-when", die_when] if rank == victim else [])
 
     cluster = Cluster(WORLD, extra, module="tests.workers.elastic_worker")
+    if not wait:
+        return cluster
     survivors = [worker for worker in cluster.workers if worker.rank != victim]
     try:
         cluster.wait(lambda: all(worker.process.poll() is not None for worker in survivors), 180, "survivors' exit")
@@ -49,7 +57,7 @@ def test_survivors_continue_in_process_and_read_every_sample_once(victim, die_at
     with run(victim, die_at_step, die_when) as cluster:
         survivors = [worker for worker in cluster.workers if worker.rank != victim]
         for worker in survivors:
-            assert worker.process.returncode == 0, worker.stderr[-20:]
+            assert worker.process.returncode == 0, "\n".join(worker.stderr[-12:])
         if die_when != "pause":
             assert cluster.workers[victim].process.wait(timeout=10) == -9
 
@@ -85,3 +93,34 @@ def test_survivors_continue_in_process_and_read_every_sample_once(victim, die_at
         assert {event["world"] for event in survivors[0].events("step") if event["number"] > resumed_at} == {3}
         digests = {worker.events("done")[0]["digest"] for worker in survivors}
         assert len(digests) == 1
+
+
+@pytest.mark.slow
+def test_a_replacement_rejoins_gets_the_live_state_and_the_job_grows_back():
+    """Rank 2 is killed; a new process for rank 2 joins the running job at a step
+    boundary, takes the current state from a live peer (no storage), and all four finish."""
+    epochs = 10  # long enough for the replacement to start while the others train
+    with run(victim=2, die_at_step=20, die_when="backward", wait=False, epochs=epochs) as cluster:
+        survivors = [worker for worker in cluster.workers if worker.rank != 2]
+        cluster.wait(lambda: all(w.events("recovered") for w in survivors), 120, "the survivors' recovery")
+        replacement = WorkerProcess(2, WORLD, cluster.coordinator, worker_args(epochs), "tests.workers.elastic_worker")
+        cluster.workers.append(replacement)
+        finishers = [*survivors, replacement]
+        cluster.wait(lambda: all(w.process.poll() is not None for w in finishers), 180, "everyone's exit")
+        for worker in finishers:
+            assert worker.process.returncode == 0, "\n".join(worker.stderr[-12:])
+        first = replacement.events("step")[0]
+        assert first["world"] == 4 and first["number"] > 20  # it joined the running job, not a new one
+        for worker in survivors:
+            sizes = [event["world"] for event in worker.events("step")]
+            assert 3 in sizes and sizes[-1] == 4  # shrank, then grew back
+        assert len({worker.events("done")[0]["digest"] for worker in finishers}) == 1
+        batches: dict[tuple[int, int], tuple[int, int]] = {}
+        for worker in cluster.workers:
+            for event in worker.events("step"):
+                value = (event["begin"], event["end"])
+                assert batches.setdefault((event["epoch"], event["number"]), value) == value
+        for epoch in range(epochs):
+            tiles = sorted(value for (of_epoch, _), value in batches.items() if of_epoch == epoch)
+            assert tiles[0][0] == 0 and tiles[-1][1] == SAMPLES
+            assert all(earlier[1] == later[0] for earlier, later in zip(tiles, tiles[1:]))

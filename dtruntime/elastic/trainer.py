@@ -61,6 +61,8 @@ from .state_sync import broadcast_state
 log = logging.getLogger("dtruntime.elastic")
 
 MAX_FORM_ATTEMPTS = 10
+POSITION_KEY = "dtruntime.elastic.position"  # gossiped (generation << 40) | steps applied
+JOIN_LISTEN_PERIODS = 5  # heartbeats a new trainer listens for a running job before it starts one
 MAX_RETRIES_WITHOUT_LOSS = 3
 
 
@@ -138,7 +140,7 @@ class ElasticTrainer:
         self._generation: Generation | None = None
         self._hosted: dist.TCPStore | None = None
         self.ddp: nn.parallel.DistributedDataParallel | None = None
-        self._form_next()
+        self._form(self._running_generation() + 1)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -155,6 +157,8 @@ class ElasticTrainer:
         while self.cursor < len(order):
             if self.lost_members():
                 self._recover("a member left between steps")
+            elif self.joiners():
+                self._recover(f"{', '.join(self.joiners())} joined")
             generation = self.generation
             step = Step(self, self.steps_applied + 1,
                         step_slice(order, self.cursor, generation.size, generation.dense_rank, self.batch_size))
@@ -169,6 +173,11 @@ class ElasticTrainer:
         """Members of the current generation the control plane no longer lists live."""
         live = set(live_ids(self.orchestrator))
         return [member for member in self.generation.members if member not in live]
+
+    def joiners(self) -> list[str]:
+        """Live workers that are not in the current generation (replacements, new hosts)."""
+        members = set(self.generation.members)
+        return [worker for worker in live_ids(self.orchestrator) if worker not in members]
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint or a catching-up peer needs: model, optimizer, counters."""
@@ -195,6 +204,29 @@ class ElasticTrainer:
         self.steps_applied = step.number
         self.cursor = self.num_samples if step.padding else step.end
         step.applied = True
+        self._publish_position()
+
+    def _publish_position(self) -> None:
+        """Gossip (generation, steps applied): fresh news every step, so a process that
+        joins later hears within a few heartbeats which generation the job is in."""
+        self.orchestrator.set_progress(POSITION_KEY, (self.generation.number << 40) | self.steps_applied)
+
+    def _running_generation(self) -> int:
+        """The generation a running job is in, as heard by gossip; -1 when none is heard.
+
+        Listens for ``JOIN_LISTEN_PERIODS`` heartbeats: a running job publishes its
+        position every step, so a replacement hears it well within that; at the start
+        of a job nobody has, and every worker waits that long once.
+        """
+        deadline = time.monotonic() + JOIN_LISTEN_PERIODS * self._period_s
+        while True:
+            heard = self.orchestrator.progress(POSITION_KEY)
+            heard.pop(self.orchestrator.worker_id, None)
+            if heard:
+                return max(heard.values()) >> 40
+            if time.monotonic() >= deadline:
+                return -1
+            time.sleep(self._period_s / 2)
 
     def _recover(self, reason: str, error: BaseException | None = None) -> None:
         """Form the next generation after a lost member or a failed step.
@@ -223,8 +255,10 @@ class ElasticTrainer:
                     record["generation"], self.generation.size, record["seconds"], self.steps_applied + 1)
 
     def _form_next(self) -> None:
-        """Tear down the current group and form the next generation (bounded retries)."""
-        number = 0 if self._generation is None else self._generation.number + 1
+        self._form(self.generation.number + 1)
+
+    def _form(self, number: int) -> None:
+        """Tear down the current group and form generation ``number`` (bounded retries)."""
         for attempt in range(MAX_FORM_ATTEMPTS):
             _discard_process_group(self.ddp)
             self.ddp, self._hosted = None, None
@@ -244,6 +278,7 @@ class ElasticTrainer:
                 log.warning("elastic: generation %d did not form (%s); trying the next", number + attempt, exc)
                 continue
             self._generation = generation
+            self._publish_position()
             return
         raise DtruntimeError(f"no process group formed after {MAX_FORM_ATTEMPTS} attempts")
 

@@ -65,7 +65,7 @@ def main() -> None:
     trainer = ElasticTrainer(orchestrator, model, optimizer, num_samples=args.samples, batch_size=args.batch_size,
                              seed=11)
     seen_recoveries = 0
-    for epoch in range(args.epochs):
+    for epoch in range(trainer.epoch, args.epochs):  # a replacement starts where the job is
         for step in trainer.epoch_steps(epoch):
             dies = step.number == args.die_at_step
             if dies and args.die_when == "before":
