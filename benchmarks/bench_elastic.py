@@ -9,7 +9,9 @@ Both jobs are DDP (gloo, CPU) on ``world`` processes on 127.0.0.1, in the same r
   one is SIGKILLed (rank 2, then rank 0, the leader, in alternate trials). *Continue* is
   the kill to the first step the survivors apply in the new group (the last survivor to
   do so); *steps lost* is the newest step any worker applied in the old group minus
-  the step the survivors continued from (what the new group redoes).
+  the step the survivors continued from (what the new group redoes). Then a new
+  process for the victim's rank is started: *rejoin* is its start to its first step in
+  the grown-back group (its Python and torch start-up included).
 - **torchrun** (the anchor): ``benchmarks/anchor_torchrun_job.py`` under ``torchrun
   --max-restarts 1``, checkpointing every 50 steps; rank 1 is SIGKILLed at the same
   step. *Continue* is the kill to the first step of the restarted attempt; *steps lost*
@@ -40,10 +42,13 @@ from benchmarks._procs import ROOT, Proc, free_port, percentile, wait_for  # noq
 
 def dtruntime_trial(world: int, victim: int, kill_after: int) -> dict:
     coordinator = f"tcp://127.0.0.1:{free_port()}"
-    procs = [Proc("tests.workers.elastic_worker", ["--rank", str(rank), "--world", str(world),
-                                                    "--coordinator", coordinator, "--epochs", "1",
-                                                    "--samples", "20000", "--batch-size", "16"])
-             for rank in range(world)]
+
+    def worker(rank: int) -> Proc:
+        return Proc("tests.workers.elastic_worker", ["--rank", str(rank), "--world", str(world), "--coordinator",
+                                                     coordinator, "--epochs", "3", "--samples", "20000",
+                                                     "--batch-size", "16"])
+
+    procs = [worker(rank) for rank in range(world)]
     try:
         wait_for(lambda: all(len(p.events("step")) >= kill_after for p in procs), 120, "the kill step", procs)
         killed_at = time.monotonic()
@@ -53,9 +58,12 @@ def dtruntime_trial(world: int, victim: int, kill_after: int) -> dict:
                  "a step in the new group", procs)
         before = max(e["number"] for p in procs for e in p.events("step") if e["world"] == world)
         first_after = [next(e for e in p.events("step") if e["world"] == world - 1) for p in survivors]
+        started = time.monotonic()
+        procs.append(worker(victim))
+        wait_for(lambda: any(e["world"] == world for e in procs[-1].events("step")), 120, "the rejoin", procs)
         return {"continue_s": max(e["time"] for e in first_after) - killed_at,
-                "first_survivor_s": min(e["time"] for e in first_after) - killed_at,
-                "steps_lost": before - (first_after[0]["number"] - 1)}
+                "steps_lost": before - (first_after[0]["number"] - 1),
+                "rejoin_s": procs[-1].events("step")[0]["time"] - started}
     finally:
         for proc in procs:
             proc.kill()
@@ -154,6 +162,10 @@ def main() -> None:
     print(row("dtruntime ElasticTrainer, rank 2 killed", ours[2]))
     print(row("dtruntime ElasticTrainer, rank 0 (leader) killed", ours[0]))
     print(row("torchrun --max-restarts 1, checkpoint every 50 steps", anchor))
+    rejoins = [t["rejoin_s"] for t in ours[2] + ours[0]]
+    print(f"replacement started -> the job steps with {args.world} workers again: p50 "
+          f"{statistics.median(rejoins):.2f} s, p99 {percentile(rejoins, 0.99):.2f} s (includes the new "
+          "process's Python and torch start-up)")
     ratio = statistics.median(t["continue_s"] for t in anchor) / statistics.median(
         t["continue_s"] for t in ours[2] + ours[0])
     print(f"torchrun restart / dtruntime continue (p50): {ratio:.1f}x")
