@@ -20,6 +20,12 @@ others (:mod:`.state_sync`), a new process group is built with dense ranks on a 
 hosted by the lowest-ranked survivor, and ``epoch_steps`` yields the same step again
 for the new group. Nothing is reloaded from a checkpoint and no applied step is lost.
 
+Growth: a worker that is live but not in the group (a replacement for a lost rank, or
+a new one) is noticed at the next step boundary and the group is re-formed with it. A
+new trainer first listens a few heartbeats for the running job's position (gossiped
+every step); if it hears one, it joins the next generation as a member that is behind,
+so the source's state is broadcast to it, counters and data cursor included.
+
 Invariants:
 - ``optimizer.step()`` runs only when the block completed without an exception; after
   a recovery every member holds the source's parameters and optimizer state, bitwise.
@@ -103,7 +109,9 @@ class ElasticTrainer:
     :class:`~torch.nn.parallel.DistributedDataParallel` as :attr:`ddp` (a new wrapper
     per generation: always use ``trainer.ddp``) and calls ``optimizer.zero_grad`` before
     and ``optimizer.step`` after each step. The orchestrator must be registered. The
-    constructor forms the first generation with every live worker (a collective).
+    constructor is a collective: it listens ``JOIN_LISTEN_PERIODS`` heartbeats for a
+    running job (once, at start-up), then forms the first generation with every live
+    worker, or joins the running job's next one.
     """
 
     def __init__(
