@@ -246,8 +246,8 @@ class ElasticTrainer:
         """
         started = time.monotonic()
         deadline = started + self._detect_s
-        while not self.lost_members() and time.monotonic() < deadline:
-            time.sleep(self._period_s / 2)
+        while error is not None and not self.lost_members() and time.monotonic() < deadline:
+            time.sleep(self._period_s / 2)  # a failed step: give the control plane time to name the lost
         lost = self.lost_members()
         if error is not None and not lost:
             self._retries_without_loss += 1
