@@ -7,10 +7,19 @@ TORCH_PIN := torch==2.13.0
 
 .PHONY: demo test venv clean
 
-$(BIN)/.installed: setup.cfg pyproject.toml
+# Two install stamps: `make demo` installs the `demo` extra (torch and the simulator's
+# progress bars), `make test` the whole `dev` set (S3, parquet, plots, moto, hypothesis,
+# pytest). After `make demo`, `make test` adds the rest to the same venv.
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PIN)
+
+$(BIN)/.demo-installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[demo]'
+	touch $@
+
+$(BIN)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -22,7 +31,7 @@ PORT ?= 29650
 
 # The main job: 4 local workers under torchrun (DDP on CPU with gloo), local checkpoints in
 # out/checkpoints (a second run resumes from them), then a failure simulation report.
-demo: venv
+demo: $(BIN)/.demo-installed
 	$(BIN)/torchrun --nproc-per-node 4 --master-port $(PORT) examples/train_ddp.py --epochs 3 --checkpoint-dir out/checkpoints
 	$(BIN)/python -m simulations leader-crash --workers 16 --seed 1 --seeds 10
 
