@@ -6,31 +6,42 @@
     python -m simulations swarm --seed 1 --seeds 500 # the full swarm run
 
 Simulated-time figures do not depend on machine load; the scale figure (wall time) does.
+Each mode shows a progress bar on stderr when it is a terminal (``--quiet``: none).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from dtruntime.protocol.settings import ProtocolSettings
 from dtruntime.testing import SimCluster
+from simulations.progress import progress_bar
 from simulations.report import percentile, summary_table
 from simulations.scenarios import detection, leader_crash
 
 
-def bench_failover(seeds: int) -> None:
-    results = [leader_crash(64, seed, 100, 1000) for seed in range(1, seeds + 1)]
+def bench_failover(seeds: int, quiet: bool = False) -> None:
+    results = []
+    with progress_bar(seeds, "failover", "seed", quiet=quiet) as bar:
+        for seed in range(1, seeds + 1):
+            results.append(leader_crash(64, seed, 100, 1000))
+            bar.update(1)
     print(f"leader crash, 64 workers, heartbeat 100 ms / timeout 1 s, {seeds} seeds (goal: < 2 s)")
     print(summary_table(results))
 
 
-def bench_detection(sizes: list[int], seeds: int) -> None:
+def bench_detection(sizes: list[int], seeds: int, quiet: bool = False) -> None:
     print("crash of one worker, heartbeat 100 ms / timeout 1 s; bound = timeout + 2 periods + 3*log2(N) periods")
     print(f"{'N':>6} {'p50 all':>9} {'p99 all':>9} {'bound':>7} {'first p50':>10} {'msgs/w/s':>9} {'bytes/w/s':>10} {'wall s':>7}")
+    bar = progress_bar(len(sizes) * seeds, "detection", "run", quiet=quiet)
     for n in sizes:
         started = time.perf_counter()
-        runs = [detection(n, seed, 100, 1000, codec=n <= 256) for seed in range(1, seeds + 1)]
+        runs = []
+        for seed in range(1, seeds + 1):
+            runs.append(detection(n, seed, 100, 1000, codec=n <= 256))
+            bar.update(1)
         wall = time.perf_counter() - started
         detected = [r.metrics["detect_all_s"] for r in runs if r.metrics["detect_all_s"] is not None]
         first = [r.metrics["detect_first_s"] for r in runs if r.metrics["detect_first_s"] is not None]
@@ -38,17 +49,23 @@ def bench_detection(sizes: list[int], seeds: int) -> None:
         sizes_b = [r.metrics["bytes_per_worker_s"] for r in runs if r.metrics["bytes_per_worker_s"] is not None]
         bound = 1.0 + 0.2 + 3 * 0.1 * (n.bit_length())
         assert len(detected) == len(runs), f"N={n}: some crash was never detected by every survivor"
-        print(
+        bar.write(
             f"{n:>6} {percentile(detected, .5):>9.3f} {percentile(detected, .99):>9.3f} {bound:>7.2f} "
             f"{percentile(first, .5):>10.3f} {sum(rates) / len(rates):>9.1f} "
-            f"{(sum(sizes_b) / len(sizes_b)) if sizes_b else float('nan'):>10.0f} {wall:>7.1f}"
+            f"{(sum(sizes_b) / len(sizes_b)) if sizes_b else float('nan'):>10.0f} {wall:>7.1f}",
+            file=sys.stdout,
         )
+    bar.close()
 
 
-def bench_scale(workers: int, seconds: float, codec: bool) -> None:
+def bench_scale(workers: int, seconds: float, codec: bool, quiet: bool = False) -> None:
     settings = ProtocolSettings(probe_period=0.1, heartbeat_timeout=1.0)
     started = time.perf_counter()
     cluster = SimCluster(workers, seed=1, settings=settings, codec=codec, trace=False)
+    with progress_bar(seconds, "scale", "simulated s", quiet=quiet) as bar:
+        for second in range(1, int(seconds) + 1):
+            cluster.run_until(float(second))
+            bar.update(1)
     cluster.run_until(seconds)
     wall = time.perf_counter() - started
     sent = sum(w.sent for w in cluster.workers.values())
@@ -65,13 +82,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--sizes", default="16,256,1024")
     parser.add_argument("--codec", action="store_true", help="scale: encode/decode every message")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (none unless stderr is a terminal)")
     args = parser.parse_args()
     if args.what == "failover":
-        bench_failover(args.seeds or 100)
+        bench_failover(args.seeds or 100, args.quiet)
     elif args.what == "detection":
-        bench_detection([int(n) for n in args.sizes.split(",")], args.seeds or 10)
+        bench_detection([int(n) for n in args.sizes.split(",")], args.seeds or 10, args.quiet)
     else:
-        bench_scale(1024, 60.0, args.codec)
+        bench_scale(1024, 60.0, args.codec, args.quiet)
 
 
 if __name__ == "__main__":

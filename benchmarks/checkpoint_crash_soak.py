@@ -87,8 +87,17 @@ def run_kill_loop(
     backend: str | None = None,
     options: dict[str, Any] | None = None,
     max_delay_s: float = 0.25,
+    quiet: bool = True,
 ) -> dict[str, Any]:
-    """Run ``kills`` kill-9 rounds against ``root``; return a summary with ``violations``."""
+    """Run ``kills`` kill-9 rounds against ``root``; return a summary with ``violations``.
+
+    ``quiet=False`` shows a progress bar on stderr when it is a terminal (needs tqdm).
+    """
+    bar = None
+    if not quiet:
+        from simulations.progress import progress_bar
+
+        bar = progress_bar(kills, "kill -9 rounds", "kill")
     rng = random.Random(seed)
     options = options or {}
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -118,6 +127,11 @@ def run_kill_loop(
         with CheckpointManager(root, backend=backend, storage_options=options or None) as manager:
             steps = manager.list_checkpoints_sync()
         newest_seen.append(steps[-1] if steps else -1)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(violations=len(violations), refresh=False)
+    if bar is not None:
+        bar.close()
     return {
         "kills": kills,
         "violations": violations,
@@ -145,6 +159,7 @@ def main() -> None:
     parser.add_argument("--options", default="{}")
     parser.add_argument("--kills", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (none unless stderr is a terminal)")
     args = parser.parse_args()
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
@@ -153,7 +168,8 @@ def main() -> None:
         child_main(args.root, backend, json.loads(args.options))
         return
     root = args.root or tempfile.mkdtemp(prefix="dtruntime-crash-")
-    summary = run_kill_loop(root, args.kills, seed=args.seed, backend=backend, options=json.loads(args.options))
+    summary = run_kill_loop(root, args.kills, seed=args.seed, backend=backend, options=json.loads(args.options),
+                            quiet=args.quiet)
     summary["root"] = root
     print(json.dumps(summary, indent=1))
     sys.exit(1 if summary["violations"] else 0)

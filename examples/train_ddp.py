@@ -6,15 +6,21 @@ deterministic shards and checkpoints that survive a kill.
 Each process joins the control plane (the coordinator endpoint is torchrun's
 MASTER_PORT + 1), reads its own sample ranges of a synthetic regression dataset from
 the shard ring, trains a small model with DistributedDataParallel, and meets the others
-at a barrier before every epoch. Rank 0 saves a checkpoint after every epoch; a
-relaunch resumes from the newest committed one, and so does a restart by
-``torchrun --max-restarts N`` after a worker dies.
+at a barrier before every epoch. Rank 0 saves a checkpoint after every epoch.
+
+``--epochs N`` is what one launch trains: N epochs after the newest committed checkpoint
+(epochs 0..N-1 on an empty directory). Running the same command again resumes and
+trains N more. A restart by ``torchrun --max-restarts`` after a worker dies is the same
+launch: it resumes from the newest checkpoint and continues to the launch's last epoch,
+not N more. Rank 0 prints each epoch it trains and, at the end, the range.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -35,14 +41,42 @@ def synthetic_batch(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x @ true_weights)[:, None] + 0.5
 
 
+def launch_epochs(first: int, count: int) -> range:
+    """The epochs this launch trains: ``count`` from ``first``, the epoch after the newest
+    checkpoint when the launch started.
+
+    A torchrun restart attempt resumes from a newer checkpoint than its launch did, so it
+    cannot compute the range again. torchrun's agent store lives exactly as long as the
+    launch and is shared by its attempts: the first attempt records the range there
+    (create-only, so every rank of every attempt reads the same one). Without the agent
+    store there are no restart attempts, and the computed range is the launch's.
+    """
+    wanted = f"{first}:{first + count}"
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=timedelta(seconds=60))
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID") or "none"
+        wanted = store.compare_set(f"train_ddp/{run_id}/epochs", "", wanted).decode()
+    start, end = (int(part) for part in wanted.split(":"))
+    return range(start, end)
+
+
+def epoch_span(epochs: range) -> str:
+    """``epoch 4`` or ``epochs 3-5``."""
+    return f"epoch {epochs.start}" if len(epochs) == 1 else f"epochs {epochs.start}-{epochs.stop - 1}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs to train in this launch, after the newest checkpoint (default 3)")
     parser.add_argument("--samples", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--checkpoint-dir", default="out/checkpoints")
     parser.add_argument("--epoch-pause", type=float, default=0.0, help="sleep after each epoch (for demos/tests)")
     args = parser.parse_args()
+    if args.epochs < 1:
+        parser.error(f"--epochs must be at least 1, not {args.epochs}")
 
     init_process_group("gloo")  # dist.init_process_group on this torchrun attempt's own store keys
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -62,11 +96,12 @@ def main() -> None:
         start_epoch = state["epoch"] + 1
         if rank == 0:
             print(f"resumed from epoch {state['epoch']} (step {state['step']})", flush=True)
+    launch = launch_epochs(start_epoch, args.epochs)
     ddp = nn.parallel.DistributedDataParallel(model)
     loss_fn = nn.MSELoss()
 
     step = 0
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, launch.stop):
         orchestrator.wait_barrier_sync(f"epoch-{epoch}")
         records = registry.get_assignment("synthetic", worker_rank=rank, epoch=epoch)
         order = torch.from_numpy(np.concatenate([r.sample_order() for r in records]))
@@ -92,7 +127,10 @@ def main() -> None:
 
     orchestrator.wait_barrier_sync("done")
     if rank == 0:
-        print(f"training complete: {args.epochs} epochs on {world} workers", flush=True)
+        restarted = f"; {epoch_span(range(start_epoch, launch.stop))} in this restart attempt" \
+            if start_epoch > launch.start and start_epoch < launch.stop else ""
+        print(f"training complete: {len(launch)} epoch{'s' if len(launch) != 1 else ''} on {world} workers "
+              f"({epoch_span(launch)}{restarted})", flush=True)
     checkpoints.close()
     orchestrator.close_sync()
     dist.destroy_process_group()

@@ -6,20 +6,25 @@
 
 With ``--seeds K`` the scenario runs for seeds S..S+K-1 and the table shows p50/p99
 of each figure. Exit status 1 if any run violated an invariant; each failed run
-prints ``reproduce with --seed N``.
+prints ``reproduce with --seed N``. ``--help`` defines every scenario's figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
+from collections.abc import Callable
 
+from .common import COMMON_FIGURES, ScenarioResult
+from .progress import note, progress_bar
 from .report import plot_timeline, summary_table
-from .scenarios import detection, flapping_link, leader_crash, loss_storm, partition, rolling_crashes, slow_worker
+from .scenarios import FIGURES, detection, flapping_link, leader_crash, loss_storm, partition, rolling_crashes, slow_worker
+from .swarm import FIGURES as SWARM_FIGURES
 from .swarm import swarm
 
-SCENARIOS = {
+SCENARIOS: dict[str, Callable[..., ScenarioResult]] = {
     "leader-crash": leader_crash,
     "rolling-crashes": rolling_crashes,
     "partition": partition,
@@ -29,30 +34,88 @@ SCENARIOS = {
     "detection": detection,
     "swarm": swarm,
 }
+SCENARIO_FIGURES: dict[str, dict[str, str]] = {**FIGURES, "swarm": SWARM_FIGURES}
+
+COLUMNS = (
+    "p50 and p99 are nearest-rank percentiles over the runs that produced the figure, max the largest, "
+    "runs how many of the --seeds runs produced it; '(k never)' or '-' means the event did not happen "
+    "within the scenario's wait (20 simulated s). 'invariant violations' counts over every run (one "
+    "leader per term, barriers released only when everyone expected arrived or was excluded, ...)."
+)
+
+
+def description(scenario: Callable[..., ScenarioResult]) -> str:
+    """The first paragraph of a scenario's docstring, on one line."""
+    return " ".join((scenario.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+def figures_help(width: int = 100) -> str:
+    """Every scenario with its description and the definition of each figure it prints."""
+    lines = ["scenarios (every time in simulated seconds; each run first converges, then the fault starts):", ""]
+
+    def define(name: str, text: str) -> None:
+        lines.extend(textwrap.wrap(text, width, initial_indent=f"    {name:<25} ", subsequent_indent=" " * 30))
+
+    for name, scenario in SCENARIOS.items():
+        lines.append(name)
+        lines.extend(textwrap.wrap(description(scenario), width, initial_indent="  ", subsequent_indent="  "))
+        for figure, text in SCENARIO_FIGURES[name].items():
+            define(figure, text)
+        lines.append("")
+    lines.append("every scenario also prints:")
+    for figure, text in COMMON_FIGURES.items():
+        define(figure, text)
+    lines.append("")
+    lines.extend(textwrap.wrap("columns: " + COLUMNS, width))
+    return "\n".join(lines)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout and shows each option's default (those that have one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def parser() -> argparse.ArgumentParser:
+    command = argparse.ArgumentParser(prog="python -m simulations", description=__doc__.split("\n")[0],
+                                      epilog=figures_help(), formatter_class=HelpFormatter)
+    command.add_argument("scenario", choices=list(SCENARIOS), metavar="scenario",
+                         help=f"one of: {', '.join(SCENARIOS)} (defined below)")
+    command.add_argument("--workers", type=int, default=None,
+                         help="cluster size; default 16, swarm: drawn from the seed, 8-64")
+    command.add_argument("--seed", type=int, default=1, help="first seed")
+    command.add_argument("--seeds", type=int, default=1, help="run this many consecutive seeds")
+    command.add_argument("--heartbeat-ms", type=int, default=100, help="probe period")
+    command.add_argument("--timeout-ms", type=int, default=1000, help="suspicion timeout before a worker is dead")
+    command.add_argument("--plot", help="write a PNG of leaders and membership over time (first seed)")
+    command.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations", description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--workers", type=int, default=None, help="cluster size (swarm: random 8-64 if omitted)")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--seeds", type=int, default=1, help="run this many consecutive seeds")
-    parser.add_argument("--heartbeat-ms", type=int, default=100)
-    parser.add_argument("--timeout-ms", type=int, default=1000)
-    parser.add_argument("--plot", help="write a PNG of leader/membership over time (first seed)")
-    args = parser.parse_args(argv)
+    command = parser()
+    args = command.parse_args(argv)
     if args.scenario != "swarm" and args.workers is None:
         args.workers = 16
     if args.workers is not None and args.workers < 3:
-        parser.error("--workers must be at least 3")
+        command.error("--workers must be at least 3")
+    if args.seeds < 1:
+        command.error(f"--seeds must be at least 1, not {args.seeds}")
     run = SCENARIOS[args.scenario]
     results = []
     started = time.perf_counter()
-    for seed in range(args.seed, args.seed + args.seeds):
-        result = run(args.workers, seed, args.heartbeat_ms, args.timeout_ms)
-        results.append(result)
-        for violation in result.violations:
-            print(f"seed {seed}: {violation}; reproduce with --seed {seed}", file=sys.stderr)
+    with progress_bar(args.seeds, args.scenario, "seed", quiet=args.quiet or args.seeds == 1) as bar:
+        for seed in range(args.seed, args.seed + args.seeds):
+            result = run(args.workers, seed, args.heartbeat_ms, args.timeout_ms)
+            results.append(result)
+            for violation in result.violations:
+                note(f"seed {seed}: {violation}; reproduce with --seed {seed}")
+            bar.update(1)
+            bar.set_postfix(violations=sum(len(r.violations) for r in results), refresh=False)
     wall = time.perf_counter() - started
     print(
         f"{args.scenario}: {len(results)} run(s), workers={args.workers or '8-64'}, "

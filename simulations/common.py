@@ -122,3 +122,13 @@ def wait_for(cluster: SimCluster, condition: Callable[[], float | None | bool], 
             return cluster.now
         cluster.run_until(min(end, cluster.now + step))
     return cluster.now if condition() else None
+
+
+# Figures every scenario reports (added by ``finish``).
+COMMON_FIGURES: dict[str, str] = {
+    "msgs_per_worker_s": "messages sent per worker per simulated second over the whole run, unless the "
+                         "scenario defines it",
+    "barrier_passes_checked": "barrier releases (one per worker per barrier) the invariant checker "
+                              "verified: everyone expected had arrived or was excluded as lost",
+    "leader_terms_checked": "terms that had a leader; the checker verified at most one leader per term",
+}

@@ -15,9 +15,7 @@ MEASURE_LIMIT = 20.0  # simulated seconds a scenario waits for an expected outco
 def leader_crash(workers: int, seed: int, heartbeat_ms: int = 100, timeout_ms: int = 1000) -> ScenarioResult:
     """Kill the leader; every survivor arrives at an elastic barrier right after.
 
-    Figures: detection (every survivor marked the leader dead), failover (every survivor
-    follows one new leader), barrier (every survivor passed the barrier), all measured
-    from the crash.
+    Figures (all from the crash): see ``FIGURES["leader-crash"]``.
     """
     result = ScenarioResult("leader-crash", seed, workers)
     cluster, observer = build(workers, seed, heartbeat_ms, timeout_ms, timeline=result)
@@ -108,7 +106,7 @@ def partition(workers: int, seed: int, heartbeat_ms: int = 100, timeout_ms: int 
 
 
 def flapping_link(workers: int, seed: int, heartbeat_ms: int = 100, timeout_ms: int = 1000) -> ScenarioResult:
-    """A link between two workers goes down and up every 3 periods for 10 s: nobody dies."""
+    """A link between two workers goes down and up every 3 probe periods for 10 s: nobody may die."""
     result = ScenarioResult("flapping-link", seed, workers)
     cluster, observer = build(workers, seed, heartbeat_ms, timeout_ms, timeline=result)
     period = heartbeat_ms / 1000
@@ -159,7 +157,7 @@ def slow_worker(workers: int, seed: int, heartbeat_ms: int = 100, timeout_ms: in
 
 
 def loss_storm(workers: int, seed: int, heartbeat_ms: int = 100, timeout_ms: int = 1000) -> ScenarioResult:
-    """30% message loss for 5 s while barriers run: how many false deaths, do barriers pass?"""
+    """30% message loss, 5% duplication and 5x delays for 5 s while barriers run: nobody may die."""
     result = ScenarioResult("loss-storm", seed, workers)
     cluster, observer = build(workers, seed, heartbeat_ms, timeout_ms, timeline=result)
     clean = cluster.faults
@@ -186,7 +184,7 @@ def loss_storm(workers: int, seed: int, heartbeat_ms: int = 100, timeout_ms: int
 
 
 def rolling_crashes(workers: int, seed: int, heartbeat_ms: int = 100, timeout_ms: int = 1000) -> ScenarioResult:
-    """Crash a minority one by one (the leader first), restarting each 2 s later."""
+    """Crash a minority one by one (the leader first), each restarting 2 s after its crash was detected."""
     result = ScenarioResult("rolling-crashes", seed, workers)
     cluster, observer = build(workers, seed, heartbeat_ms, timeout_ms, timeline=result)
     rng = random.Random(seed)
@@ -211,3 +209,62 @@ def rolling_crashes(workers: int, seed: int, heartbeat_ms: int = 100, timeout_ms
         "converged_after_s": None if converged is None else converged - restarted_at,
     }
     return finish(cluster, result)
+
+
+# What each printed figure measures, and from which moment (shown by ``--help``; a test
+# checks that every figure a scenario reports is defined here).
+FIGURES: dict[str, dict[str, str]] = {
+    "leader-crash": {
+        "detect_s": "from the crash until the last survivor has marked the old leader dead (its own "
+                    "suspicion timed out, or the verdict reached it by gossip a few probe periods later)",
+        "failover_s": "from the crash until every survivor follows one new leader. It can be below "
+                      "detect_s: the best candidate campaigns as soon as it has declared the leader dead, "
+                      "voters grant while they merely suspect it, and the winner announces itself to "
+                      "every member directly, one hop, while the death verdict still spreads by gossip",
+        "barrier_s": "from the crash until every survivor has passed the elastic barrier they all "
+                     "entered right after it (released by the new leader, without the dead one)",
+        "msgs_per_worker_s": "messages sent per worker per simulated second, from the crash to the end",
+    },
+    "rolling-crashes": {
+        "detect_max_s": "the slowest crash: from a crash until every other running worker has marked "
+                        "the victim dead ('-' when some crash was never detected within 20 s)",
+        "detect_mean_s": "the mean of the same, over the crashes that were detected",
+        "converged_after_s": "from 0.5 s after the last restart until every running worker sees one "
+                             "leader and exactly the running workers as live",
+    },
+    "partition": {
+        "majority_elected_s": "from the cut until every majority worker follows one new leader",
+        "minority_leaderless_s": "from the cut until no minority worker (the old leader among them) "
+                                 "still leads",
+        "converged_after_heal_s": "from the heal (once both of the above happened, or 20 s passed) until "
+                                  "every worker sees one leader and every worker as live",
+    },
+    "flapping-link": {
+        "false_deaths": "(observer, worker) pairs where a worker was marked dead; nobody crashed, so "
+                        "every one is false",
+        "converged_after_s": "from the end of the flapping until every worker sees one leader and "
+                             "every worker as live",
+    },
+    "slow-worker": {
+        "deaths_after_short_pause": "workers that marked w2 dead after its pause of half a timeout "
+                                    "(0 expected)",
+        "declared_dead_after_s": "from the start of the 4-timeout pause until every other worker has "
+                                 "marked w2 dead",
+        "rejoined_after_resume_s": "from the resume until every worker sees one leader and w2 live "
+                                   "again (it refutes its death with a higher incarnation)",
+    },
+    "loss-storm": {
+        "false_deaths": "(observer, worker) pairs where a worker was marked dead during the storm; "
+                        "nobody crashed, so every one is false",
+        "barriers_passed": "barrier rounds (one every 0.5 s, 3 s timeout) that every worker passed",
+        "barriers": "barrier rounds started during the 5 s storm",
+        "converged_after_s": "from the end of the storm until every worker sees one leader and every "
+                             "worker as live",
+    },
+    "detection": {
+        "detect_all_s": "from the crash of one non-leader worker until every survivor has marked it dead",
+        "detect_first_s": "from the crash until the first survivor has marked it dead",
+        "msgs_per_worker_s": "steady-state messages per worker per second, over 3 s before the crash",
+        "bytes_per_worker_s": "the same in encoded bytes on the wire",
+    },
+}

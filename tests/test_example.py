@@ -56,10 +56,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def torchrun(args: list[str], launcher: tuple[str, ...] = (), **popen: object) -> subprocess.Popen:
-    """torchrun with 4 workers of the example; ``launcher`` adds torchrun's own options."""
+def torchrun(args: list[str], launcher: tuple[str, ...] = (), nproc: int = 4, **popen: object) -> subprocess.Popen:
+    """torchrun with ``nproc`` workers of the example; ``launcher`` adds torchrun's own options."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--master-port", str(free_port(span=2)), *launcher, EXAMPLE, *args]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **popen)
@@ -69,7 +69,7 @@ def test_torchrun_four_workers_complete_the_example(tmp_path):
     job = torchrun(["--epochs", "2", "--checkpoint-dir", str(tmp_path / "ckpt")])
     output, _ = job.communicate(timeout=240)
     assert job.returncode == 0, output[-3000:]
-    assert "training complete: 2 epochs on 4 workers" in output
+    assert "training complete: 2 epochs on 4 workers (epochs 0-1)" in output
     assert "members 4" in output and "leader worker-0" in output
     with CheckpointManager(str(tmp_path / "ckpt")) as checkpoints:
         steps = checkpoints.list_checkpoints_sync()
@@ -95,12 +95,32 @@ def test_killed_job_resumes_from_the_newest_committed_checkpoint(tmp_path):
     with CheckpointManager(directory) as checkpoints:
         newest = checkpoints.load_state()
     assert newest["epoch"] >= 1
-    rerun = torchrun(["--epochs", "5", "--checkpoint-dir", directory])
+    rerun = torchrun(["--epochs", "2", "--checkpoint-dir", directory])
     output, _ = rerun.communicate(timeout=240)
     assert rerun.returncode == 0, output[-3000:]
-    assert f"resumed from epoch {newest['epoch']}" in output
-    assert "training complete: 5 epochs on 4 workers" in output
-    assert f"epoch {newest['epoch']}:" not in output  # finished epochs are not trained again
+    resumed = newest["epoch"]
+    assert f"resumed from epoch {resumed}" in output
+    assert f"training complete: 2 epochs on 4 workers (epochs {resumed + 1}-{resumed + 2})" in output
+    assert f"epoch {resumed}:" not in output  # finished epochs are not trained again
+    assert f"epoch {resumed + 1}:" in output and f"epoch {resumed + 2}:" in output
+
+
+def test_running_the_example_again_trains_more_epochs_from_the_checkpoint(tmp_path):
+    """Issue 10 item 13: a rerun resumed at the last epoch, trained nothing and said
+    "training complete: 3 epochs". ``--epochs N`` is what each launch trains."""
+    args = ["--epochs", "1", "--samples", "4000", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    outputs = []
+    for _ in range(2):
+        job = torchrun(args, nproc=2)
+        output, _ = job.communicate(timeout=240)
+        assert job.returncode == 0, output[-3000:]
+        outputs.append(output)
+    first, second = outputs
+    assert "epoch 0:" in first and "training complete: 1 epoch on 2 workers (epoch 0)" in first
+    assert "resumed from epoch 0" in second and "epoch 0:" not in second
+    assert "epoch 1:" in second and "training complete: 1 epoch on 2 workers (epoch 1)" in second
+    with CheckpointManager(str(tmp_path / "ckpt")) as checkpoints:
+        assert [checkpoints.load_state(step)["epoch"] for step in checkpoints.list_checkpoints_sync()] == [0, 1]
 
 
 ELASTIC_EXAMPLE = str(ROOT / "examples" / "train_elastic.py")
