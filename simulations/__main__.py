@@ -91,7 +91,8 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--seeds", type=int, default=1, help="run this many consecutive seeds")
     command.add_argument("--heartbeat-ms", type=int, default=100, help="probe period")
     command.add_argument("--timeout-ms", type=int, default=1000, help="suspicion timeout before a worker is dead")
-    command.add_argument("--plot", help="write a PNG of leaders and membership over time (first seed)")
+    command.add_argument("--plot", help="write a PNG of leaders and membership over time, with the faults, heals and convergence "
+                              "marked (any scenario; the first seed)")
     command.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
     return command
 
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with progress_bar(args.seeds, args.scenario, "seed", quiet=args.quiet or args.seeds == 1) as bar:
         for seed in range(args.seed, args.seed + args.seeds):
-            result = run(args.workers, seed, args.heartbeat_ms, args.timeout_ms)
+            plotted = args.plot is not None and seed == args.seed
+            result = run(args.workers, seed, args.heartbeat_ms, args.timeout_ms, timeline=plotted)
             results.append(result)
             for violation in result.violations:
                 note(f"seed {seed}: {violation}; reproduce with --seed {seed}")

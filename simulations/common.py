@@ -10,6 +10,7 @@ from dtruntime.protocol.settings import ProtocolSettings
 from dtruntime.testing import NetworkFaults, SimCluster
 
 WARMUP_LIMIT = 10.0  # simulated seconds allowed for the first convergence
+PLOT_TAIL = 0.5  # simulated seconds a run with a timeline goes on after its figures are taken
 
 
 @dataclass
@@ -22,6 +23,7 @@ class ScenarioResult:
     metrics: dict[str, float | None] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     timeline: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, with leader, leaders, min live
+    marks: list[tuple[float, str]] = field(default_factory=list)  # (t, what happened): faults, heals, convergence
 
     @property
     def ok(self) -> bool:
@@ -80,19 +82,35 @@ def build(
     return cluster, observer
 
 
+def timeline_row(cluster: SimCluster) -> tuple[float, int, int, int]:
+    """(now, workers that know a leader, distinct leaders, smallest live view) of the running workers."""
+    up = cluster.up_workers()
+    known = [w.node.leader_id for w in up if w.node.leader_id is not None]
+    smallest = min((len(w.node.members()) for w in up), default=0)
+    return cluster.now, len(known), len(set(known)), smallest
+
+
 def sample_timeline(cluster: SimCluster, result: ScenarioResult, every: float = 0.05, until: float = 600.0) -> None:
-    """Sample (workers that know a leader, distinct leaders, smallest live view) for plots."""
+    """Sample :func:`timeline_row` every ``every`` simulated seconds, for plots.
+
+    Sampling only reads state, so a run's figures are the same with or without it.
+    ``finish`` runs such a cluster ``PLOT_TAIL`` seconds past the end of the scenario
+    (after its figures are taken) and adds a last row, so a plot shows the state the
+    scenario stopped in (converged, when it waits for that) held, not the state up to
+    one sampling interval before it.
+    """
 
     def sample() -> None:
-        up = cluster.up_workers()
-        leaders = [w.node.leader_id for w in up]
-        known = [l for l in leaders if l is not None]
-        smallest = min((len(w.node.members()) for w in up), default=0)
-        result.timeline.append((cluster.now, len(known), len(set(known)), smallest))
+        result.timeline.append(timeline_row(cluster))
         if cluster.now + every <= until:
             cluster.at(cluster.now + every, sample)
 
     cluster.at(cluster.now, sample)
+
+
+def mark(cluster: SimCluster, result: ScenarioResult, what: str) -> None:
+    """Note that ``what`` happened now (a fault, a heal, convergence): plots draw it."""
+    result.marks.append((cluster.now, what))
 
 
 def messages_per_worker_second(cluster: SimCluster, since_sent: int, since: float) -> float:
@@ -105,10 +123,17 @@ def total_sent(cluster: SimCluster) -> int:
 
 
 def finish(cluster: SimCluster, result: ScenarioResult) -> ScenarioResult:
-    """Add the figures every scenario reports: traffic and how much was checked."""
+    """Add the figures every scenario reports: traffic and how much was checked.
+
+    A run that samples a timeline then goes on for ``PLOT_TAIL`` simulated seconds (its
+    figures are already taken; invariant violations in the tail are still reported).
+    """
     result.metrics.setdefault("msgs_per_worker_s", messages_per_worker_second(cluster, 0, 0.0))
     result.metrics["barrier_passes_checked"] = float(cluster.invariants.barriers_passed)
     result.metrics["leader_terms_checked"] = float(len(cluster.invariants.leader_of_term))
+    if result.timeline:
+        cluster.run_for(PLOT_TAIL)
+        result.timeline.append(timeline_row(cluster))
     result.violations = list(cluster.invariants.violations)
     return result
 

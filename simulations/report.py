@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .common import ScenarioResult
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -31,25 +36,52 @@ def summary_table(results: list[ScenarioResult]) -> str:
     return "\n".join(rows)
 
 
-def plot_timeline(result: ScenarioResult, path: str) -> None:
-    """Leader agreement and the smallest membership view over simulated time."""
-    import matplotlib
+MARK_STYLES = ("--", ":", "-.")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def timeline_figure(result: ScenarioResult) -> Figure:
+    """Leaders and membership over simulated time, with the scenario's marks.
+
+    Three stacked panels share the time axis, each with its own y axis: workers that
+    know a leader (0..N), distinct leaders (small integers, so a split into two is
+    visible), and the smallest live view (0..N). Each mark (fault, heal, convergence)
+    is a vertical line through every panel; the legend naming them sits outside the
+    panels, so it covers no line. The x axis ends at the last sample, which ``finish``
+    takes ``PLOT_TAIL`` seconds after the scenario stops (converged, when it waits for
+    that), so the final state is visible.
+    Raises ValueError when the result has no timeline (run it with ``timeline=True``).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if not result.timeline:
-        raise ValueError(f"scenario {result.scenario} records no timeline to plot")
-    times = [t for t, *_ in result.timeline]
-    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 5))
-    top.step(times, [row[1] for row in result.timeline], where="post", label="workers that know a leader")
-    top.step(times, [row[2] for row in result.timeline], where="post", label="distinct leaders")
-    top.set_ylabel("workers")
-    top.legend(loc="lower right")
-    bottom.step(times, [row[3] for row in result.timeline], where="post", color="tab:red")
-    bottom.set_ylabel("smallest live view")
-    bottom.set_xlabel("simulated seconds")
+        raise ValueError(f"scenario {result.scenario} recorded no timeline: run it with timeline=True")
+    times = [row[0] for row in result.timeline]
+    figure = Figure(figsize=(10, 6.5))
+    known, leaders, smallest = figure.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2, 3]})
+    known.step(times, [row[1] for row in result.timeline], where="post", color="tab:blue")
+    known.set_ylabel("workers that\nknow a leader")
+    known.set_ylim(-0.5, result.workers + 0.5)
+    leaders.step(times, [row[2] for row in result.timeline], where="post", color="tab:orange")
+    leaders.set_ylabel("distinct\nleaders")
+    leaders.set_ylim(-0.25, max(2, max(row[2] for row in result.timeline)) + 0.25)
+    leaders.yaxis.set_major_locator(MaxNLocator(integer=True))
+    smallest.step(times, [row[3] for row in result.timeline], where="post", color="tab:red")
+    smallest.set_ylabel("smallest\nlive view")
+    smallest.set_ylim(-0.5, result.workers + 0.5)
+    smallest.set_xlabel("simulated seconds")
+    smallest.set_xlim(times[0], times[-1] + 0.02 * max(times[-1] - times[0], 1e-9))
+    for index, (at, what) in enumerate(result.marks):
+        style = {"color": f"C{(index + 2) % 10}", "linestyle": MARK_STYLES[index % len(MARK_STYLES)], "linewidth": 1.2}
+        for axes in (known, leaders, smallest):
+            axes.axvline(at, **style, label=f"{what} ({at:.2f} s)" if axes is known else None)
+    if result.marks:
+        known.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     figure.suptitle(f"{result.scenario}, {result.workers} workers, seed {result.seed}")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return figure
+
+
+def plot_timeline(result: ScenarioResult, path: str) -> None:
+    """Write :func:`timeline_figure` of ``result`` as a PNG to ``path``."""
+    timeline_figure(result).savefig(path, dpi=100, bbox_inches="tight")

@@ -14,7 +14,7 @@ import random
 
 from dtruntime.testing import NetworkFaults
 
-from .common import ScenarioResult, build, finish, wait_for
+from .common import ScenarioResult, build, finish, mark, wait_for
 
 FAULT_SECONDS = 15.0
 CONVERGENCE_BOUND_TIMEOUTS = 4  # bound = 4 * heartbeat timeout + 30 probe periods
@@ -24,20 +24,25 @@ def convergence_bound(heartbeat_ms: int, timeout_ms: int) -> float:
     return (CONVERGENCE_BOUND_TIMEOUTS * timeout_ms + 30 * heartbeat_ms) / 1000
 
 
-def swarm(workers: int | None, seed: int, heartbeat_ms: int = 100, timeout_ms: int = 1000) -> ScenarioResult:
+def swarm(workers: int | None, seed: int, heartbeat_ms: int = 100, timeout_ms: int = 1000, *,
+          timeline: bool = False) -> ScenarioResult:
     """15 s of random faults drawn from the seed (crashes, restarts, pauses, partitions, one-way
     blocks, loss bursts) with barrier rounds, then every fault stops and the survivors must
     converge; 8-64 workers (from the seed) unless --workers is given.
+
+    With ``timeline``, only the start and the end of the faults and the convergence are
+    marked (a run has dozens of faults).
     """
     rng = random.Random(seed)
     n = workers if workers is not None else rng.randint(8, 64)
     result = ScenarioResult("swarm", seed, n)
-    cluster, _ = build(n, seed, heartbeat_ms, timeout_ms, trace=False)
+    cluster, _ = build(n, seed, heartbeat_ms, timeout_ms, trace=False, timeline=result if timeline else None)
     ids = list(cluster.workers)
     clean = cluster.faults
     crashed: list[str] = []
     paused: list[str] = []
     end = cluster.now + FAULT_SECONDS
+    mark(cluster, result, "random faults start")
     round_index = 0
     next_barrier = cluster.now
     while cluster.now < end:
@@ -80,8 +85,11 @@ def swarm(workers: int | None, seed: int, heartbeat_ms: int = 100, timeout_ms: i
     for victim in list(paused):
         cluster.resume(victim)
     calm_at = cluster.now
+    mark(cluster, result, "faults stop")
     # Faults scheduled earlier (heals, resumes) may still fire: they only remove faults.
     converged = wait_for(cluster, cluster.converged, convergence_bound(heartbeat_ms, timeout_ms))
+    if converged is not None:
+        mark(cluster, result, "converged")
     result.metrics = {
         "converged_after_s": None if converged is None else converged - calm_at,
         "crashed_at_end": float(len(crashed)),
