@@ -29,44 +29,54 @@ from dtruntime.elastic import ElasticTrainer
 FEATURES = 16
 
 
-def synthetic_batch(indices) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and targets of global samples ``indices``: the same sample on every rank."""
-    index = torch.as_tensor(indices, dtype=torch.float32)[:, None]
-    x = torch.sin(index * torch.arange(1, FEATURES + 1, dtype=torch.float32) * 0.01)
-    return x, (x @ torch.linspace(-1.0, 1.0, FEATURES))[:, None] + 0.5
+class SyntheticRegression:
+    """Samples of a fixed regression task: ``dataset[indices]`` is ``(x, y)`` of those
+    global sample numbers, the same on every rank."""
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = num_samples
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.float32)[:, None]
+        x = torch.sin(index * torch.arange(1, FEATURES + 1, dtype=torch.float32) * 0.01)
+        return x, (x @ torch.linspace(-1.0, 1.0, FEATURES))[:, None] + 0.5
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--samples", type=int, default=20_000)
-    parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
+    epochs, dataset, loss_fn = args.epochs, SyntheticRegression(args.samples), nn.MSELoss()
 
     torch.manual_seed(0)  # the same initial model everywhere (DDP also broadcasts rank 0's)
-    orchestrator = TrainingOrchestrator()  # RANK, WORLD_SIZE, COORDINATOR_URL from the environment
-    orchestrator.register_worker_sync()
+    orch = TrainingOrchestrator()  # RANK, WORLD_SIZE, COORDINATOR_URL from the environment
+    orch.register_worker_sync()
     model = nn.Sequential(nn.Linear(FEATURES, 32), nn.ReLU(), nn.Linear(32, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    trainer = ElasticTrainer(orchestrator, model, optimizer, num_samples=args.samples,
-                             batch_size=args.batch_size, seed=7)
-    for epoch in range(trainer.epoch, args.epochs):
-        total, steps = 0.0, 0
-        for step in trainer.epoch_steps(epoch):
-            with step:  # on a lost worker: no optimizer step here, the group re-forms, the step runs again
-                x, y = synthetic_batch(step.indices)
-                loss = nn.functional.mse_loss(trainer.ddp(x), y)
+    losses: dict[int, list[float]] = {epoch: [] for epoch in range(epochs)}  # applied steps' losses
+
+    # The README's ElasticTrainer snippet, from here to loss.backward():
+    trainer = ElasticTrainer(orch, model, optimizer, num_samples=len(dataset), batch_size=32)
+    for epoch in range(trainer.epoch, epochs):
+        for step in trainer.epoch_steps(epoch):      # this rank's share of the next global batch
+            with step:                                # optimizer.step() on a clean exit, on every rank or none
+                x, y = dataset[step.indices]
+                loss = loss_fn(trainer.ddp(x), y)
                 loss.backward()
-            if step.applied:
-                total, steps = total + loss.item(), steps + 1
-        if orchestrator.rank == 0:
-            print(f"epoch {epoch}: mean loss {total / steps:.4f} over {steps} steps, "
-                  f"{trainer.generation.size} workers at the end", flush=True)
-    if orchestrator.rank == 0:
-        print(f"training complete: {args.epochs} epochs, {trainer.steps_applied} steps, "
+            if step.applied:  # False when a worker was lost: the group re-forms and the step runs again
+                losses[epoch].append(loss.item())
+        if orch.rank == 0:
+            print(f"epoch {epoch}: mean loss {sum(losses[epoch]) / len(losses[epoch]):.4f} over "
+                  f"{len(losses[epoch])} steps, {trainer.generation.size} workers at the end", flush=True)
+    if orch.rank == 0:
+        print(f"training complete: {epochs} epochs, {trainer.steps_applied} steps, "
               f"{len(trainer.recoveries)} recoveries", flush=True)
     trainer.close()
-    orchestrator.close_sync()
+    orch.close_sync()
 
 
 if __name__ == "__main__":
