@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from simulations.__main__ import SCENARIO_FIGURES, SCENARIOS, description
-from simulations.common import COMMON_FIGURES
+from simulations.__main__ import SCENARIOS
 
 from .cluster import ROOT
 
@@ -30,6 +29,9 @@ def simulations(*args: str, **popen: object) -> subprocess.CompletedProcess:
 
 
 def test_help_describes_every_scenario_and_defines_every_figure_it_prints():
+    from simulations.__main__ import SCENARIO_FIGURES, description
+    from simulations.common import COMMON_FIGURES
+
     done = simulations("--help", capture_output=True)
     assert done.returncode == 0, done.stderr
     text = words(done.stdout)
@@ -46,6 +48,9 @@ def test_help_describes_every_scenario_and_defines_every_figure_it_prints():
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_every_figure_a_scenario_reports_is_defined(name):
+    from simulations.__main__ import SCENARIO_FIGURES
+    from simulations.common import COMMON_FIGURES
+
     result = SCENARIOS[name](8 if name == "swarm" else 5, 1, 100, 1000)
     undefined = set(result.metrics) - set(SCENARIO_FIGURES[name]) - set(COMMON_FIGURES)
     assert not undefined, f"{name} prints figures --help does not define: {sorted(undefined)}"
