@@ -146,10 +146,18 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--world", type=int, default=4)
     parser.add_argument("--kill-after", type=int, default=75)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (none unless stderr is a terminal)")
     args = parser.parse_args()
-    ours = {victim: [dtruntime_trial(args.world, victim, args.kill_after) for _ in range(args.trials)]
-            for victim in (2, 0)}
-    anchor = [torchrun_trial(args.world, args.kill_after) for _ in range(args.trials)]
+    from simulations.progress import progress_bar
+
+    with progress_bar(3 * args.trials, "kill -9 trials", "trial", quiet=args.quiet) as bar:
+        def counted(result: dict) -> dict:
+            bar.update(1)
+            return result
+
+        ours = {victim: [counted(dtruntime_trial(args.world, victim, args.kill_after)) for _ in range(args.trials)]
+                for victim in (2, 0)}
+        anchor = [counted(torchrun_trial(args.world, args.kill_after)) for _ in range(args.trials)]
 
     def row(name: str, trials: list[dict]) -> str:
         times = [t["continue_s"] for t in trials]
