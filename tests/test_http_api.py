@@ -231,10 +231,37 @@ def test_each_orchestrator_has_its_own_registry():
     try:
         for _ in range(3):
             first.wait_barrier_sync("b")
-        first_count = first.metrics.histogram_summary("dtruntime_barrier_wait_seconds")["count"]
-        second_count = second.metrics.histogram_summary("dtruntime_barrier_wait_seconds")["count"]
+        first_count = first.metrics.histogram_summary(first.metrics.barrier_wait)["count"]
+        second_count = second.metrics.histogram_summary(second.metrics.barrier_wait)["count"]
         assert (first_count, second_count) == (3, 0)
         assert first.metrics.registry is not second.metrics.registry
     finally:
         first.close_sync()
         second.close_sync()
+
+
+def test_the_exposition_parses_and_matches_prometheus_clients_own_minus_created_series(orchestrator):
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for _ in range(3):
+        orchestrator.wait_barrier_sync("b")
+    orchestrator.report_step(3)
+    metrics = orchestrator.metrics
+    metrics.checkpoint_done("write", 1, 1 << 20, 0.5, 's3://bucket/"odd"\\path\n')
+    metrics.barrier_done(0.0, "timeout")
+
+    def samples(text: str) -> dict:
+        found = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if not sample.name.endswith("_created"):
+                    found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return found
+
+    ours = samples(metrics.exposition().decode())
+    reference = samples(generate_latest(metrics.registry).decode())
+    assert ours == reference
+    assert ours[("dtruntime_barrier_wait_seconds_count", ())] == 3
+    assert ours[("dtruntime_checkpoint_bytes_total", (("backend", "s3"), ("op", "write")))] == 1 << 20
+    assert ours[("dtruntime_barrier_failures_total", (("reason", "timeout"),))] == 1

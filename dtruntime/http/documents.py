@@ -167,12 +167,10 @@ def datasets_doc(view: JobView, observation: Observation) -> list[dict[str, Any]
 def metrics_doc(view: JobView, observation: Observation) -> dict[str, Any]:
     m = view.metrics
     return {
-        "barrier_wait_s": m.histogram_summary("dtruntime_barrier_wait_seconds"),
-        "barrier_release_s": m.histogram_summary("dtruntime_barrier_release_seconds"),
-        "checkpoint_write_mib_s": m.histogram_summary("dtruntime_checkpoint_throughput_bytes_per_second", MIB,
-                                                      {"op": "write"}),
-        "checkpoint_load_mib_s": m.histogram_summary("dtruntime_checkpoint_throughput_bytes_per_second", MIB,
-                                                     {"op": "load"}),
+        "barrier_wait_s": m.histogram_summary(m.barrier_wait),
+        "barrier_release_s": m.histogram_summary(m.barrier_release),
+        "checkpoint_write_mib_s": m.histogram_summary(m.checkpoint_throughput, MIB, {"op": "write"}),
+        "checkpoint_load_mib_s": m.histogram_summary(m.checkpoint_throughput, MIB, {"op": "load"}),
     }
 
 
