@@ -208,8 +208,12 @@ def test_register_serves_on_the_configured_port_and_close_leaves_nothing_behind(
     finally:
         orch.close_sync()
     assert orch.http_url is None and http_threads() == []
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", port))  # the port is free again
+    with pytest.raises(ConnectionRefusedError):  # nothing listens there any more
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    with socket.socket() as probe:  # and a new server may bind it (closed connections linger in TIME_WAIT)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+        probe.listen()
 
 
 def test_a_taken_port_fails_registration_with_a_bind_error_naming_the_setting():
