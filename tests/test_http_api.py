@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -269,3 +270,39 @@ def test_the_exposition_parses_and_matches_prometheus_clients_own_minus_created_
     assert ours[("dtruntime_barrier_wait_seconds_count", ())] == 3
     assert ours[("dtruntime_checkpoint_bytes_total", (("backend", "s3"), ("op", "write")))] == 1 << 20
     assert ours[("dtruntime_barrier_failures_total", (("reason", "timeout"),))] == 1
+
+
+def test_datasets_and_checkpoints_of_a_one_rank_job(tmp_path):
+    orchestrator = TrainingOrchestrator("w0", f"tcp://127.0.0.1:{free_port()}", 1, 0, env={}, http__port=free_port())
+    orchestrator.register_worker_sync(timeout=30)
+    try:
+        check_datasets_and_checkpoints(orchestrator, tmp_path)
+    finally:
+        orchestrator.close_sync()
+
+
+def check_datasets_and_checkpoints(orchestrator: TrainingOrchestrator, tmp_path) -> None:
+    from dtruntime import CheckpointManager, DatasetRegistry
+
+    url = orchestrator.http_url
+    registry = DatasetRegistry(orchestrator=orchestrator)
+    registry.register("imagenet", total_samples=1000)
+    registry.report_progress("imagenet", 2, 250)
+    with CheckpointManager(str(tmp_path), orchestrator=orchestrator, compression="none") as manager:
+        manager.save_bytes(bytes(1 << 20), 5).result(timeout=30)
+        assert manager.load_bytes(5) == bytes(1 << 20)
+
+    def datasets() -> list:
+        return request(url + "/api/datasets")[1]["datasets"]
+
+    deadline = time.monotonic() + 10
+    while not datasets() and time.monotonic() < deadline:  # published within PUBLISH_INTERVAL
+        time.sleep(0.05)
+    assert datasets() == [{"name": "imagenet", "epoch": 2, "samples_by_rank": {"0": 250}, "total_samples": 1000,
+                           "progress_by_rank": {"0": 0.25}}]
+    committed = request(url + "/api/checkpoints")[1]["checkpoints"]["committed"]
+    assert [(c["step"], c["bytes"]) for c in committed] == [(5, 1 << 20)] and committed[0]["throughput_mib_s"] > 0
+    metrics = request(url + "/api/metrics")[1]["metrics"]
+    assert metrics["checkpoint_write_mib_s"]["count"] == 1 and metrics["checkpoint_load_mib_s"]["count"] == 1
+    samples = orchestrator.metrics.exposition().decode()
+    assert 'dtruntime_checkpoint_bytes_total{op="load",backend="local"} 1048576.0' in samples
