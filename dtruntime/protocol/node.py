@@ -4,7 +4,8 @@ Inputs: :meth:`Node.step` for a message that arrived, :meth:`Node.tick` for the 
 of time, :meth:`Node.arrive`, :meth:`Node.part_written`, :meth:`Node.commit_resolved`,
 :meth:`Node.set_progress` and :meth:`Node.leave` for local requests. Each returns a
 :class:`~dtruntime.protocol.outbox.Ready`: messages for the driver to send, events for
-the local API, and the latest time at which ``tick`` must be called next.
+the local API, and the latest time at which ``tick`` must be called next. :meth:`Node.status` returns an
+immutable snapshot for observers (:mod:`.status`).
 
 The node never performs IO and never reads a clock; ``now`` is monotonic seconds from
 the driver, randomness comes from the ``random.Random`` passed in. Calling ``tick``
@@ -60,6 +61,7 @@ from .messages import (
 from .outbox import Outbox, Ready
 from .progress import ProgressBook
 from .settings import ProtocolSettings
+from .status import NodeStatus, node_status
 
 
 REFUSED_MEMORY = 64  # refused joiners remembered, so each is reported once
@@ -114,6 +116,14 @@ class Node:
     @property
     def is_leader(self) -> bool:
         return self.election.is_leader
+
+    @property
+    def has_left(self) -> bool:
+        return self._left
+
+    def status(self, now: float) -> NodeStatus:
+        """An immutable snapshot of this node (see :mod:`.status`); changes nothing."""
+        return node_status(self, now)
 
     def members(self) -> list[MemberEntry]:
         """Live members (ALIVE or SUSPECT) in this node's view, self included."""
@@ -225,6 +235,8 @@ class Node:
             return self._after(now)
         handler = _HANDLERS[type(message)]
         handler(self, message, now)
+        if message.sender in self.membership.members:  # bounded: members only, never strangers
+            self.membership.heard[message.sender] = now
         return self._after(now)
 
     # -- handlers -----------------------------------------------------------------
