@@ -80,6 +80,12 @@ class _Open:
     arrived: dict[str, int] = field(default_factory=dict)  # worker_id -> incarnation
     values: dict[str, str] = field(default_factory=dict)  # worker_id -> value it arrived with
     deadline: float = float("inf")
+    # The scans of the view below cost O(members) and would run at every arrival (O(N^2)
+    # a barrier). They depend only on the view's liveness (``Membership.version``) and on
+    # ``opened_at``, so they run again only when one of those changed since ``scanned``;
+    # in between, ``waiting`` (expected members that have not arrived) is kept up to date.
+    scanned: tuple[int, float] = (-1, float("nan"))
+    waiting: dict[str, None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +130,14 @@ class BarrierBook:
         if barrier is None:
             barrier = self._open[key] = _Open(message.elastic, {}, started)
         barrier.opened_at = min(barrier.opened_at, started)
-        for worker_id, entry in view.members.items():
-            if worker_id not in barrier.expected and (
-                entry.is_live or view.dead_since.get(worker_id, float("-inf")) >= barrier.opened_at
-            ):
-                barrier.expected[worker_id] = None
+        if barrier.scanned != (view.version, barrier.opened_at):
+            for worker_id, entry in view.members.items():
+                if worker_id not in barrier.expected and (
+                    entry.is_live or view.dead_since.get(worker_id, float("-inf")) >= barrier.opened_at
+                ):
+                    barrier.expected[worker_id] = None
         barrier.arrived[message.sender] = message.incarnation
+        barrier.waiting.pop(message.sender, None)
         barrier.values[message.sender] = message.value
         if message.timeout_ms:
             deadline = started + message.timeout_ms / 1000.0 - DEADLINE_MARGIN
@@ -171,16 +179,19 @@ class BarrierBook:
 
     def _evaluate(self, key: BarrierKey, barrier: _Open, view: Membership) -> None:
         expected = barrier.expected
-        for worker_id, entry in view.members.items():
-            if entry.is_live and worker_id not in expected:
-                expected[worker_id] = None  # joined while the barrier was open
-        dead = tuple(w for w in expected if not view.is_live(w))
-        if dead and not barrier.elastic:
-            self._close(key, barrier, view, Outcome.LOST, dead)
-            return
-        for worker_id in dead:
-            del expected[worker_id]
-        if len(view.members) < self.world_size or any(w not in barrier.arrived for w in expected):
+        if barrier.scanned != (view.version, barrier.opened_at):
+            for worker_id, entry in view.members.items():
+                if entry.is_live and worker_id not in expected:
+                    expected[worker_id] = None  # joined while the barrier was open
+            dead = tuple(w for w in expected if not view.is_live(w))
+            if dead and not barrier.elastic:
+                self._close(key, barrier, view, Outcome.LOST, dead)
+                return
+            for worker_id in dead:
+                del expected[worker_id]
+            barrier.waiting = {w: None for w in expected if w not in barrier.arrived}
+            barrier.scanned = (view.version, barrier.opened_at)
+        if len(view.members) < self.world_size or barrier.waiting:
             return
         if barrier.elastic and view.live_count < self.quorum:
             return
