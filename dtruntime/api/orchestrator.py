@@ -35,6 +35,7 @@ import random
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -83,6 +84,7 @@ from ..runtime.transport import ZmqTransport
 from .registration import Joining, Registration, bind_advice
 
 log = logging.getLogger("dtruntime")
+LOST_MEMORY = 4096  # loss reports kept (ids restarted under new names are distinct forever)
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,7 @@ class TrainingOrchestrator:
         self._lock = threading.Lock()
         self._barriers: dict[str, Future[Agreement]] = {}
         self._joined: Future[str] = Future()
-        self._lost: dict[str, WorkerLost] = {}
+        self._lost: OrderedDict[str, WorkerLost] = OrderedDict()  # newest LOST_MEMORY, for naming ranks
         self._declared_dead = False
         self._commits: dict[int, Future[None]] = {}
         self._commit_handler: CommitHandler | None = None
@@ -546,6 +548,9 @@ class TrainingOrchestrator:
             self._settle(event.barrier_id, self._barrier_error(event))
         elif isinstance(event, WorkerLost):
             self._lost[event.worker_id] = event
+            self._lost.move_to_end(event.worker_id)
+            if len(self._lost) > LOST_MEMORY:
+                self._lost.popitem(last=False)  # the view still knows its rank (see _rank_of)
             if event.left:
                 log.info("worker %s (rank %d) left", event.worker_id, event.rank)
             else:

@@ -36,6 +36,17 @@ Leader rules (``BarrierBook``):
 Invariant (checked by the simulator): a ``RELEASED`` result names every world member it
 did not wait for, and every other member had arrived.
 
+Bounded state: a waiter remembers the next generation of at most
+``GENERATION_MEMORY`` barrier ids (``f"epoch_{n}"`` ids are distinct forever). Past
+that, the least recently finished id is forgotten and, if used again, starts at
+generation 0 like a new id (so a restarted worker, which knows no ids, still agrees
+with the others on new ids). That is safe because a reused ``(id, 0)`` could only be
+answered from a stale result if the leader still remembered it, and the leader keeps
+only the last ``barrier_history`` (4096) decisions while the waiter finished
+``GENERATION_MEMORY`` (65536) other ids since: more than 61,000 of those would have to
+have failed without a leader's decision. The leader's open and decided barriers and the
+waiter's recent results (``RECENT_RESULTS``) are bounded too.
+
 Waiter rules (``Waits``): arrive once per generation; re-send to the leader every
 ``resend_periods`` and to every new leader; a local deadline ``DEADLINE_MARGIN`` after
 the caller's covers a leader that never answers (none elected, or cut off), and says
@@ -67,6 +78,7 @@ from .settings import ProtocolSettings
 BarrierKey = tuple[str, int]
 
 RECENT_RESULTS = 16  # results a waiter reports to a new leader
+GENERATION_MEMORY = 65536  # barrier ids whose next generation a waiter remembers
 # Seconds: the leader decides a timeout this long before the caller's deadline (time for
 # its answer to arrive), and a waiter with no answer gives up this long after it.
 DEADLINE_MARGIN = 0.05
@@ -255,7 +267,7 @@ class Waits:
         self.settings = settings
         self._out = outbox
         self._waits: dict[str, _Wait] = {}
-        self._generations: dict[str, int] = {}
+        self._generations: OrderedDict[str, int] = OrderedDict()  # least recently finished first
         self.recent: OrderedDict[BarrierKey, BarrierResult] = OrderedDict()
         self.next_resend = float("inf")
 
@@ -348,6 +360,10 @@ class Waits:
 
     def _finish(self, barrier_id: str, wait: _Wait) -> None:
         del self._waits[barrier_id]
-        self._generations[barrier_id] = wait.generation + 1
+        generations = self._generations
+        generations[barrier_id] = wait.generation + 1
+        generations.move_to_end(barrier_id)
+        if len(generations) > GENERATION_MEMORY:
+            generations.popitem(last=False)
         if not self._waits:
             self.next_resend = float("inf")
