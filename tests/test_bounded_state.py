@@ -68,3 +68,11 @@ def test_the_transport_cap_is_the_codecs_and_cannot_exceed_it():
     assert DEFAULT_MAX_MESSAGE_BYTES == codec.MAX_MESSAGE_BYTES
     with pytest.raises(ConfigError, match="max_message_bytes.*at most"):
         ZmqTransport(max_message_bytes=codec.MAX_MESSAGE_BYTES + 1)
+
+
+def test_decided_barriers_leave_no_deadline_behind():
+    node = world_of_one()
+    for n in range(50):
+        events = node.arrive(f"epoch_{n}", n * 0.01, timeout=60.0).events
+        assert any(isinstance(e, BarrierReleased) for e in events)
+    assert node.book._deadlines == [] and not node.book.has_deadlines

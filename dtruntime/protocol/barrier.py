@@ -43,7 +43,7 @@ generation 0 like a new id (so a restarted worker, which knows no ids, still agr
 with the others on new ids). That is safe because a reused ``(id, 0)`` could only be
 answered from a stale result if the leader still remembered it, and the leader keeps
 only the last ``barrier_history`` (4096) decisions while the waiter finished
-``GENERATION_MEMORY`` (65536) other ids since: more than 61,000 of those would have to
+``GENERATION_MEMORY`` (16384) other ids since: more than 12,000 of those would have to
 have failed without a leader's decision. The leader's open and decided barriers and the
 waiter's recent results (``RECENT_RESULTS``) are bounded too.
 
@@ -78,7 +78,7 @@ from .settings import ProtocolSettings
 BarrierKey = tuple[str, int]
 
 RECENT_RESULTS = 16  # results a waiter reports to a new leader
-GENERATION_MEMORY = 65536  # barrier ids whose next generation a waiter remembers
+GENERATION_MEMORY = 16384  # barrier ids whose next generation a waiter remembers
 # Seconds: the leader decides a timeout this long before the caller's deadline (time for
 # its answer to arrive), and a waiter with no answer gives up this long after it.
 DEADLINE_MARGIN = 0.05
@@ -165,6 +165,7 @@ class BarrierBook:
         if key in self._decided:
             return
         barrier = self._open.pop(key, None)
+        self._drop_stale_deadlines()
         self._decide(key, result, tuple(barrier.arrived) if barrier else ())
 
     def on_view_change(self, view: Membership) -> None:
@@ -180,6 +181,22 @@ class BarrierBook:
                 continue
             missing = tuple(w for w in barrier.expected if w not in barrier.arrived)
             self._close(key, barrier, view, Outcome.TIMEOUT, missing)
+
+    def _drop_stale_deadlines(self) -> None:
+        """Pop deadlines of barriers already decided off the top of the heap.
+
+        Without this, every barrier with a timeout leaves its deadline in the heap until
+        that deadline passes (rate x timeout entries: 150,000 at 2,500 barriers/s with
+        ``timeout=60``), and the node wakes at each for nothing. Barriers decide roughly in
+        deadline order, so the heap stays near the number of open barriers.
+        """
+        heap = self._deadlines
+        while heap:
+            deadline, barrier_id, generation = heap[0]
+            barrier = self._open.get((barrier_id, generation))
+            if barrier is not None and barrier.deadline == deadline:
+                return
+            heapq.heappop(heap)
 
     @property
     def has_deadlines(self) -> bool:
@@ -215,6 +232,7 @@ class BarrierBook:
         agreement: tuple[str, str, tuple[str, ...], str] = ("", "", (), ""),
     ) -> None:
         del self._open[key]
+        self._drop_stale_deadlines()
         verdicts = tuple(
             entry for entry in map(view.get, workers)
             if entry is not None and not entry.is_live
