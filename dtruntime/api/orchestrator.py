@@ -41,6 +41,7 @@ import random
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -90,6 +91,7 @@ from .registration import Joining, Registration, bind_advice
 
 log = logging.getLogger("dtruntime")
 STEP_KEY = "dtruntime.step"  # the gossiped training step (report_step); read by dtruntime.http.steps
+LOST_MEMORY = 4096  # loss reports kept (ids restarted under new names are distinct forever)
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ class TrainingOrchestrator:
         self._lock = threading.Lock()
         self._barriers: dict[str, Future[Agreement]] = {}
         self._joined: Future[str] = Future()
-        self._lost: dict[str, WorkerLost] = {}
+        self._lost: OrderedDict[str, WorkerLost] = OrderedDict()  # newest LOST_MEMORY, for naming ranks
         self._declared_dead = False
         self._commits: dict[int, Future[None]] = {}
         self._commit_handler: CommitHandler | None = None
@@ -646,6 +648,9 @@ class TrainingOrchestrator:
             self._settle(event.barrier_id, self._barrier_error(event))
         elif isinstance(event, WorkerLost):
             self._lost[event.worker_id] = event
+            self._lost.move_to_end(event.worker_id)
+            if len(self._lost) > LOST_MEMORY:
+                self._lost.popitem(last=False)  # the view still knows its rank (see _rank_of)
             if event.left:
                 log.info("worker %s (rank %d) left", event.worker_id, event.rank)
             else:

@@ -63,6 +63,42 @@ class _Relay:
     expires: float
 
 
+class RankHolders:
+    """Rank -> the ids of every worker ever seen at that rank (never shrinks).
+
+    One slot per rank of the world, 8 bytes each, because every node keeps one and a
+    simulated 10,000-worker cluster has 10^8 of them. A slot is ``None`` (nobody seen),
+    a worker id (the usual case: one holder and no allocation of its own) or a tuple of
+    ids in first-seen order (a rank taken over by a restarted worker under a new id).
+    Ranks outside ``[0, world_size)`` hold nobody.
+    """
+
+    __slots__ = ("slots",)
+
+    def __init__(self, world_size: int) -> None:
+        self.slots: list[str | tuple[str, ...] | None] = [None] * world_size
+
+    def add(self, rank: int, worker_id: str) -> None:
+        slot = self.slots[rank]
+        if slot is None:
+            self.slots[rank] = worker_id
+        elif isinstance(slot, str):
+            if slot != worker_id:
+                self.slots[rank] = (slot, worker_id)
+        elif worker_id not in slot:
+            self.slots[rank] = slot + (worker_id,)
+
+    def holders(self, rank: int) -> tuple[str, ...]:
+        slot = self.slots[rank] if 0 <= rank < len(self.slots) else None
+        if slot is None:
+            return ()
+        return (slot,) if isinstance(slot, str) else slot
+
+    def unseen(self) -> list[int]:
+        """Ranks nobody was ever seen at, ascending."""
+        return [rank for rank, slot in enumerate(self.slots) if slot is None]
+
+
 class Membership:
     """The membership view of one node. Not thread-safe; driven by :class:`Node`."""
 
@@ -82,7 +118,8 @@ class Membership:
         self._rng = rng
         self._out = outbox
         self.members: dict[str, MemberEntry] = {me.worker_id: me}
-        self._by_rank: dict[int, dict[str, None]] = {me.rank: {me.worker_id: None}}  # rank -> ids, never shrinks
+        self._by_rank = RankHolders(world_size)
+        self._by_rank.add(me.rank, me.worker_id)
         self.live_count = 1
         self._news: dict[str, list] = {}  # worker_id -> [entry, times sent]
         self._suspicions: list[tuple[float, int, str, int]] = []  # (deadline, seq, id, incarnation)
@@ -98,7 +135,7 @@ class Membership:
         self._next_probe_at = now + rng.random() * settings.probe_period
         self.changed = False  # set when any member's liveness changed; cleared by the node
         self.declared_dead = False  # set when this node learned it was declared DEAD
-        self.version = 0  # bumped on every liveness change, for caches of derived facts
+        self.version = 0  # bumped on every liveness change and new member, for caches of derived facts
         self.revision = 0  # bumped on every change of any entry (suspicions and refutations too)
         self.heard: dict[str, float] = {}  # member -> when a message from it last arrived here
 
@@ -125,7 +162,7 @@ class Membership:
                       if not entry.is_live)
         parts = [f"{worker_id} (rank {rank}) {'left' if status == Status.LEFT else 'lost'}"
                  for rank, worker_id, status in gone]
-        unseen = [rank for rank in range(self.world_size) if rank not in self._by_rank]
+        unseen = self._by_rank.unseen()
         if unseen:
             shown = ", ".join(map(str, unseen[:8])) + (f" and {len(unseen) - 8} more" if len(unseen) > 8 else "")
             parts.append(f"rank{'s' if len(unseen) > 1 else ''} {shown} never joined")
@@ -163,7 +200,7 @@ class Membership:
             return
         self.members[entry.worker_id] = entry
         self.revision += 1
-        self._by_rank.setdefault(entry.rank, {})[entry.worker_id] = None
+        self._by_rank.add(entry.rank, entry.worker_id)
         if news:
             self._queue_news(entry)
         was_live = current is not None and current.is_live
@@ -185,12 +222,37 @@ class Membership:
             self.version += 1
         elif current is None:
             self.dead_since[entry.worker_id] = now  # first heard of already gone
+            self.version += 1  # a new member all the same (barriers count it)
         if entry.status == Status.LEFT:
             self._dead.pop(entry.worker_id, None)
         if entry.status == Status.SUSPECT:
             self._seq += 1
             deadline = now + self.settings.heartbeat_timeout
             heapq.heappush(self._suspicions, (deadline, self._seq, entry.worker_id, entry.incarnation))
+
+    def apply_view(self, entries: tuple[MemberEntry, ...], now: float) -> None:
+        """Merge a whole ``Members`` view: the same as ``apply(entry, now, news=False)``
+        for each entry, in order.
+
+        Joining means learning every member, so across a cluster this runs N^2 times. The
+        common case (an ALIVE stranger at a rank nobody holds) is admitted here inline;
+        everything else goes through :meth:`apply`.
+        """
+        members, slots, world_size = self.members, self._by_rank.slots, self.world_size
+        alive = Status.ALIVE
+        for entry in entries:
+            worker_id, rank = entry.worker_id, entry.rank
+            if (entry.status is not alive or worker_id in members or not 0 <= rank < world_size
+                    or slots[rank] is not None):
+                self.apply(entry, now, news=False)
+                continue
+            members[worker_id] = entry
+            slots[rank] = worker_id
+            self.revision += 1
+            self.live_count += 1
+            self._out.emit(MemberJoined(entry))
+            self.changed = True
+            self.version += 1
 
     def _admissible(self, entry: MemberEntry, direct: bool) -> bool:
         """Whether a worker we never heard of may enter the view.
@@ -203,7 +265,7 @@ class Membership:
         """
         if not entry.is_live or entry.rank >= self.world_size:
             return False
-        holders = [self.members[w] for w in self._by_rank.get(entry.rank, ()) if w != entry.worker_id]
+        holders = [self.members[w] for w in self._by_rank.holders(entry.rank) if w != entry.worker_id]
         return not holders or (direct and not any(e.is_live for e in holders))
 
     def _about_me(self, entry: MemberEntry) -> None:

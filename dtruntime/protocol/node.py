@@ -310,8 +310,7 @@ class Node:
 
     def _on_members(self, message: Members, now: float) -> None:
         first_view = not self.joined
-        for entry in message.members:
-            self.membership.apply(entry, now, news=False)
+        self.membership.apply_view(message.members, now)
         self.joined = True
         self._world_announced = self._world_announced or self.membership.live_count >= self.world_size
         if first_view and message.leader_term > 0:

@@ -32,8 +32,9 @@ from typing import Protocol, runtime_checkable
 import zmq
 
 from ..errors import BindError, ConfigError, ProtocolError
+from ..protocol.codec import MAX_MESSAGE_BYTES
 
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+DEFAULT_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES  # one cap: the codec's; the transport may only lower it
 DEFAULT_HWM = 1000
 DEFAULT_MAX_PEERS = 256
 DEFAULT_MAX_BATCH = 256
@@ -153,6 +154,10 @@ class ZmqTransport:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(key, f"must be a positive integer, not {value!r}")
+        if max_message_bytes > MAX_MESSAGE_BYTES:
+            raise ConfigError(
+                "max_message_bytes", f"must be at most the codec's limit of {MAX_MESSAGE_BYTES}, not {max_message_bytes}"
+            )
         self._max_message_bytes = max_message_bytes
         self._hwm = hwm
         self._max_peers = max_peers

@@ -168,9 +168,10 @@ class SimCluster:
             if self.tracing:
                 self.trace.append(f"{self.now:.6f} {worker.worker_id} {event!r}")
             self.invariants.on_event(worker.worker_id, event)
-            if isinstance(event, CommitDue):
-                self._decide_later(worker, worker.node, event)
-            elif isinstance(event, LeaderChanged) and event.leader_id == worker.worker_id:
+            kind = event.__class__  # events are final classes; this runs N^2 times at start-up
+            if kind is CommitDue:
+                self._decide_later(worker, worker.node, event)  # type: ignore[arg-type]
+            elif kind is LeaderChanged and event.leader_id == worker.worker_id:  # type: ignore[union-attr]
                 self._recover_later(worker, worker.node)
             for listener in self.listeners:
                 listener(worker.worker_id, event)
