@@ -13,12 +13,21 @@ Liveness (convergence after faults stop) is measured by the scenarios with
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Mapping
+from typing import Protocol
 
 from ..protocol.events import BarrierReleased, CheckpointAbandoned, CheckpointCommitted, Event, LeaderChanged
 
-if TYPE_CHECKING:
-    from .sim import SimCluster
+
+class ClusterView(Protocol):
+    """What the checkers read of a simulated cluster (``SimCluster`` is one): public facts
+    only, so a checker cannot lean on the simulator's internals."""
+
+    seed: int
+    now: float
+    world_size: int
+    workers: Mapping[str, object]  # worker id -> its record; only the ids are read
+    manifests: Collection[int]  # steps whose manifest was written
 
 
 _CHECKED = frozenset({LeaderChanged, BarrierReleased, CheckpointCommitted, CheckpointAbandoned})
@@ -31,7 +40,7 @@ class InvariantViolation(AssertionError):
 class Invariants:
     """Collects violations; :meth:`check` raises the first with the reproducing seed."""
 
-    def __init__(self, cluster: "SimCluster") -> None:
+    def __init__(self, cluster: ClusterView) -> None:
         self._cluster = cluster
         self.violations: list[str] = []
         self.leader_of_term: dict[int, str] = {}
