@@ -3,10 +3,11 @@
     foundation (errors, logs, config, sharding)
     protocol            <- the pure sans-IO core: foundation only
     runtime             <- protocol
-    api                 <- runtime, protocol
+    api                 <- runtime, protocol (and http, imported lazily when the API is on)
     checkpoint, data    <- their own layer, protocol's messages (checkpoint), sharding (data)
     elastic             <- api, runtime
     testing             <- protocol (the simulator drives the real core)
+    http                <- api, runtime, protocol, checkpoint, data
 
 A new subpackage must be placed in :data:`ALLOWED` before it can land.
 """
@@ -32,6 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": FOUNDATION,
     "elastic": {"api", "runtime", "protocol"} | FOUNDATION,
     "testing": {"protocol"},
+    "http": {"api", "runtime", "protocol", "checkpoint", "data"} | FOUNDATION,
     "": {"api", "checkpoint", "data", "elastic", "protocol", "runtime"} | FOUNDATION,  # dtruntime/__init__.py
 }
 

@@ -24,13 +24,36 @@ Everything is bounded by the world size and the protocol's bounded histories.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from .barrier import BarrierBook, Waits
+from .commit import CommitBook, Saves
+from .election import Election
+from .membership import Membership
 from .messages import CommitOutcome, Status
+from .progress import ProgressBook
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .node import Node
+
+class Observed(Protocol):
+    """What a snapshot reads of a node (``Node`` is one), so this module needs no import
+    of ``node`` (which imports this one)."""
+
+    worker_id: str
+    world_size: int
+    joined: bool
+    membership: Membership
+    election: Election
+    book: BarrierBook
+    waits: Waits
+    commits: CommitBook
+    saves: Saves
+    progress: ProgressBook
+    dropped: Mapping[str, int]
+
+    @property
+    def has_left(self) -> bool: ...
 
 STATUS_NAMES = {Status.ALIVE: "alive", Status.SUSPECT: "suspect", Status.DEAD: "lost", Status.LEFT: "left"}
 
@@ -106,7 +129,7 @@ class NodeStatus:
         return counts
 
 
-def node_status(node: "Node", now: float) -> NodeStatus:
+def node_status(node: Observed, now: float) -> NodeStatus:
     """A snapshot of ``node`` at ``now`` (monotonic seconds, the node's clock)."""
     membership, election = node.membership, node.election
     heard = membership.heard
@@ -144,7 +167,7 @@ def node_status(node: "Node", now: float) -> NodeStatus:
     )
 
 
-def _barriers(node: "Node", now: float) -> tuple[BarrierView, ...]:
+def _barriers(node: Observed, now: float) -> tuple[BarrierView, ...]:
     views = []
     if node.election.is_leader:
         for (barrier_id, generation), opened_at, expected, arrived, elastic in node.book.open_barriers():
@@ -160,7 +183,7 @@ def _barriers(node: "Node", now: float) -> tuple[BarrierView, ...]:
     return tuple(views)
 
 
-def _checkpoints(node: "Node") -> CheckpointView:
+def _checkpoints(node: Observed) -> CheckpointView:
     pending = set(node.saves.pending_steps())
     outcomes: dict[int, CommitOutcome] = {r.step: r.outcome for r in node.saves.recent.values()}
     if node.election.is_leader:
