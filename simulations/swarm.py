@@ -3,9 +3,14 @@
 Per seed: 8-64 workers, 15 simulated seconds of random faults (crashes and restarts
 that always leave a majority running, pauses, symmetric partitions, one-way link
 blocks, loss and duplication bursts) with a barrier round every 0.5 s (random
-elastic/non-elastic, 3 s timeout). Then every fault stops (partitions heal, paused
-workers resume; crashed ones stay down) and the survivors must converge on one leader
-and one membership view within ``CONVERGENCE_BOUND`` simulated seconds.
+elastic/non-elastic, 3 s timeout), after which every running worker saves a checkpoint
+part of that round's step (2 % of the writes fail). Then every fault stops (partitions
+heal, paused workers resume; crashed ones stay down) and the survivors must converge on
+one leader and one membership view within ``CONVERGENCE_BOUND`` simulated seconds, and
+every step a survivor saved must be decided (committed or abandoned) at that survivor
+within ``SETTLE_TIMEOUTS`` heartbeat timeouts after that. Commit safety (manifests only
+over one durable part per rank, at most one per step, no step both committed and
+abandoned) is checked throughout by the invariants.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from .common import ScenarioResult, build, finish, mark, wait_for
 
 FAULT_SECONDS = 15.0
 CONVERGENCE_BOUND_TIMEOUTS = 4  # bound = 4 * heartbeat timeout + 30 probe periods
+SETTLE_TIMEOUTS = 3  # heartbeat timeouts after convergence for every saved step to be decided
+SAVE_FAILURE = 0.02  # fraction of part writes that fail
 
 
 def convergence_bound(heartbeat_ms: int, timeout_ms: int) -> float:
@@ -50,6 +57,8 @@ def swarm(workers: int | None, seed: int, heartbeat_ms: int = 100, timeout_ms: i
             elastic = rng.random() < 0.5
             for worker in cluster.up_workers():
                 cluster.arrive(worker.worker_id, f"r{round_index}", timeout=3.0, elastic=elastic)
+            for worker in cluster.up_workers():
+                cluster.save(worker.worker_id, round_index, ok=rng.random() >= SAVE_FAILURE)
             round_index += 1
             next_barrier = cluster.now + 0.5
         fault = rng.random()
@@ -90,15 +99,24 @@ def swarm(workers: int | None, seed: int, heartbeat_ms: int = 100, timeout_ms: i
     converged = wait_for(cluster, cluster.converged, convergence_bound(heartbeat_ms, timeout_ms))
     if converged is not None:
         mark(cluster, result, "converged")
+    def undecided() -> list[tuple[str, int]]:
+        return [(w.worker_id, step) for w in cluster.up_workers() for step in w.node.saves.pending_steps()]
+
+    decided = wait_for(cluster, lambda: not undecided(), SETTLE_TIMEOUTS * timeout_ms / 1000)
     result.metrics = {
         "converged_after_s": None if converged is None else converged - calm_at,
         "crashed_at_end": float(len(crashed)),
+        "steps_committed": float(len(cluster.manifests)),
+        "steps_saved": float(round_index),
     }
     finish(cluster, result)
     if converged is None:
         result.violations.append(
             f"no convergence within {convergence_bound(heartbeat_ms, timeout_ms):.1f}s after faults stopped"
         )
+    elif decided is None:
+        result.violations.append(f"saved steps still undecided {SETTLE_TIMEOUTS} timeouts after convergence: "
+                                 f"{undecided()[:5]}")
     return result
 
 
@@ -107,4 +125,7 @@ FIGURES: dict[str, str] = {
                          "the running workers as live; a run that takes longer than 4 timeouts + 30 "
                          "probe periods is an invariant violation",
     "crashed_at_end": "workers still crashed when the faults stop (they stay down)",
+    "steps_committed": "checkpoint steps whose manifest the leaders wrote (every running worker saves "
+                       "each round's step; a step with a crashed or failed rank is abandoned)",
+    "steps_saved": "checkpoint steps saved (one per barrier round)",
 }

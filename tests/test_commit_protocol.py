@@ -93,6 +93,35 @@ def test_book_gives_up_on_a_rank_declared_dead_but_not_on_a_suspect_or_a_late_jo
     assert [r.rank for r in due.reports] == [0, 2]
 
 
+def test_book_gives_up_on_a_rank_that_reported_a_later_step_but_not_this_one():
+    book, view, outbox = book_and_view()
+    for rank in range(WORLD - 2):
+        book.report(report(rank, step=18), view)
+    book.report(report(3, step=20, incarnation=5), view)  # restarted before its death verdict
+    assert dues(outbox) == []  # rank 2 may still report 18: moving on alone ends no wait
+    book.report(report(2, step=18), view)
+    assert dues(outbox) == [CommitDue(18, tuple(report(r, step=18) for r in range(WORLD - 1)), (3,))]
+
+
+def test_sim_a_rank_restarted_before_its_death_verdict_does_not_leave_the_step_open():
+    """Crash and restart inside heartbeat_timeout: the new process never saves step 5."""
+    cluster = converged_cluster(4, 61)
+    seen = outcomes(cluster)
+    for worker_id in ("w0", "w1", "w3"):
+        cluster.save(worker_id, 5)
+    cluster.crash("w2")
+    cluster.run_for(0.2)  # well inside the 1 s heartbeat timeout: never declared dead
+    cluster.restart("w2")
+    cluster.run_for(1.0)
+    assert all(seen[w] == [] for w in ("w0", "w1", "w3"))  # step 5 still open: rank 2 is live
+    for worker_id in cluster.workers:
+        cluster.save(worker_id, 6)
+    cluster.run_for(2.0)
+    for worker_id in ("w0", "w1", "w3"):
+        assert seen[worker_id] == [CheckpointAbandoned(5, CommitOutcome.ABANDONED, (2,)), CheckpointCommitted(6)]
+    cluster.invariants.check()
+
+
 def test_book_gives_up_at_once_on_a_failed_write():
     book, view, outbox = book_and_view()
     book.report(report(1, ok=False), view)

@@ -6,7 +6,7 @@
     api                 <- runtime, protocol (and http, imported lazily when the API is on)
     checkpoint, data    <- their own layer, protocol's messages (checkpoint), sharding (data)
     elastic             <- api, runtime
-    testing             <- protocol (the simulator drives the real core)
+    testing             <- protocol, checkpoint (the simulator drives the real core and committer)
     http                <- api, runtime, protocol, checkpoint, data
 
 A new subpackage must be placed in :data:`ALLOWED` before it can land.
@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "checkpoint": {"protocol.messages"} | FOUNDATION,
     "data": FOUNDATION,
     "elastic": {"api", "runtime", "protocol"} | FOUNDATION,
-    "testing": {"protocol"},
+    "testing": {"protocol", "checkpoint"},
     "http": {"api", "runtime", "protocol", "checkpoint", "data"} | FOUNDATION,
     "": {"api", "checkpoint", "data", "elastic", "protocol", "runtime"} | FOUNDATION,  # dtruntime/__init__.py
 }

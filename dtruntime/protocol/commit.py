@@ -6,7 +6,14 @@ book asks its local API to decide a step (``CommitDue``) once, per leadership, w
 
 * every rank ``0..world_size-1`` reported its part (``missing_ranks`` empty), or
 * a rank that has not reported can no longer report: its member was declared DEAD or
-  LEFT (and no live member holds the rank), or its report says the write failed.
+  LEFT (and no live member holds the rank), or its report says the write failed; or
+  every rank that has not reported has reported a *later* step. Each rank saves its steps in increasing order (retention
+  relies on that too), so a rank that reported step 20 but not 18 either wrote 18
+  before (its report was lost or is still being re-sent: the part is in storage, and the
+  decision from storage commits it) or never will (it crashed and restarted, faster
+  than the failure detector declared it dead, and resumed past 18). Without this rule
+  a rank restarted within ``heartbeat_timeout`` left every step it had not reported
+  open forever.
 
 The API decides from storage alone (manifest there: COMMITTED; every part there: write
 the create-only manifest, COMMITTED, or FAILED if it cannot; otherwise ABANDONED) and
@@ -69,6 +76,7 @@ class CommitBook:
         self._out = outbox
         self._open: dict[int, _OpenStep] = {}
         self._decided: OrderedDict[int, StepResult] = OrderedDict()
+        self._latest: dict[int, int] = {}  # rank -> the highest step it reported (one entry a rank)
         self.decisions: list[CommitDecision] = []  # drained by the node
 
     def decided(self, step: int) -> StepResult | None:
@@ -94,6 +102,11 @@ class CommitBook:
             step.reports[report.rank] = report
         step.reporters[report.sender] = None
         self._evaluate(report.step, step, view)
+        if report.step > self._latest.get(report.rank, -1):
+            self._latest[report.rank] = report.step
+            for number, earlier in list(self._open.items()):
+                if number < report.step and report.rank not in earlier.reports:
+                    self._evaluate(number, earlier, view)
         return None
 
     def open_steps(self) -> list[int]:
@@ -133,11 +146,13 @@ class CommitBook:
         failed = [rank for rank, report in step.reports.items() if not report.ok]
         unreported = [rank for rank in range(self.world_size) if rank not in step.reports]
         lost = [rank for rank in unreported if _rank_lost(rank, view)]
-        if unreported and not (failed or lost):
-            return
+        latest = self._latest
+        moved_on = [rank for rank in unreported if rank not in lost and latest.get(rank, -1) > number]
+        if len(moved_on) < len(unreported) - len(lost) and not (failed or lost):
+            return  # a rank may still report (one that moved on only ends the wait once all others did)
         step.due = True
         reports = tuple(step.reports[rank] for rank in sorted(step.reports))
-        self._out.emit(CommitDue(number, reports, tuple(sorted(failed + lost))))
+        self._out.emit(CommitDue(number, reports, tuple(sorted(failed + lost + moved_on))))
 
 
 def _rank_lost(rank: int, view: Membership) -> bool:

@@ -5,7 +5,10 @@
   world member that the release does not name as excluded called ``arrive`` for it.
 * **Commit safety**: a node sees ``CheckpointCommitted(step)`` only after every rank of
   the world wrote its part of ``step`` and a manifest for it was written; no step is
-  seen committed by one node and abandoned by another.
+  seen committed by one node and abandoned by another; a manifest is written only when
+  the store holds exactly one part of that step for every rank (no step is listed
+  unless every part is durable), and at most once per step (storage is create-only,
+  so a second leader's write fails and it must adopt the first).
 
 Liveness (convergence after faults stop) is measured by the scenarios with
 :meth:`SimCluster.converged`, against a stated bound.
@@ -13,9 +16,10 @@ Liveness (convergence after faults stop) is measured by the scenarios with
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
+from ..checkpoint import layout
 from ..protocol.events import BarrierReleased, CheckpointAbandoned, CheckpointCommitted, Event, LeaderChanged
 
 
@@ -27,7 +31,6 @@ class ClusterView(Protocol):
     now: float
     world_size: int
     workers: Mapping[str, object]  # worker id -> its record; only the ids are read
-    manifests: Collection[int]  # steps whose manifest was written
 
 
 _CHECKED = frozenset({LeaderChanged, BarrierReleased, CheckpointCommitted, CheckpointAbandoned})
@@ -49,9 +52,21 @@ class Invariants:
         self._parts: dict[int, dict[int, None]] = {}
         self.committed: dict[int, None] = {}  # steps some node saw committed
         self.abandoned: dict[int, None] = {}  # steps some node saw abandoned (not for a local cause)
+        self._manifests: dict[int, None] = {}  # steps whose manifest was written
 
     def on_part(self, step: int, rank: int) -> None:
         self._parts.setdefault(step, {})[rank] = None
+
+    def on_manifest(self, step: int, listing: dict[str, int]) -> None:
+        """A manifest of ``step`` was just written; ``listing`` is the store at that moment."""
+        prefix = layout.step_dir(step) + "/"
+        ranks = [parsed[0] for key in listing if key.startswith(prefix)
+                 if (parsed := layout.parse_part_name(key[len(prefix):])) is not None]
+        if sorted(ranks) != list(range(self._cluster.world_size)):
+            self._violate(f"manifest of step {step} written with parts of ranks {sorted(ranks)[:8]}")
+        if step in self._manifests:
+            self._violate(f"a second manifest of step {step} was written")
+        self._manifests[step] = None
 
     def on_arrive(self, worker_id: str, barrier_id: str, generation: int) -> None:
         key = (barrier_id, generation)
@@ -81,7 +96,7 @@ class Invariants:
         missing = [r for r in range(self._cluster.world_size) if r not in parts]
         if missing:
             self._violate(f"step {step} committed at {worker_id} before ranks {missing[:5]} wrote their parts")
-        if step not in self._cluster.manifests:
+        if step not in self._manifests:
             self._violate(f"step {step} committed at {worker_id} without a manifest")
         if step in self.abandoned:
             self._violate(f"step {step} committed at {worker_id} but abandoned elsewhere")

@@ -10,12 +10,14 @@ Faults: message loss, duplication, delay (and so reordering), symmetric partitio
 messages queue up and are delivered on resume), crash (messages dropped) and restart
 (a fresh node with a higher incarnation joins through the seeds).
 
-Checkpoints: :meth:`SimCluster.save` stores a rank's part in a shared simulated store and
-reports it; the worker that gets ``CommitDue`` decides it from that store the way the
-real API does (manifest there: committed; every part there: write the manifest, then
-committed; otherwise abandoned), ``commit_delay`` later for the manifest and again for
-the answer, so a crash can fall between them. A worker that becomes leader scans the
-store and finishes in-flight steps whose parts are all there.
+Checkpoints: :meth:`SimCluster.save` writes a rank's part (real bytes, real CRC-32C,
+the production key layout) into a shared in-memory :class:`MemoryStorage` and reports
+it; the worker that gets ``CommitDue`` decides it with the production
+:class:`LeaderCommitter` over that store, ``commit_delay`` later (the manifest, if any,
+is written then), and its answer reaches the node ``commit_delay`` after that, so a
+crash can fall between the two. A worker that becomes leader runs the committer's
+``recover`` (finishing in-flight steps whose parts are all there) and resolves every
+committed step it returns, as the orchestrator does.
 
 With ``codec=True`` every message is encoded and decoded on its way, as over ZeroMQ,
 and the bytes are counted; scale runs may turn it off for speed.
@@ -28,6 +30,9 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ..checkpoint import layout
+from ..checkpoint.integrity import crc32c
+from ..checkpoint.leader import LeaderCommitter
 from ..protocol import codec
 from ..protocol.events import CommitDue, Event, LeaderChanged
 from ..protocol.messages import CommitOutcome, MemberEntry, Message, Status
@@ -35,6 +40,7 @@ from ..protocol.node import Node
 from ..protocol.outbox import Ready
 from ..protocol.settings import ProtocolSettings
 from .invariants import Invariants
+from .storage import MemoryStorage
 
 _DELIVER, _TICK, _ACTION = 0, 1, 2
 _NEVER = float("inf")
@@ -62,6 +68,7 @@ class SimWorker:
     up: bool = True
     paused: bool = False
     held: list[Message] = field(default_factory=list)
+    held_saves: list[tuple[int, bool]] = field(default_factory=list)  # (step, ok) asked while paused
     tick_at: float = _NEVER  # when the node wants its next tick; a queued tick for another time is stale
     sent: int = 0
     bytes_sent: int = 0
@@ -81,6 +88,7 @@ class SimCluster:
         codec: bool = True,
         trace: bool = True,
         commit_delay: float = 0.005,
+        keep_last_n: int = 3,
     ) -> None:
         self.seed = seed
         self.settings = settings
@@ -99,8 +107,8 @@ class SimCluster:
         self.invariants = Invariants(self)
         self.listeners: list[Callable[[str, Event], None]] = []
         self.commit_delay = commit_delay
-        self.parts: dict[int, dict[int, None]] = {}  # the simulated store: step -> ranks with a part
-        self.manifests: dict[int, None] = {}  # steps whose manifest was written
+        self.storage = MemoryStorage(on_manifest=self.invariants.on_manifest)
+        self.committer = LeaderCommitter(self.storage, workers, keep_last_n, lambda step: {}, lambda step: None)
         self.workers: dict[str, SimWorker] = {}
         self._by_endpoint: dict[str, SimWorker] = {}
         seed_endpoint = _endpoint(0)
@@ -232,45 +240,43 @@ class SimCluster:
     def save(self, worker_id: str, step: int, *, ok: bool = True) -> None:
         """``worker_id`` writes its part of ``step`` (``ok=False``: the write fails) and reports it."""
         worker = self.workers[worker_id]
-        if not worker.up or worker.paused:
+        if not worker.up:
             return
+        if worker.paused:  # a paused process saves when it resumes, like a slow rank
+            worker.held_saves.append((step, ok))
+            return
+        data = f"step {step} rank {worker.rank} incarnation {worker.node.membership.me.incarnation}".encode()
+        checksum = crc32c(data)
         if ok:
-            self.parts.setdefault(step, {})[worker.rank] = None
+            self.storage.write_part(layout.part_key(step, worker.rank, "none", checksum), data)
             self.invariants.on_part(step, worker.rank)
-        self._handle(worker, worker.node.part_written(step, worker.rank, 1, step % 2**32, "none", self.now, ok=ok))
+        ready = worker.node.part_written(step, worker.rank, len(data), checksum, "none", self.now, ok=ok)
+        self._handle(worker, ready)
+
+    @property
+    def manifests(self) -> dict[int, None]:
+        """Steps whose manifest was ever written (retention may have deleted it since)."""
+        return self.storage.manifests_written
 
     def _decide_later(self, worker: SimWorker, node: Node, due: CommitDue) -> None:
-        step = due.step
+        def decide() -> None:
+            if self._still(worker, node, decide):
+                outcome, missing = self.committer.decide(due.step, due.reports, due.missing_ranks)
+                self._note(f"{worker.worker_id} decides step {due.step}: {outcome.name}")
+                self.at(self.now + self.commit_delay, lambda: answer(outcome, missing))
 
-        def write() -> None:
-            if self._still(worker, node, write):
-                if step not in self.manifests and len(self.parts.get(step, {})) == self.world_size:
-                    self.manifests[step] = None
-                    self._note(f"{worker.worker_id} writes the manifest of step {step}")
-                self.at(self.now + self.commit_delay, answer)
+        def answer(outcome: CommitOutcome, missing: tuple[int, ...]) -> None:
+            if self._still(worker, node, lambda: answer(outcome, missing)):
+                self._handle(worker, node.commit_resolved(due.step, outcome, self.now, missing))
 
-        def answer() -> None:
-            if self._still(worker, node, answer):
-                stored = self.parts.get(step, {})
-                absent = [r.rank for r in due.reports if r.rank not in stored]
-                missing = tuple(sorted({*due.missing_ranks, *absent}))
-                if step in self.manifests:
-                    self._handle(worker, node.commit_resolved(step, CommitOutcome.COMMITTED, self.now))
-                else:
-                    self._handle(worker, node.commit_resolved(step, CommitOutcome.ABANDONED, self.now, missing))
-
-        self.at(self.now + self.commit_delay, write)
+        self.at(self.now + self.commit_delay, decide)
 
     def _recover_later(self, worker: SimWorker, node: Node) -> None:
         def recover() -> None:
             if not self._still(worker, node, recover) or not node.is_leader:
                 return
-            newest = max(self.manifests, default=-1)
-            for step, ranks in sorted(self.parts.items()):
-                if step not in self.manifests and step > newest and len(ranks) == self.world_size:
-                    self.manifests[step] = None
-                    self._note(f"{worker.worker_id} finishes step {step} from storage")
-                    self._handle(worker, node.commit_resolved(step, CommitOutcome.COMMITTED, self.now))
+            for step in self.committer.recover():
+                self._handle(worker, node.commit_resolved(step, CommitOutcome.COMMITTED, self.now))
 
         self.at(self.now + self.commit_delay, recover)
 
@@ -289,6 +295,7 @@ class SimCluster:
         worker = self.workers[worker_id]
         worker.up, worker.paused = False, False
         worker.held.clear()
+        worker.held_saves.clear()
         self._note(f"crash {worker_id}")
 
     def restart(self, worker_id: str) -> None:
@@ -321,6 +328,9 @@ class SimCluster:
                 self._handle(worker, worker.node.step(message, self.now))
         if worker.up:
             self._handle(worker, worker.node.tick(self.now))
+        saves, worker.held_saves = worker.held_saves, []
+        for step, ok in saves:
+            self.save(worker_id, step, ok=ok)
 
     def partition(self, groups: Iterable[Iterable[str]]) -> None:
         """Split the network: messages flow only within a group (unlisted workers: group 0)."""
