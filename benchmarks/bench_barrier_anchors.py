@@ -17,7 +17,7 @@ that runs ``endpoint_info["warmup"]`` untimed barriers and ``iters`` timed ones,
 puts ``(rank, [nanoseconds per barrier, ...])`` on ``result_queue``. ``endpoint_info``
 holds ``host`` and a free ``port`` chosen for this run (rank 0 or the hub binds it).
 
-Anchors (ANCHORS.md, a 2-core machine): at N=4, TCPStore 227/355 us, gloo 756 us/8 ms,
+Anchors (docs/anchors.md, a 2-core machine; an earlier table): at N=4, TCPStore 227/355 us, gloo 756 us/8 ms,
 bare ZeroMQ 198/331 us (p50/p99); at N=16 p50: TCPStore 926 us, gloo 6.7 ms, ZeroMQ 818 us.
 """
 
@@ -299,7 +299,7 @@ def _print_anchor_comparison(results: dict[str, dict[str, dict[str, float]]]) ->
     for world, anchors in (("4", ANCHORS_N4_US), ("16", ANCHORS_N16_P50_US)):
         if world not in results:
             continue
-        print(f"\nN={world} against ANCHORS.md (measured / anchor):")
+        print(f"\nN={world} against docs/anchors.md (measured / anchor):")
         for name, anchor in anchors.items():
             row = results[world].get(name)
             if row is None:

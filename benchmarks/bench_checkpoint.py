@@ -10,7 +10,7 @@ Per payload size (MiB of fp32 weights in a torch state dict):
   load       ``load_bytes`` (manifest + part + CRC) vs raw ``open().read()`` (both page-cache warm)
   compress   effective MiB/s and ratio of auto / zstd / gzip on 64 MiB of the weights
   s3         (``--s3``) moto server via s3fs: save / load vs raw ``pipe_file`` / ``cat_file``
-Goals (ANCHORS.md / issue 5): stall <= 1 ms, write >= 80% of raw, load <= 1.2x raw.
+Goals (the project's checkpoint goals; anchors in docs/anchors.md): stall <= 1 ms, write >= 80% of raw, load <= 1.2x raw.
 """
 
 from __future__ import annotations

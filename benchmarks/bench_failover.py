@@ -17,7 +17,7 @@ logs and skips.
 Two settings: heartbeat 100 ms / timeout 1 s, and the defaults (1 s / 30 s), where the
 dead leader is declared DEAD only after the 30 s suspicion timeout.
 
-Anchor (ANCHORS.md): torchrun's rendezvous keep-alive 5 s x 3 misses ~ 15 s to detect,
+Anchor (docs/anchors.md, "torchrun failure handling"): torchrun's rendezvous keep-alive 5 s x 3 misses ~ 15 s to detect,
 then every worker is killed and restarted (>= 30 s reported).
 """
 

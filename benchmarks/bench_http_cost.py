@@ -13,7 +13,7 @@ at each phase boundary, and
 the workers report every barrier's latency (the caller's ``wait_barrier_sync`` time) with
 its start time on the shared monotonic clock, so each sample falls into its phase.
 
-Goals (issue 12): the observation adds < 0.5 % of a core per worker, and no measurable
+Goals: the observation adds < 0.5 % of a core per worker, and no measurable
 barrier latency: the p50 with it no higher than the p50 without it plus twice the noise
 (the standard deviation of the p50 over the phases without it).
 """

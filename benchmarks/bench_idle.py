@@ -11,7 +11,7 @@ included) and the growth of ``TrainingOrchestrator.counters["bytes_sent"]`` (fra
 payload bytes handed to ZeroMQ; ZMTP and TCP/IP headers come on top). The parent also
 reads ``/proc/<pid>/stat`` at both ends as a cross-check.
 
-Goal (issue 3): < 1% of one core per worker at the default heartbeat (1000 ms).
+Goal: < 1% of one core per worker at the default heartbeat (1000 ms).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Each round trip sends a ~117-byte msgpack heartbeat to an echo process and waits
 to come back; the echo is a separate process so both ends pay their own GIL. Also
 reports msgpack pack+unpack and HMAC seal+open of that heartbeat, in-process.
 
-Anchors (ANCHORS.md, 2-core machine): raw round trip p50 85 us, p99 144 us; msgpack
+Anchors (docs/anchors.md, "ZeroMQ round trip", 2-core machine): raw round trip p50 85 us, p99 144 us; msgpack
 pack+unpack of a 117-byte heartbeat 2.5 us.
 """
 

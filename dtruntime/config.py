@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -276,3 +277,44 @@ def _coerce(key: str, raw: Any, target: type) -> Any:
             return raw
         raise ConfigError(key, f"must be a string, not {raw!r}")
     raise ConfigError(key, f"unsupported type {target.__name__}")  # pragma: no cover
+
+
+MAX_WORLD_SIZE = 1 << 20
+
+
+def launcher_world(env: Mapping[str, str], rank: int | None = None,
+                   world_size: int | None = None) -> tuple[int, int]:
+    """``(rank, world_size)`` from explicit arguments (which win) and the launcher's
+    ``RANK`` / ``WORLD_SIZE``: the one reading of them, for the runtime and the data layer.
+
+    Neither given anywhere: a world of one (rank 0). One without the other, a value that
+    is not a plain integer, a world outside ``[1, MAX_WORLD_SIZE]`` or a rank outside
+    ``[0, world_size)``: ConfigError naming the argument or variable.
+    """
+    rank_v = env_int(rank, env, "rank", "RANK")
+    world_v = env_int(world_size, env, "world_size", "WORLD_SIZE")
+    if (rank_v is None) != (world_v is None):
+        missing = "WORLD_SIZE" if world_v is None else "RANK"
+        raise ConfigError(missing, "RANK and WORLD_SIZE must be given together")
+    rank_v, world_v = (0, 1) if rank_v is None or world_v is None else (rank_v, world_v)
+    world_key = "world_size" if world_size is not None else "WORLD_SIZE"
+    if not 1 <= world_v <= MAX_WORLD_SIZE:
+        raise ConfigError(world_key, f"must be between 1 and {MAX_WORLD_SIZE}, not {world_v}")
+    if not 0 <= rank_v < world_v:
+        raise ConfigError("rank" if rank is not None else "RANK", f"must be in [0, {world_v}), not {rank_v}")
+    return rank_v, world_v
+
+
+def env_int(explicit: int | None, env: Mapping[str, str], arg_key: str, env_key: str) -> int | None:
+    """``explicit`` if given (an int, not a bool), else the integer in ``env[env_key]``, else None."""
+    if explicit is not None:
+        if isinstance(explicit, bool) or not isinstance(explicit, int):
+            raise ConfigError(arg_key, f"must be an integer, not {explicit!r}")
+        return explicit
+    raw = env.get(env_key)
+    if raw is None or raw.strip() == "":
+        return None
+    text = raw.strip()
+    if not re.fullmatch(r"-?[0-9]{1,9}", text):
+        raise ConfigError(env_key, f"must be an integer, not {raw!r}")
+    return int(text)

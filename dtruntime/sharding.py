@@ -44,43 +44,15 @@ Choices, and why
    shard-key order, each block goes to the best-ranked members that still have room. Most
    shards stay whole (94..99% of samples are read by the member their shard is placed on); a
    shard is cut only at a quota boundary and in its overflowing blocks.
-4. **Movement, and its limits.** When one of N members leaves or joins, the *placement* moves
-   about 1/N of the samples (sample-weighted, x N: 0.94..1.18, mean 1.02 over N = 8..256 with
-   10,000 shards of 100; ``benchmarks/bench_sharding.py``), which is what decides cache warmth.
-   Per-sample ownership after the exact split moves, x N, 0.99 / 1.09 / 1.21 / 1.41 / 1.96 /
-   2.84 at N = 8 / 16 / 32 / 64 / 128 / 256, mean 1.58 (whole-shard overflow routing, before
-   the blocks: 0.98 / 1.09 / 1.22 / 1.46 / 2.12 / 3.44, mean 1.72). The goal of ~1.1 is out of
-   reach for any history-free split that reads a shard where it is placed, for this reason:
-   the split is a function of the member set, so a leave is exactly a join played backwards,
-   and in a join the newcomer's shards are taken *whole* from about ``S/N`` members (``S``
-   shards). Each of those loses a shard (100 samples) while its quota drops by only
-   ``T/(N+1)`` (~15 samples at N = 256), so unless the newcomer leaves most of each shard it
-   took to the previous owner (reading ~15% at home instead of ~95%), every such member must
-   regain ``100 - 15`` samples from someone else. Counting, over the real placements of the
-   benchmark, ``sum over members of max(quota drop, samples lost to other homes)`` gives a
-   lower bound for every home-first split: x N 0.97 / 1.05 / 1.10 / 1.24 / 1.54 / 2.00, mean
-   1.32 (it grows with N because the shards per member, 39 at N = 256, approach the lump
-   size). The rest, above that floor, has two sources. (a) The ~45% of members placed above
-   their quota absorb every quota change at their cut (they keep ``T/(N-1)`` more samples when
-   one leaves, which were someone's overflow), ~0.35/N at N = 256. (b) Routing the overflow
-   has no slack (it exactly fills the members below quota), so a change anywhere re-routes a
-   chain of others; an oracle that knew the previous assignment would re-route about half as
-   much. Cutting the overflow into blocks with their own rendezvous orders is what shortens
-   the chains (a quota change moves a block's worth rather than a shard's, and a shard's
-   overflow spreads over several members). Tried and measured worse or no better (x N at
-   N = 64 / 128 / 256): stable allocation of whole tails by pair score (1.45 / 2.11 / 3.25),
-   a first pass with slack and a second exact pass (>= 1.47 / 2.21 / 3.47), round-based
-   proposals (1.50 / 2.05 / 3.46), entropy-smoothed (Sinkhorn) flows (>= 1.66 / 2.24 / 4.27),
-   member-to-member overflow pairing (1.57 / 2.35 / 3.99), routing the partial boundary
-   pieces last (1.55 / 2.47 / 5.08), a tighter placement cap to shrink the overflow
-   (``max_load`` 1.1: 2.29 at 128, 4.15 at 256, from placement cascades), choosing the padded
-   members among those above quota (no change). Smaller blocks help a little more (16 per
-   shard: 2.80 at N = 256; 2 samples: 2.70) at the cost of time and pieces. Both figures
-   degrade when there are only a few shards per member (129 shards of 10,000 over 32..128
-   members moves 3..5/N): choose ``shard_size`` so that each member gets a few dozen shards.
-   Everything stays far below ``DistributedSampler``, which moves (N-1)/N. Mid-epoch losses do
-   not re-split at all: :func:`take_over` hands exactly the lost members' unfinished ranges to
-   the survivors and moves nothing else.
+4. **Movement.** When one of N members leaves or joins, the *placement* moves about 1/N of
+   the samples (x N 0.94..1.18 over N = 8..256), which is what decides cache warmth; the
+   exact per-sample split moves more (x N 0.99 at N = 8 up to 2.84 at N = 256), within a
+   factor ~1.4 of the lower bound for any history-free split that reads a shard where it is
+   placed, and far below ``DistributedSampler``'s (N-1)/N. Give each member a few dozen
+   shards (``shard_size``): with only a few, movement grows to 3..5/N. Mid-epoch losses do
+   not re-split at all: :func:`take_over` hands exactly the lost members' unfinished ranges
+   to the survivors. The measurements, the lower bound's derivation and the alternatives
+   tried are in ``docs/sharding.md``.
 5. **Shuffling.** With ``shuffle=True`` the order of a member's pieces and the order of the
    samples inside each piece are permuted per ``(seed, epoch)``; *which* samples a member gets
    does not change with the epoch. Progress is therefore a single *cursor* per member (how many

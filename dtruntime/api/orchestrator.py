@@ -2,7 +2,8 @@
 
 Each method of the documented asyncio API has a synchronous twin with the suffix
 ``_sync`` for plain training loops (``wait_barrier_sync("epoch_3")``); both run the
-same code, in the driver thread.
+same code: a request steps the node under the driver's lock in the calling thread, and
+waits on a future that the node's events settle (see ``runtime/driver.py``).
 
 Lifecycle: constructing the orchestrator only resolves its settings (arguments, then
 the torchrun environment, then the config file); :meth:`register_worker` binds the
@@ -25,7 +26,7 @@ manager registers a :class:`CommitHandler` that owns the storage; on the leader,
 ``CommitDue`` and each takeover of leadership runs the handler in one commit thread,
 in order, never in the driver thread, and its decision goes back to the node.
 
-Observation (issue 12): :attr:`metrics` holds this worker's Prometheus metrics (None
+Observation: :attr:`metrics` holds this worker's Prometheus metrics (None
 without ``prometheus_client``), and with ``[http] port`` set (``DTRUNTIME_HTTP_PORT``;
 ``port + LOCAL_RANK`` under torchrun) :meth:`register_worker` also starts the HTTP API
 (:mod:`dtruntime.http`, at :attr:`http_url`), which :meth:`close` stops. Both read the

@@ -1,4 +1,4 @@
-"""Commit bookkeeping shared by the single writer and, later, the multi-rank leader (pure).
+"""Commit bookkeeping shared by the single-rank commit and the multi-rank leader (pure).
 
 Protocol: each rank writes its part to its final key and reports
 ``(step, rank, size, checksum, codec)``; once every rank of the step has reported, the
@@ -143,7 +143,8 @@ def recover_step(view: StorageView, step: int, world_size: int) -> StepCommit:
     """Rebuild the commit state of in-flight ``step`` from storage alone.
 
     The result is complete when every rank has exactly one part; the caller then writes
-    its manifest (finish) or, when not complete, deletes the step (abandon). Two
+    its manifest (finish) or, when not complete, abandons the step and deletes nothing
+    (retention removes its parts once a newer step commits). Two
     different parts for one rank (a rank retried with other bytes) raise CheckpointError:
     the step cannot be finished from storage and must be abandoned.
     """

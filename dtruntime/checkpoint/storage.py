@@ -60,7 +60,13 @@ class Storage(ABC):
 
     @abstractmethod
 
-    def delete_step(self, step: int, keys: Iterable[str]) -> None: ...
+    def delete_step(self, step: int, keys: Iterable[str]) -> None:
+        """Delete ``step``: its manifest first (so it stops being committed), then its files.
+
+        ``keys`` are the step's files in the caller's last listing; an object store
+        deletes exactly those. A store with real directories removes the whole step
+        directory instead, which also takes any file written there since the listing.
+        """
 
     @abstractmethod
 

@@ -48,8 +48,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .. import sharding
-from ..config import Config, DatasetConfig
-from ..errors import DatasetError
+from ..config import Config, DatasetConfig, launcher_world
+from ..errors import ConfigError, DatasetError
 from . import files as dataset_files
 from .files import FileSlice
 from .readers.tfrecord import DEFAULT_MAX_RECORD_BYTES
@@ -243,10 +243,8 @@ class DatasetRegistry:
         self._orchestrator = orchestrator
         self._config = config if config is not None else Config.load().dataset
         self._storage_options = dict(storage_options or {})
-        self._rank = _env_int("RANK", 0) if rank is None else rank
-        self._world_size = _env_int("WORLD_SIZE", 1) if world_size is None else world_size
-        if orchestrator is None:
-            _check_world(self._rank, self._world_size)
+        # With an orchestrator its live members decide and these are not read.
+        self._rank, self._world_size = _world(rank, world_size) if orchestrator is None else (0, 1)
         self._datasets: dict[str, _Dataset] = {}
         self._epoch_members: OrderedDict[tuple[str, int], list[str]] = OrderedDict()  # at the epoch's start
         self._assignments: OrderedDict[tuple[Any, ...], sharding.Assignment] = OrderedDict()
@@ -682,14 +680,20 @@ def _check_epoch(epoch: Any) -> None:
         raise DatasetError(f"epoch must be an integer >= 0, not {epoch!r}")
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
+def _world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit ``rank`` / ``world_size``, each else the launcher's ``RANK`` / ``WORLD_SIZE``."""
+    if isinstance(world_size, int) and not isinstance(world_size, bool) and world_size < 1:
+        raise DatasetError(f"world_size must be an integer >= 1, not {world_size!r}")
+    if rank is not None and world_size is not None:
+        _check_world(rank, world_size)
+        return rank, world_size
     try:
-        return int(raw)
-    except ValueError:
-        raise DatasetError(f"environment variable {name}={raw!r} is not an integer") from None
+        env_rank, env_world = launcher_world(os.environ)
+    except ConfigError as exc:
+        raise DatasetError(str(exc)) from None
+    resolved = (env_rank if rank is None else rank), (env_world if world_size is None else world_size)
+    _check_world(*resolved)
+    return resolved
 
 
 def _check_world(rank: int, world_size: int) -> None:

@@ -1,4 +1,4 @@
-"""The HTTP API, Prometheus metrics and dashboard every worker may serve (issue 12).
+"""The HTTP API, Prometheus metrics and dashboard every worker may serve.
 
 Needs the ``http`` extra (``aiohttp``, ``prometheus_client``). Off unless ``[http] port``
 (``DTRUNTIME_HTTP_PORT``) is set; :class:`~dtruntime.TrainingOrchestrator` starts it in

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from ..errors import ProtocolError
 from .barrier import BarrierBook, Waits
@@ -62,6 +63,9 @@ from .outbox import Outbox, Ready
 from .progress import ProgressBook
 from .settings import ProtocolSettings
 from .status import NodeStatus, node_status
+
+_Request = TypeVar("_Request", Arrive, PartDone)
+_Result = TypeVar("_Result", BarrierResult, StepResult)
 
 
 REFUSED_MEMORY = 64  # refused joiners remembered, so each is reported once
@@ -399,50 +403,51 @@ class Node:
         self._out.send(seed, Join(self.worker_id, self.membership.me))
 
     def _deliver_arrivals(self, arrivals: list[Arrive], now: float) -> None:
-        leader_id = self.election.leader_id
-        if leader_id is None:
-            return  # re-sent when a leader is known
-        if self.election.is_leader:
-            for arrival in arrivals:
-                result = self.book.arrive(arrival, now, self.membership)
-                if result is not None:
-                    self.waits.on_result(result)
-            return
-        leader = self.membership.get(leader_id)
-        if leader is not None:
-            for arrival in arrivals:
-                self._out.send(leader.endpoint, arrival)
+        self._to_leader(arrivals, lambda arrival: self.book.arrive(arrival, now, self.membership),
+                        self.waits.on_result)
 
     def _deliver_reports(self, reports: list[PartDone]) -> None:
+        self._to_leader(reports, lambda report: self.commits.report(report, self.membership),
+                        self.saves.on_result)
+
+    def _to_leader(self, requests: Sequence[_Request], decide: Callable[[_Request], _Result | None],
+                   finish: Callable[[_Result], None]) -> None:
+        """Send this node's ``requests`` (arrivals, part reports) to the leader.
+
+        The leader hands its own to its book (``decide``), and a result already decided
+        comes back at once (``finish``); with no leader known nothing is sent: waits and
+        saves re-send when one is.
+        """
         leader_id = self.election.leader_id
         if leader_id is None:
-            return  # re-sent when a leader is known
+            return
         if self.election.is_leader:
-            for report in reports:
-                result = self.commits.report(report, self.membership)
+            for request in requests:
+                result = decide(request)
                 if result is not None:
-                    self.saves.on_result(result)
+                    finish(result)
             return
         leader = self.membership.get(leader_id)
         if leader is not None:
-            for report in reports:
-                self._out.send(leader.endpoint, report)
+            for request in requests:
+                self._out.send(leader.endpoint, request)
 
     def _send_step_result(self, result: StepResult, worker_id: str) -> None:
-        if worker_id == self.worker_id:
-            self.saves.on_result(result)
-            return
-        entry = self.membership.get(worker_id)
-        if entry is not None:
-            self._out.send(entry.endpoint, StepResult(self.worker_id, result.step, result.outcome, result.missing_ranks))
+        self._answer(worker_id, result, self.saves.on_result,
+                     lambda: StepResult(self.worker_id, result.step, result.outcome, result.missing_ranks))
 
     def _send_result(self, result: BarrierResult, worker_id: str) -> None:
+        self._answer(worker_id, result, self.waits.on_result, lambda: Release(self.worker_id, result))
+
+    def _answer(self, worker_id: str, result: _Result, finish: Callable[[_Result], None],
+                message: Callable[[], Message]) -> None:
+        """Give ``worker_id`` a decided result: this node's own wait directly, a peer by ``message()``."""
         if worker_id == self.worker_id:
-            self.waits.on_result(result)
+            finish(result)
             return
         entry = self.membership.get(worker_id)
         if entry is not None:
-            self._out.send(entry.endpoint, Release(self.worker_id, result))
+            self._out.send(entry.endpoint, message())
 
     def _after(self, now: float) -> Ready:
         """Settle the consequences of whatever just happened, then hand out the Ready.

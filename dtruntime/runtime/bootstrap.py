@@ -32,6 +32,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..config import MAX_WORLD_SIZE, env_int, launcher_world
 from ..errors import ConfigError
 from ..protocol import codec
 
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 MASTER_PORT_OFFSET = 1
 MAX_PEERS = 1024
-MAX_WORLD_SIZE = 1 << 20
 OWN_HOST = "DTRUNTIME_HOST or ip"  # BindPlan.advertise_source of a host the user named
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?$")
@@ -169,22 +169,12 @@ def resolve_bootstrap(
     ``RANK`` without ``WORLD_SIZE`` (or the reverse) is an error, as is a rank outside
     ``[0, world_size)``.
     """
-    rank_v = _int_setting(rank, env, "rank", "RANK")
-    world_v = _int_setting(world_size, env, "world_size", "WORLD_SIZE")
-    if (rank_v is None) != (world_v is None):
-        missing = "WORLD_SIZE" if world_v is None else "RANK"
-        raise ConfigError(missing, "RANK and WORLD_SIZE must be given together")
-    rank_v, world_v = (0, 1) if rank_v is None or world_v is None else (rank_v, world_v)
-    world_key = "world_size" if world_size is not None else "WORLD_SIZE"
-    if not 1 <= world_v <= MAX_WORLD_SIZE:
-        raise ConfigError(world_key, f"must be between 1 and {MAX_WORLD_SIZE}, not {world_v}")
-    if not 0 <= rank_v < world_v:
-        raise ConfigError("rank" if rank is not None else "RANK", f"must be in [0, {world_v}), not {rank_v}")
-    local_rank = _int_setting(None, env, "local_rank", "LOCAL_RANK")
+    rank_v, world_v = launcher_world(env, rank, world_size)
+    local_rank = env_int(None, env, "local_rank", "LOCAL_RANK")
     local_rank = 0 if local_rank is None else local_rank
     if not 0 <= local_rank < world_v:
         raise ConfigError("LOCAL_RANK", f"must be in [0, {world_v}), not {local_rank}")
-    restarts = _int_setting(None, env, "restart_count", "TORCHELASTIC_RESTART_COUNT")
+    restarts = env_int(None, env, "restart_count", "TORCHELASTIC_RESTART_COUNT")
     if restarts is not None and restarts < 0:
         raise ConfigError("TORCHELASTIC_RESTART_COUNT", f"must be >= 0, not {restarts}")
 
@@ -335,20 +325,6 @@ def _bind_host(host: str) -> str:
     if host == "*" or _is_ip(host):
         return host
     return "0.0.0.0"
-
-
-def _int_setting(explicit: int | None, env: Mapping[str, str], arg_key: str, env_key: str) -> int | None:
-    if explicit is not None:
-        if isinstance(explicit, bool) or not isinstance(explicit, int):
-            raise ConfigError(arg_key, f"must be an integer, not {explicit!r}")
-        return explicit
-    raw = env.get(env_key)
-    if raw is None or raw.strip() == "":
-        return None
-    text = raw.strip()
-    if not re.fullmatch(r"-?[0-9]{1,9}", text):
-        raise ConfigError(env_key, f"must be an integer, not {raw!r}")
-    return int(text)
 
 
 def _parse_port(text: str, *, key: str, what: str, allow_zero: bool) -> int:

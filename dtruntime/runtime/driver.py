@@ -16,11 +16,14 @@ DEALER sockets, the authenticator's ``seal``) is only ever used under the lock, 
 mutex is the full memory barrier ZeroMQ asks for when a socket changes threads; the
 receiving ROUTER socket stays with the driver thread. A request made while the lock is
 held by the same thread (an event handler calling back in) is queued for the driver
-thread instead, as before.
+thread instead.
 
 Inbound frames pass three gates before the node sees them, in this order: the frame
 authenticator (bad MAC, replay, wrong mode), the codec (schema, types, sizes, ids) and
-a per-sender rate limit. A frame failing any gate is dropped and counted in
+a rate limit per *claimed* sender id. The claim is only as good as the authenticator:
+with a secret, only holders of the key can send at all; without one, a flooder can
+mint ids and get ``burst`` messages per id until the limiter's bounded table forgets
+them (see ``ratelimit``), which caps its memory, not its rate. A frame failing any gate is dropped and counted in
 :attr:`Driver.counters`; the node keeps running. Nothing from the network is unpickled.
 
 Observation: the driver publishes an :class:`Observation` (the node's immutable

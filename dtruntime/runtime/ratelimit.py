@@ -11,7 +11,9 @@ backwards (a caller mixing clocks) refills nothing rather than raising.
 The peer table is bounded: past ``max_peers`` the least recently seen peer is forgotten.
 A forgotten peer comes back with a full bucket, so an attacker who can present many peer
 keys gets ``burst`` messages per key; key on something the attacker cannot mint freely
-(an authenticated sender, a connection) rather than a claimed id.
+(an authenticated sender, a connection) rather than a claimed id. The driver keys on the
+claimed sender id, which frame authentication (``DTRUNTIME_SECRET``) makes trustworthy;
+without a secret it bounds memory, not a determined flooder.
 """
 
 from __future__ import annotations
