@@ -7,8 +7,9 @@ accepted as they are::
     [storage]      backend, bucket, region, endpoint_url
     [checkpoint]   interval_steps, keep_last_n, compression, exit_timeout_s
     [dataset]      default_shard_size, prefetch_shards
+    [http]         port, host
 
-(``exit_timeout_s`` is the one key the original file did not have.)
+(``exit_timeout_s`` and the ``[http]`` section are not in the original file.)
 
 Precedence, lowest first: dataclass defaults < TOML file < environment < keyword
 overrides passed in code. Every bad value raises :class:`~dtruntime.errors.ConfigError`
@@ -105,6 +106,25 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP API every worker may serve (``dtruntime.http``).
+
+    ``port`` 0 (the default) serves nothing; under torchrun each local rank serves on
+    ``port + LOCAL_RANK``, so ``port`` .. ``port + nproc_per_node - 1`` must be free.
+    ``host`` is the address bound, loopback unless said otherwise.
+    """
+
+    port: int = 0
+    host: str = "127.0.0.1"
+
+    def validate(self) -> None:
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError("http.port", f"must be an integer in 0..65535 (0: no HTTP API), not {self.port!r}")
+        if not self.host or self.host != self.host.strip() or any(c.isspace() or c in "/[]" for c in self.host):
+            raise ConfigError("http.host", f"must be a host name or IP address, not {self.host!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; build with :meth:`load` rather than by hand."""
 
@@ -112,6 +132,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def validate(self) -> "Config":
         for section in fields(self):
@@ -181,6 +202,8 @@ _ENV_KEYS = {
     "DTRUNTIME_CHECKPOINT_COMPRESSION": ("checkpoint", "compression"),
     "DTRUNTIME_CHECKPOINT_EXIT_TIMEOUT_S": ("checkpoint", "exit_timeout_s"),
     "DTRUNTIME_PREFETCH_SHARDS": ("dataset", "prefetch_shards"),
+    "DTRUNTIME_HTTP_PORT": ("http", "port"),
+    "DTRUNTIME_HTTP_HOST": ("http", "host"),
 }
 
 

@@ -24,6 +24,12 @@ completes when the step is committed (CheckpointError when it is abandoned). The
 manager registers a :class:`CommitHandler` that owns the storage; on the leader, each
 ``CommitDue`` and each takeover of leadership runs the handler in one commit thread,
 in order, never in the driver thread, and its decision goes back to the node.
+
+Observation (issue 12): :attr:`metrics` holds this worker's Prometheus metrics (None
+without ``prometheus_client``), and with ``[http] port`` set (``DTRUNTIME_HTTP_PORT``;
+``port + LOCAL_RANK`` under torchrun) :meth:`register_worker` also starts the HTTP API
+(:mod:`dtruntime.http`, at :attr:`http_url`), which :meth:`close` stops. Both read the
+driver's published observation only, never its lock.
 """
 
 from __future__ import annotations
@@ -78,11 +84,12 @@ from ..runtime.bootstrap import (
     resolve_bootstrap,
     warn_if_insecure,
 )
-from ..runtime.driver import Driver
+from ..runtime.driver import Driver, Observation
 from ..runtime.transport import ZmqTransport
 from .registration import Joining, Registration, bind_advice
 
 log = logging.getLogger("dtruntime")
+STEP_KEY = "dtruntime.step"  # the gossiped training step (report_step); read by dtruntime.http.steps
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,11 @@ class TrainingOrchestrator:
         self._commit_backlog: list[CommitDue] = []  # dues that came before a handler
         self._commit_thread: ThreadPoolExecutor | None = None
         self._before_close: list[Callable[[], None]] = []
+        self._barrier_started: dict[str, float] = {}  # barrier id -> perf_counter at the call
+        self._dataset_sizes: dict[str, int] = {}  # gossip name of a dataset -> total samples
+        self._http: Any = None  # dtruntime.http.HttpServer while serving
+        self._log_ring: Any = None  # dtruntime.http.LogRing while registered
+        self.metrics = _new_metrics(self._observation, self._take_release_latencies)
 
     # -- properties -----------------------------------------------------------------
 
@@ -221,6 +233,16 @@ class TrainingOrchestrator:
         """Traffic and drop counters of the driver and its authenticator."""
         driver = self._running()
         return {**driver.counters, **{f"auth_{k}": v for k, v in self._auth_counters().items()}}
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://host:port`` of this worker's HTTP API, or None when it serves none."""
+        server = self._http
+        return None if server is None else server.url
+
+    def observation(self) -> Observation | None:
+        """The driver's latest published observation (None before :meth:`register_worker`); never blocks."""
+        return self._observation()
 
     # -- asyncio API ------------------------------------------------------------------
 
@@ -308,6 +330,7 @@ class TrainingOrchestrator:
                 callback()
             except Exception:  # noqa: BLE001 - the close goes on; the rest must still run
                 log.exception("a before-close callback of %s failed", self.worker_id)
+        self._stop_http()
         driver = self._driver
         if driver is not None:
             driver.close()
@@ -387,11 +410,73 @@ class TrainingOrchestrator:
         """Every worker's counter ``key`` as far as this worker has heard, its own included."""
         return self._running().submit(lambda node, now: node.progress_of(key)).result()
 
+    def report_step(self, step: int) -> None:
+        """Publish this worker's training step (it only grows), gossiped like :meth:`set_progress`:
+        the HTTP API and the metrics derive each rank's step time and the stragglers from it."""
+        self.set_progress(STEP_KEY, step)
+
+    def note_dataset(self, name: str, total_samples: int) -> None:
+        """Record a dataset's size, so the HTTP API shows each rank's epoch progress as a fraction
+        (the dataset registry calls this when a dataset is registered)."""
+        with self._lock:
+            self._dataset_sizes[name] = total_samples
+
     def members(self) -> list[WorkerInfo]:
         """Live workers (including suspects) with their registration info, by rank."""
         return sorted((WorkerInfo.from_entry(e) for e in self._running().snapshot.members), key=lambda w: w.rank)
 
     # -- internals ----------------------------------------------------------------------
+
+    def _observation(self) -> Observation | None:
+        driver = self._driver
+        return None if driver is None else driver.observe()
+
+    def _take_release_latencies(self) -> list[float]:
+        driver = self._driver
+        if driver is None:
+            return []
+        samples, queue = [], driver.release_latencies
+        while queue:
+            samples.append(queue.popleft())
+        return samples
+
+    def _start_http(self, driver: Driver) -> None:
+        """Serve the HTTP API if ``[http] port`` is set (``port + LOCAL_RANK``); BindError if taken."""
+        settings = self.config.http
+        if not settings.port:
+            return
+        if self.metrics is None:
+            raise ConfigError("http.port", "the HTTP API needs the http extra: pip install 'dtruntime[http]' "
+                                           "(aiohttp, prometheus_client)")
+        from ..http import HttpServer, JobView
+
+        view = JobView(
+            self.worker_id, self.rank, driver.observe, self.metrics, self._log_ring,
+            run_control=self._run_control_or_none, dataset_sizes=self._dataset_sizes_copy,
+        )
+        server = HttpServer(view, host=settings.host, port=settings.port + self.bootstrap.local_rank,
+                            secret=self._secret, alive=lambda: driver.alive)
+        server.start()
+        self._http = server
+
+    def _stop_http(self) -> None:
+        with self._lock:
+            server, self._http = self._http, None
+            ring, self._log_ring = self._log_ring, None
+        if server is not None:
+            server.close()
+        if ring is not None:
+            logging.getLogger("dtruntime").removeHandler(ring)
+
+    def _run_control_or_none(self) -> Any:
+        try:
+            return getattr(self, "run_control", None)
+        except DtruntimeError:
+            return None
+
+    def _dataset_sizes_copy(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._dataset_sizes)
 
     def _running(self) -> Driver:
         if self._driver is None:
@@ -456,7 +541,21 @@ class TrainingOrchestrator:
         now = time.monotonic()
         node = Node(member, info.world_size, seeds, settings, random.Random(), now)
         self._auth = FrameAuthenticator(self._secret)
-        self._driver = Driver(node, transport, self._auth, on_event=self._on_event)
+        driver = Driver(node, transport, self._auth, on_event=self._on_event)
+        if self.metrics is not None:
+            from ..http.logring import LogRing
+
+            self._log_ring = LogRing(info.worker_id)
+            logging.getLogger("dtruntime").addHandler(self._log_ring)
+        try:
+            self._start_http(driver)  # runs under self._lock (from _register)
+        except BaseException:
+            driver.close()  # never started: this only closes the transport
+            if self._log_ring is not None:
+                logging.getLogger("dtruntime").removeHandler(self._log_ring)
+                self._log_ring = None
+            raise
+        self._driver = driver
         log.info("worker %s (rank %d/%d) listening on %s", info.worker_id, info.rank, info.world_size, endpoint)
         self._driver.start()
 
@@ -471,6 +570,7 @@ class TrainingOrchestrator:
             if barrier_id in self._barriers:
                 raise ProtocolError(f"already waiting at barrier {barrier_id!r}")
             self._barriers[barrier_id] = future
+            self._barrier_started[barrier_id] = time.perf_counter()
         submitted = driver.submit(
             lambda node, now: node.arrive(barrier_id, now, timeout=timeout, elastic=elastic, value=value)
         )
@@ -555,6 +655,8 @@ class TrainingOrchestrator:
                       event.new_incarnation)
         elif isinstance(event, LeaderChanged):
             log.info("leader is now %s (term %d)", event.leader_id, event.term)
+            if self.metrics is not None:
+                self.metrics.leader_changes.inc()
         elif isinstance(event, WorkerIdTaken):
             _fail(self._joined, ConfigError(
                 self._id_source(),
@@ -626,17 +728,41 @@ class TrainingOrchestrator:
     def _settle(self, barrier_id: str, error: BaseException | None, result: Any = None) -> None:
         with self._lock:
             future = self._barriers.pop(barrier_id, None)
+            started = self._barrier_started.pop(barrier_id, None)
+        if future is not None and started is not None and self.metrics is not None and not future.done():
+            self.metrics.barrier_done(time.perf_counter() - started, None if error is None else _failure_kind(error))
         _settle_future(future, error, result)
 
     def _fail_barriers(self, error: Exception) -> None:
         with self._lock:
             pending, self._barriers = self._barriers, {}
             commits, self._commits = self._commits, {}
+            self._barrier_started.clear()
         for future in pending.values():
             _fail(future, error)
         for step, future in commits.items():
             _fail(future, CheckpointError(f"checkpoint step {step}: {error}"))
         _fail(self._joined, error)
+
+
+def _new_metrics(observe: Callable[[], Observation | None], take_release_latencies: Callable[[], list[float]]) -> Any:
+    """This worker's :class:`dtruntime.http.Metrics`, or None without ``prometheus_client``."""
+    try:
+        from ..http.metrics import Metrics
+    except ImportError:
+        return None
+    return Metrics(observe, take_release_latencies)
+
+
+def _failure_kind(error: BaseException) -> str:
+    """The bounded metric label of a barrier failure."""
+    if isinstance(error, WorkerLostError):
+        return "lost"
+    if isinstance(error, BarrierTimeout):
+        return "timeout"
+    if isinstance(error, NoQuorumError):
+        return "no_quorum"
+    return "other"
 
 
 def _abandoned_error(event: CheckpointAbandoned) -> CheckpointError:

@@ -197,6 +197,7 @@ class CheckpointManager:
         self.rank = 0 if orchestrator is None else orchestrator.rank
         self.world_size = 1 if orchestrator is None else orchestrator.world_size
         self._orchestrator = orchestrator if self.world_size > 1 else None
+        self._metrics = getattr(orchestrator, "metrics", None)  # dtruntime.http.Metrics, if any
         self._metadata: dict[int, dict[str, Any]] = {}  # this rank's metadata per step, for the leader
         self._slots = InFlightSlots(max_in_flight)
         self._queue: queue.SimpleQueue[_SaveJob | None] = queue.SimpleQueue()
@@ -354,16 +355,25 @@ class CheckpointManager:
         manifest has no such rank or is damaged, or, with no step, when no step verifies.
         """
         wanted = self.rank if rank is None else layout.validate_rank(rank)
+        started = time.perf_counter()
         if step is None:
-            return self._load_newest(wanted)[1]
+            newest, data = self._load_newest(wanted)
+            return self._loaded(newest, data, started)
         try:
-            return self._check_step(layout.validate_step(step), wanted, verify_all=False)
+            return self._loaded(step, self._check_step(layout.validate_step(step), wanted, verify_all=False), started)
         except CheckpointNotFoundError:
             if step != 0:
                 raise
         newest, data = self._load_newest(wanted)
+        self._loaded(newest, data, started)
         log.info("checkpoint step 0 is not committed under %s: load(step=0) loaded the newest step, %d, "
                  "as the original API's 'load latest' did", self._storage.url, newest)
+        return data
+
+    def _loaded(self, step: int, data: bytes, started: float) -> bytes:
+        """Record a verified load in the orchestrator's metrics, if any; returns ``data``."""
+        if self._metrics is not None:
+            self._metrics.checkpoint_done("load", step, len(data), time.perf_counter() - started, self._storage.url)
         return data
 
     def load_state(
@@ -577,6 +587,9 @@ class CheckpointManager:
         if isinstance(outcome, CheckpointError):
             job.future.set_exception(outcome)
         else:
+            if self._metrics is not None:
+                self._metrics.checkpoint_done("write", outcome.step, outcome.raw_size, outcome.seconds,
+                                              self._storage.url)
             # The handle completes at the commit; the janitor deletes old steps meanwhile.
             # With an orchestrator, retention is the leader's, after each commit.
             if self._orchestrator is None:

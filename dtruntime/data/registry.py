@@ -335,6 +335,9 @@ class DatasetRegistry:
                 return existing.spec
             offsets = tuple(np.concatenate(([0], np.cumsum(counts, dtype=np.int64))).tolist())
             self._datasets[dataset_id] = _Dataset(spec, fs, offsets, max_record_bytes, spec.fingerprint())
+        note = getattr(self._orchestrator, "note_dataset", None)  # its HTTP API shows epoch progress
+        if callable(note):
+            note(_short_name(dataset_id), spec.total_samples)
         return spec
 
     def _check_across_workers(self, spec: DatasetSpec) -> None:

@@ -70,6 +70,7 @@ RECENT_RESULTS = 16  # results a waiter reports to a new leader
 # Seconds: the leader decides a timeout this long before the caller's deadline (time for
 # its answer to arrive), and a waiter with no answer gives up this long after it.
 DEADLINE_MARGIN = 0.05
+RELEASE_SAMPLES = 1024  # release latencies kept until an observer takes them
 
 
 @dataclass(slots=True)
@@ -101,9 +102,16 @@ class BarrierBook:
         self._decided: OrderedDict[BarrierKey, BarrierResult] = OrderedDict()
         self._deadlines: list[tuple[float, str, int]] = []
         self.decisions: list[Decision] = []  # drained by the node
+        # Seconds from the moment the last member started waiting to the release, for each
+        # barrier an arrival released here (an observer takes them; the oldest go first).
+        self.release_latencies: list[float] = []
 
     def decided(self, key: BarrierKey) -> BarrierResult | None:
         return self._decided.get(key)
+
+    def open_barriers(self) -> list[tuple[BarrierKey, float, tuple[str, ...], tuple[str, ...], bool]]:
+        """(key, opened_at, expected, arrived, elastic) of every open barrier, for a status snapshot."""
+        return [(key, b.opened_at, tuple(b.expected), tuple(b.arrived), b.elastic) for key, b in self._open.items()]
 
     def clear_open(self) -> None:
         """Forget open barriers (on losing leadership); waiters re-send to the next leader."""
@@ -137,7 +145,22 @@ class BarrierBook:
                 barrier.deadline = deadline
                 heapq.heappush(self._deadlines, (deadline, key[0], key[1]))
         self._evaluate(key, barrier, view)
+        if key not in self._open:
+            decided = self._decided.get(key)
+            if decided is not None and decided.outcome == Outcome.RELEASED:
+                self._sample_release(max(0.0, now - started))
         return None
+
+    def _sample_release(self, seconds: float) -> None:
+        samples = self.release_latencies
+        samples.append(seconds)
+        if len(samples) > RELEASE_SAMPLES:
+            del samples[: len(samples) - RELEASE_SAMPLES]
+
+    def take_release_latencies(self) -> list[float]:
+        """The release latencies recorded since the last call (at most ``RELEASE_SAMPLES``)."""
+        samples, self.release_latencies = self.release_latencies, []
+        return samples
 
     def learn(self, result: BarrierResult) -> None:
         """Adopt a result decided by an earlier leader (reported by a follower)."""
@@ -277,6 +300,10 @@ class Waits:
             self.worker_id, incarnation, barrier_id, wait.generation, wait.elastic, wait.timeout_ms, waited_ms,
             wait.value,
         )
+
+    def open_waits(self) -> list[tuple[str, int, float, bool]]:
+        """(barrier_id, generation, started, elastic) of every wait in progress."""
+        return [(barrier_id, w.generation, w.started, w.elastic) for barrier_id, w in self._waits.items()]
 
     def arrivals(self, incarnation: int, now: float) -> list[Arrive]:
         return [self._arrival(barrier_id, wait, incarnation, now) for barrier_id, wait in self._waits.items()]

@@ -96,6 +96,14 @@ class CommitBook:
         self._evaluate(report.step, step, view)
         return None
 
+    def open_steps(self) -> list[int]:
+        """Steps some rank reported that are not decided yet."""
+        return list(self._open)
+
+    def decided_results(self) -> list[StepResult]:
+        """The remembered decisions (bounded history), oldest first."""
+        return list(self._decided.values())
+
     def on_view_change(self, view: Membership) -> None:
         for number, step in list(self._open.items()):
             self._evaluate(number, step, view)
@@ -158,6 +166,10 @@ class Saves:
         self.recent.pop(report.step, None)  # a retry; the leader answers from its history
         self._pending[report.step] = report
         self.next_resend = min(self.next_resend, now + self.settings.resend_periods * self.settings.probe_period)
+
+    def pending_steps(self) -> list[int]:
+        """Steps this rank reported whose result has not arrived."""
+        return list(self._pending)
 
     def reports(self, incarnation: int) -> list[PartDone]:
         """Pending reports, at this worker's current incarnation, in step order."""

@@ -80,10 +80,16 @@ class Election:
         self.voted_for: str | None = None
         self.abstain_until = now
         self._campaign: _Campaign | None = None
+        self.campaigns = 0  # elections this node started (a status counter)
         self._next_campaign_at = now
         self._best_cache: tuple[int, bool] = (-1, False)  # (view version, am I the best?)
         self._suspended_term = -1  # a term this node won, then paused for lack of quorum
         self._denied: tuple[int, str] = (-1, "")  # (term, leader) that leader itself disowned
+
+    @property
+    def campaigning(self) -> bool:
+        """Whether this node is collecting votes for itself right now."""
+        return self._campaign is not None
 
     # -- evaluation -------------------------------------------------------------
 
@@ -129,6 +135,7 @@ class Election:
     def _start_campaign(self, now: float, view: Membership) -> None:
         term = max(self.highest_term, self.leader_term, self.voted_term) + 1
         self.highest_term = term
+        self.campaigns += 1
         self.voted_term, self.voted_for = term, self.worker_id
         self._campaign = _Campaign(term, now + self.settings.election_timeout, {self.worker_id: None})
         if len(self._campaign.votes) >= self.quorum:

@@ -99,6 +99,8 @@ class Membership:
         self.changed = False  # set when any member's liveness changed; cleared by the node
         self.declared_dead = False  # set when this node learned it was declared DEAD
         self.version = 0  # bumped on every liveness change, for caches of derived facts
+        self.revision = 0  # bumped on every change of any entry (suspicions and refutations too)
+        self.heard: dict[str, float] = {}  # member -> when a message from it last arrived here
 
     # -- view -----------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class Membership:
             self.rejected += 1  # a rank changes only with a new incarnation, to a free rank
             return
         self.members[entry.worker_id] = entry
+        self.revision += 1
         self._by_rank.setdefault(entry.rank, {})[entry.worker_id] = None
         if news:
             self._queue_news(entry)
@@ -210,6 +213,7 @@ class Membership:
             return
         new_me = replace(me, incarnation=entry.incarnation + 1, status=Status.ALIVE)
         self.members[self.worker_id] = new_me
+        self.revision += 1
         self._queue_news(new_me)
         if entry.status >= Status.DEAD:
             self._out.emit(DeclaredDead(me.incarnation, new_me.incarnation))
@@ -219,6 +223,7 @@ class Membership:
         """Mark this node LEFT (final) and return the entry to announce."""
         left = replace(self.me, status=Status.LEFT)
         self.members[self.worker_id] = left
+        self.revision += 1
         self._queue_news(left)
         return left
 

@@ -60,6 +60,7 @@ from .messages import (
 from .outbox import Outbox, Ready
 from .progress import ProgressBook
 from .settings import ProtocolSettings
+from .status import NodeStatus, node_status
 
 
 REFUSED_MEMORY = 64  # refused joiners remembered, so each is reported once
@@ -114,6 +115,14 @@ class Node:
     @property
     def is_leader(self) -> bool:
         return self.election.is_leader
+
+    @property
+    def has_left(self) -> bool:
+        return self._left
+
+    def status(self, now: float) -> NodeStatus:
+        """An immutable snapshot of this node (see :mod:`.status`); changes nothing."""
+        return node_status(self, now)
 
     def members(self) -> list[MemberEntry]:
         """Live members (ALIVE or SUSPECT) in this node's view, self included."""
@@ -225,6 +234,8 @@ class Node:
             return self._after(now)
         handler = _HANDLERS[type(message)]
         handler(self, message, now)
+        if message.sender in self.membership.members:  # bounded: members only, never strangers
+            self.membership.heard[message.sender] = now
         return self._after(now)
 
     # -- handlers -----------------------------------------------------------------

@@ -70,6 +70,10 @@ class ProgressBook:
         """Every known worker's counter for ``key``."""
         return {worker: keys[key] for worker, keys in self._values.items() if key in keys}
 
+    def entries(self) -> tuple[tuple[str, str, int], ...]:
+        """Every known counter as (worker_id, key, value), sorted (for a status snapshot)."""
+        return tuple(sorted((worker, key, value) for worker, keys in self._values.items() for key, value in keys.items()))
+
     def news(self, live_count: int) -> tuple[ProgressEntry, ...]:
         """The least-sent news for one probe message; items retire after enough sends."""
         return tuple(take_news(self._news, self.settings.piggyback_max, live_count, self.settings))

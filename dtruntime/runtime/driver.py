@@ -23,6 +23,14 @@ authenticator (bad MAC, replay, wrong mode), the codec (schema, types, sizes, id
 a per-sender rate limit. A frame failing any gate is dropped and counted in
 :attr:`Driver.counters`; the node keeps running. Nothing from the network is unpickled.
 
+Observation: the driver publishes an :class:`Observation` (the node's immutable
+:class:`~dtruntime.protocol.status.NodeStatus` plus copies of the traffic counters) in
+:attr:`Driver.observation`, by swapping a reference, never a lock that readers take. It
+is rebuilt after a step of the node once it is older than ``PUBLISH_INTERVAL`` and
+someone has read it since the last rebuild (:meth:`Driver.observe`), and at once when
+the membership or the leader changes: with no reader it costs nothing but a clock read.
+A reader gets a view up to ``PUBLISH_INTERVAL + MAX_POLL_WAIT`` old and is told its age.
+
 Invariants: the node and the transport's sending side are only touched under the
 lock, by one thread at a time; events are dispatched under the lock, in order, to
 ``on_event`` (which must not block; it runs in the driver thread or in a thread calling
@@ -37,7 +45,7 @@ import math
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -49,6 +57,7 @@ from ..protocol.events import Event
 from ..protocol.messages import MemberEntry
 from ..protocol.node import Node
 from ..protocol.outbox import Ready
+from ..protocol.status import NodeStatus
 from .auth import FrameAuthenticator
 from .ratelimit import PeerRateLimiter
 from .transport import Transport
@@ -61,6 +70,22 @@ MAX_POLL_WAIT = 0.2  # seconds; an upper bound on how long the loop sleeps
 # a leader sent just before its caller closed) may take to go out before the sockets
 # close. Without it a busy machine can drop a release the peers still wait for.
 CLOSE_FLUSH_MS = 500
+PUBLISH_INTERVAL = 0.1  # seconds; the oldest a published observation gets while it is read
+RELEASE_BACKLOG = 4096  # barrier release latencies kept for the metrics, newest win
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What observers read: the node's status and the traffic counters at ``status.taken_at``.
+
+    ``traffic`` holds the driver's counters (``sent``, ``received``, ``dropped_invalid``,
+    ``dropped_rate_limited``, ``send_dropped``, ``bytes_sent``) and ``auth`` the frame
+    authenticator's; both are copies, never mutated after publication.
+    """
+
+    status: NodeStatus
+    traffic: dict[str, int]
+    auth: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,9 @@ class Driver:
         self.counters: Counter[str] = Counter()
         self.snapshot = Snapshot(None, False, node.joined, False, ())
         self._refresh_snapshot(force=True)
+        self.release_latencies: deque[float] = deque(maxlen=RELEASE_BACKLOG)  # taken by the metrics
+        self._wanted = True  # an observer read the observation since it was built
+        self._observation = self._observe_now(clock())
         self._thread = threading.Thread(target=self._run, name="dtruntime-driver", daemon=True)
         self._failure: BaseException | None = None
 
@@ -117,6 +145,11 @@ class Driver:
 
     def start(self) -> None:
         self._thread.start()
+
+    def observe(self) -> Observation:
+        """The latest published observation; never blocks (any thread)."""
+        self._wanted = True
+        return self._observation
 
     def submit(self, function: Callable[[Node, float], T]) -> "Future[T]":
         """Run ``function(node, now)`` under the driver's lock; a returned Ready is handled.
@@ -194,6 +227,8 @@ class Driver:
                     self._acquire()
                 if payloads:
                     self._receive(payloads)
+                elif self._wanted:
+                    self._publish(self._clock(), force=False)
             self._run_requests()  # answer anything queued before stop (a leave, a close)
         except BaseException as exc:  # a bug: report it to every waiter, never hang them
             self._failure = exc
@@ -253,22 +288,38 @@ class Driver:
             else:
                 self.counters["send_dropped"] += 1
         self._deadline = ready.next_deadline
-        self._refresh_snapshot()
+        book = self._node.book
+        if book.release_latencies:  # a deque: the metrics take them from another thread
+            self.release_latencies.extend(book.take_release_latencies())
+        changed = self._refresh_snapshot()
+        if changed or self._wanted:
+            self._publish(self._clock(), force=changed)
         for event in ready.events:
             try:
                 self._on_event(event)
             except Exception:
                 log.exception("event handler failed for %r", event)
 
-    def _refresh_snapshot(self, force: bool = False) -> None:
+    def _refresh_snapshot(self, force: bool = False) -> bool:
+        """Rebuild :attr:`snapshot` if any member entry or the leader changed; True if rebuilt."""
         node = self._node
         leader = (node.leader_id, node.is_leader)
-        version = node.membership.version
-        if not force and version == self._view_version and leader == self._leader_seen and self.snapshot.joined:
-            return
-        self._view_version, self._leader_seen = version, leader
+        revision = node.membership.revision  # every entry change: suspicions included
+        if not force and revision == self._view_version and leader == self._leader_seen and self.snapshot.joined:
+            return False
+        self._view_version, self._leader_seen = revision, leader
         live = node.membership.live_count >= node.election.quorum
         self.snapshot = Snapshot(node.leader_id, node.is_leader, node.joined, live, tuple(node.members()))
+        return True
+
+    def _publish(self, now: float, *, force: bool) -> None:
+        """Swap in a fresh observation if forced or the current one is stale (under the lock)."""
+        if force or now - self._observation.status.taken_at >= PUBLISH_INTERVAL:
+            self._observation = self._observe_now(now)
+
+    def _observe_now(self, now: float) -> Observation:
+        self._wanted = False
+        return Observation(self._node.status(now), dict(self.counters), self._auth.counters)
 
     def _fail_pending(self) -> None:
         self._stop.set()
