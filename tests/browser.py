@@ -39,6 +39,7 @@ def chrome() -> Iterator[Any]:
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                  "--window-size=1400,1000", "--no-first-run", "--disable-extensions"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     session = webdriver.Chrome(service=Service(driver), options=options)
     session.set_page_load_timeout(60)
     session.set_script_timeout(30)
@@ -73,3 +74,8 @@ def worker_rows(session: Any) -> list[dict[str, str]]:
         "straggler: r.dataset.straggler, leader: r.dataset.leader,"
         "text: r.querySelector('[data-field=status]').textContent}));"
     )
+
+
+def console_errors(session: Any) -> list[str]:
+    """SEVERE entries of the page's JavaScript console since the last call."""
+    return [entry["message"] for entry in session.get_log("browser") if entry.get("level") == "SEVERE"]

@@ -93,7 +93,7 @@ class FakeObserver:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_get("/", self._index)
-        app.router.add_get("/{name:(app\\.js|style\\.css)}", self._asset)
+        app.router.add_static("/static", STATIC)
         app.router.add_get("/api/dashboard", self._dashboard)
         app.router.add_get("/api/{part}", self._part)
         app.router.add_post("/api/tasks", self._submit)
@@ -107,9 +107,6 @@ class FakeObserver:
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
-
-    async def _asset(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / request.match_info["name"])
 
     async def _dashboard(self, request: web.Request) -> web.Response:
         return web.json_response(self.document)

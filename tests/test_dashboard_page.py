@@ -7,7 +7,7 @@ marked, summary counts, the leader, charts, log tail, and the run-control button
 
 from __future__ import annotations
 
-from .browser import chrome, wait_for, worker_rows  # noqa: F401 - chrome is a fixture
+from .browser import chrome, console_errors, wait_for, worker_rows  # noqa: F401 - chrome is a fixture
 from .fake_observer import FakeObserver, dashboard, worker
 
 TIMEOUT = 30
@@ -47,6 +47,7 @@ def test_256_workers_sorted_problems_first_with_counts_and_leader(chrome):
         assert "n=9" in _text(chrome, "stats-barrier_wait_s")
         assert "worker-2 is suspect" in _text(chrome, "logs")
         assert chrome.find_element("id", "conn").get_attribute("data-state") == "ok"
+        assert console_errors(chrome) == []
 
 
 def test_a_poll_updates_rows_in_place_and_an_unchanged_document_writes_nothing(chrome):
