@@ -56,8 +56,7 @@ class LiveJob:
     def __enter__(self) -> "LiveJob":
         self.cluster.__enter__()
         try:
-            self.cluster.wait(lambda: all(w.events("registered") for w in self.cluster.workers), START_TIMEOUT,
-                              "every rank registered")
+            self.cluster.wait(self._registered, START_TIMEOUT, "every rank registered")
             alive = {f"worker-{r}": "alive" for r in range(self.world)}
             self.wait(lambda: all(self.statuses(r) == alive and self.dashboard(r)["status"]["leader"]
                                   for r in range(self.world)), START_TIMEOUT, "every rank seeing every worker alive")
@@ -65,6 +64,14 @@ class LiveJob:
             self.cluster.__exit__(None, None, None)
             raise
         return self
+
+    def _registered(self) -> bool:
+        """True once every rank registered; fails at once if a rank exited before that."""
+        for w in self.cluster.workers:
+            if not w.events("registered") and w.process.poll() is not None:
+                raise AssertionError(f"rank {w.rank} exited ({w.process.returncode}) before registering: "
+                                     f"{w.lines[-3:]} {w.stderr[-5:]}")
+        return all(w.events("registered") for w in self.cluster.workers)
 
     def __exit__(self, *exc_info: object) -> None:
         self.cluster.__exit__(*exc_info)
