@@ -24,7 +24,12 @@
   const LEVELS = { DEBUG: 10, INFO: 20, WARNING: 30, ERROR: 40, CRITICAL: 50 };
   const SEVERITY = { lost: 0, hung: 1, suspect: 2, straggler: 3, left: 4, alive: 5 };
   const STATUSES = ["alive", "suspect", "hung", "lost", "left"];
-  const METRICS = ["barrier_wait_s", "barrier_release_s", "checkpoint_write_mib_s"];
+  const CAPTIONS = {
+    barrier_wait_s: "barrier wait (s)",
+    barrier_release_s: "barrier release (s)",
+    checkpoint_write_mib_s: "checkpoint write (MiB/s)",
+    checkpoint_load_mib_s: "checkpoint load (MiB/s)",
+  };
 
   const $ = (id) => document.getElementById(id);
   const rows = new Map(); // worker_id -> {tr, cells}
@@ -223,6 +228,9 @@
     const pending = Array.isArray(ck.pending) ? ck.pending : [];
     setText($("checkpoints-pending"), pending.length ? pending.join(", ") : "none");
     setAttr($("checkpoints-pending"), "data-steps", pending.join(","));
+    const abandoned = Array.isArray(ck.abandoned) ? ck.abandoned : [];
+    $("abandoned-row").hidden = abandoned.length === 0;
+    setText($("checkpoints-abandoned"), abandoned.map((a) => (a && typeof a === "object" ? a.step : a)).join(", "));
     renderOnChange("checkpoints", committed, (frag) => {
       for (const c of committed.slice(0, 20)) {
         const tr = el("tr", { "data-step": c.step, "data-bytes": c.bytes ?? "" });
@@ -290,15 +298,39 @@
     return "+Inf";
   }
 
+  function caption(name) {
+    if (CAPTIONS[name]) return CAPTIONS[name];
+    if (name.endsWith("_mib_s")) return name.slice(0, -6).replace(/_/g, " ") + " (MiB/s)";
+    if (name.endsWith("_s")) return name.slice(0, -2).replace(/_/g, " ") + " (s)";
+    return name.replace(/_/g, " ");
+  }
+
+  /** The chart of histogram ``name``, created on first sight (ids chart-NAME, stats-NAME). */
+  function chart(name) {
+    let canvas = $("chart-" + name);
+    if (canvas) return canvas;
+    const box = $("charts");
+    const empty = box.querySelector(".empty");
+    if (empty) empty.remove();
+    const figure = el("figure", { "data-metric": name });
+    canvas = el("canvas", { id: "chart-" + name, width: 360, height: 160, "data-metric": name });
+    const text = el("figcaption", {}, caption(name) + " ");
+    text.appendChild(el("span", { id: "stats-" + name }));
+    figure.appendChild(canvas);
+    figure.appendChild(text);
+    box.appendChild(figure);
+    return canvas;
+  }
+
   function renderMetrics(doc) {
-    const metrics = doc.metrics || {};
-    for (const name of METRICS) {
-      const h = metrics[name] || { buckets: [], count: 0, sum: 0 };
-      const canvas = $("chart-" + name);
+    const metrics = doc.metrics && typeof doc.metrics === "object" ? doc.metrics : {};
+    for (const [name, h] of Object.entries(metrics)) {
+      if (!h || !Array.isArray(h.buckets) || !/^[A-Za-z0-9_]+$/.test(name)) continue;
+      const canvas = chart(name);
       const sig = JSON.stringify(h);
       if (signatures.get(canvas.id) === sig) continue;
       signatures.set(canvas.id, sig);
-      const counts = bucketCounts(Array.isArray(h.buckets) ? h.buckets : []);
+      const counts = bucketCounts(h.buckets);
       const total = num(h.count) ? h.count : 0;
       setAttr(canvas, "data-count", total);
       const mean = total ? h.sum / total : null;
