@@ -61,6 +61,7 @@ _TASK_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".json": "application/json",
                   ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon", ".txt": "text/plain"}
 _QUERY = {"/api/logs": {"level", "after", "limit"}}  # allowed query parameters; none elsewhere
+TASK_NAMES = ("checkpoint-now", "stop", "log-level")  # the run controls (dtruntime.control.commands)
 
 
 class HttpError(DtruntimeError):
@@ -262,6 +263,8 @@ class HttpServer:
         name, args = body.get("name"), body.get("args")
         if not isinstance(name, str) or not name:
             raise HttpError(400, "the task needs a 'name' (a string such as \"checkpoint-now\")", "name")
+        if name not in TASK_NAMES:
+            raise HttpError(400, f"unknown task {name[:80]!r} (tasks: {', '.join(TASK_NAMES)})", "name")
         if args is not None and not isinstance(args, dict):
             raise HttpError(400, "'args' must be a JSON object", "args")
         control = self._control()
