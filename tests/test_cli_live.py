@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
+from dtruntime import TrainingOrchestrator
+
 from dtruntime.http.auth import bearer_token
 
 from .cluster import kill
@@ -46,3 +50,21 @@ def test_status_of_a_live_job_on_every_rank_and_after_a_kill(tmp_path):
         assert_one_line_error(dtruntime("stop", job.urls[0], "--token", bearer_token("wrong")), 1, "answered 401")
         token = dtruntime("token", env={"DTRUNTIME_SECRET": SECRET})
         assert token.returncode == 0 and token.stdout.strip() == bearer_token(SECRET)
+
+
+@pytest.mark.skipif(not hasattr(TrainingOrchestrator, "step_boundary"), reason="this checkout has no run control")
+def test_checkpoint_wait_then_stop_on_a_live_job(tmp_path):
+    with LiveJob(tmp_path) as job:
+        done = dtruntime("checkpoint", job.urls[2], "--wait", "60")
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        step = int(re.search(r"done on 4 rank\(s\) at step (\d+)", done.stdout).group(1))
+        listed = dtruntime("checkpoints", str(job.storage), "--verify", "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert step in [s["step"] for s in json.loads(listed.stdout)["committed"] if s["verified"]]
+
+        stopped = dtruntime("stop", job.urls[0])
+        assert stopped.returncode == 0 and stopped.stdout.startswith("stop submitted as task ")
+        job.cluster.wait_exit(list(range(4)), TIMEOUT)
+        assert [w.process.returncode for w in job.cluster.workers] == [0, 0, 0, 0]
+        final = json.loads(dtruntime("checkpoints", str(job.storage), "--verify", "--json").stdout)["committed"]
+        assert final[-1]["step"] > step and final[-1]["verified"] and final[-1]["world_size"] == 4

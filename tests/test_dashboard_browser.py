@@ -49,8 +49,8 @@ def test_dashboard_of_a_live_job_shows_workers_a_kill_and_checkpoint_now(chrome,
         assert chrome.find_element("id", "count-lost").text == "1"
 
         assert console_errors(chrome) == []
-        if not hasattr(TrainingOrchestrator, "run_control"):
-            pytest.skip("this checkout has no run control (TrainingOrchestrator.run_control) for checkpoint-now")
+        if not hasattr(TrainingOrchestrator, "step_boundary"):
+            pytest.skip("this checkout has no run control (TrainingOrchestrator.step_boundary) for checkpoint-now")
         before = set(_committed(job))
         chrome.find_element("id", "btn-checkpoint-now").click()
         wait_for(chrome, lambda: chrome.find_element("id", "control-result").get_attribute("data-state"),
@@ -59,6 +59,6 @@ def test_dashboard_of_a_live_job_shows_workers_a_kill_and_checkpoint_now(chrome,
         new = sorted(set(_committed(job)) - before)
         assert len(new) == 1, new
         chrome.save_screenshot(str(tmp_path / "dashboard.png"))
-        saved = {w.rank: [e["step"] for e in w.events("saved")] for w in job.cluster.workers[:3]}
+        saved = {w.rank: [e["step"] for e in w.events("saving")] for w in job.cluster.workers[:3]}
         assert all(new[0] in steps for steps in saved.values()), saved
 

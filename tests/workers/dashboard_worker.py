@@ -3,13 +3,13 @@
     python -m tests.workers.dashboard_worker --rank R --world N --coordinator tcp://127.0.0.1:P
         --http-port H --storage DIR [--step-s 0.1] [--secret S]
 
-Registers with ``[http] port = H`` (the orchestrator's own config path, as a user sets
-it), then runs steps until killed or stopped: sleep ``--step-s``, ``report_step``, an
-elastic barrier per step (so a killed peer does not stall the others). At each step
-boundary the orchestrator's run control, where this checkout has one, acts on its
-commands (``checkpoint-now`` saves this rank's part of the current step). Prints JSON
-lines: {"event": "registered", "http_url": ...} | {"event": "step", "step": N} (every
-10th) | {"event": "saved", "step": N} | {"event": "error", ...} | {"event": "done"}.
+Registers with ``[http] port = H`` (through the orchestrator's env, as a user sets it),
+then runs steps until killed or stopped: sleep ``--step-s``, an elastic barrier per step
+(so a killed peer does not stall the others), then ``orch.step_boundary(step, save)``
+where this checkout has run control (``checkpoint-now`` and ``stop`` call ``save``;
+``stop`` ends the process with exit 0), else ``report_step``. Prints JSON lines:
+{"event": "registered", "http_url": ...} | {"event": "step", "step": N} (every 10th) |
+{"event": "saving", "step": N} | {"event": "error", ...}.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dtruntime import CheckpointManager, DtruntimeError, TrainingOrchestrator
 from . import emit
 
 
-def main() -> int:
+def main() -> int:  # returns only on an error: the loop runs until killed or stopped
     parser = argparse.ArgumentParser()
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--world", type=int, required=True)
@@ -45,11 +45,16 @@ def main() -> int:
             return 3
         emit(event="registered", http_url=orchestrator.http_url)
         with CheckpointManager(args.storage, orchestrator=orchestrator, keep_last_n=10, compression="none") as manager:
+            boundary = getattr(orchestrator, "step_boundary", None)  # run control, where this checkout has it
+
+            def save(step: int):
+                emit(event="saving", step=step)
+                return manager.save_bytes(f"rank {args.rank} step {step}".encode(), step)
+
             step = 0
             while True:
                 step += 1
                 time.sleep(args.step_s)
-                orchestrator.report_step(step)
                 try:
                     orchestrator.wait_barrier_sync(f"step-{step}", timeout=60, elastic=True)
                 except DtruntimeError as exc:
@@ -57,22 +62,10 @@ def main() -> int:
                     return 3
                 if step % 10 == 0:
                     emit(event="step", step=step)
-                if _at_step_boundary(orchestrator, manager, step):
-                    break
-    emit(event="done")
-    return 0
-
-
-def _at_step_boundary(orchestrator: TrainingOrchestrator, manager: CheckpointManager, step: int) -> bool:
-    """Act on run-control commands where the orchestrator has them; True when told to stop."""
-    control = getattr(orchestrator, "step_boundary", None)
-    if control is None:
-        return False
-    actions = control(step)
-    if actions.checkpoint:
-        manager.save_bytes(f"rank {orchestrator.rank} step {step}".encode(), step).result(timeout=60)
-        emit(event="saved", step=step)
-    return bool(actions.stop)
+                if boundary is None:
+                    orchestrator.report_step(step)
+                else:
+                    boundary(step, save)  # a stop raises RunStopped (SystemExit 0) once committed
 
 
 if __name__ == "__main__":
