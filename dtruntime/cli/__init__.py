@@ -124,16 +124,16 @@ def _status(args: argparse.Namespace) -> int:
         _print_status(client, args.json)
         return OK
     clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() and not args.json else ""
-    while True:
-        try:
-            text = _status_text(client, args.json)
-        except CliError as exc:  # keep watching: the peer may come back
-            text = f"dtruntime: error: {exc}"
-        print(f"{clear}{text}\n-- {time.strftime('%H:%M:%S')}, every {args.watch:g} s, Ctrl-C to stop", flush=True)
-        try:
+    try:
+        while True:
+            try:
+                text = _status_text(client, args.json)
+            except CliError as exc:  # keep watching: the peer may come back
+                text = f"dtruntime: error: {exc}"
+            print(f"{clear}{text}\n-- {time.strftime('%H:%M:%S')}, every {args.watch:g} s, Ctrl-C to stop", flush=True)
             time.sleep(args.watch)
-        except KeyboardInterrupt:
-            return OK
+    except KeyboardInterrupt:  # the way a watch ends, wherever in the loop it lands
+        return OK
 
 
 def _print_status(client: Client, as_json: bool) -> None:
