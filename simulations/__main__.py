@@ -3,6 +3,11 @@
     python -m simulations leader-crash --workers 64 --seed 1 --seeds 100
     python -m simulations swarm --seed 1 --seeds 500
     python -m simulations partition --workers 16 --seed 3 --plot partition.png
+    python -m simulations partition --workers 16 --seed 3 --serve 8080 --speed 0.5
+
+With ``--serve PORT`` the run is paced to the wall clock (``--speed`` simulated seconds
+per second) and the dashboard of one simulated worker is served at
+http://127.0.0.1:PORT/ while it runs, and after it until Ctrl-C (see simulations/serve.py).
 
 With ``--seeds K`` the scenario runs for seeds S..S+K-1 and the table shows p50/p99
 of each figure. Exit status 1 if any run violated an invariant; each failed run
@@ -13,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
+
+from . import common
 
 from .report import plot_timeline, summary_table
 from .scenarios import detection, flapping_link, leader_crash, loss_storm, partition, rolling_crashes, slow_worker
@@ -40,12 +48,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-ms", type=int, default=100)
     parser.add_argument("--timeout-ms", type=int, default=1000)
     parser.add_argument("--plot", help="write a PNG of leader/membership over time (first seed)")
+    parser.add_argument("--serve", type=int, metavar="PORT",
+                        help="serve the dashboard of the simulated cluster on 127.0.0.1:PORT, paced to the wall clock")
+    parser.add_argument("--speed", type=float, default=1.0, help="with --serve: simulated seconds per wall second")
+    parser.add_argument("--serve-worker", metavar="ID",
+                        help="with --serve: the worker whose view is served (default: the lowest-ranked one up)")
     args = parser.parse_args(argv)
     if args.scenario != "swarm" and args.workers is None:
         args.workers = 16
     if args.workers is not None and args.workers < 3:
         parser.error("--workers must be at least 3")
+    if args.serve is not None and not 0 < args.serve < 65536:
+        parser.error("--serve must be a port in 1..65535")
+    if args.serve is not None and args.seeds != 1:
+        parser.error("--serve runs one seed: drop --seeds")
+    if not args.speed > 0:
+        parser.error("--speed must be > 0")
+    if args.serve is None and (args.speed != 1.0 or args.serve_worker):
+        parser.error("--speed and --serve-worker need --serve")
     run = SCENARIOS[args.scenario]
+    dashboard = _serve(args) if args.serve is not None else None
     results = []
     started = time.perf_counter()
     for seed in range(args.seed, args.seed + args.seeds):
@@ -62,8 +84,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot_timeline(results[0], args.plot)
         print(f"plot written to {args.plot}")
-    return 0 if all(r.ok for r in results) else 1
+    status = 0 if all(r.ok for r in results) else 1
+    if dashboard is not None:
+        print(f"scenario done: serving its final state at {dashboard.url}/ until Ctrl-C", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            dashboard.close()
+    return status
+
+
+def _serve(args: argparse.Namespace):
+    from dtruntime.errors import DtruntimeError
+
+    try:
+        from .serve import SimDashboard
+    except ImportError as exc:
+        sys.exit(f"python -m simulations: --serve needs the http extra (pip install 'dtruntime[http]'): {exc}")
+    try:
+        dashboard = SimDashboard(args.serve, speed=args.speed, worker=args.serve_worker)
+        dashboard.start()
+    except DtruntimeError as exc:
+        sys.exit(f"python -m simulations: {exc}")
+    common.BUILD_HOOKS.append(dashboard.attach)
+    print(f"dashboard at {dashboard.url}/ (simulated time, x{args.speed:g})", flush=True)
+    return dashboard
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C during a --serve run
+        sys.exit(130)

@@ -11,6 +11,9 @@ from dtruntime.testing import NetworkFaults, SimCluster
 
 WARMUP_LIMIT = 10.0  # simulated seconds allowed for the first convergence
 
+#: Called with every cluster :func:`build` makes, before its warm-up (``--serve`` attaches here).
+BUILD_HOOKS: list[Callable[[SimCluster], None]] = []
+
 
 @dataclass
 class ScenarioResult:
@@ -73,6 +76,8 @@ def build(
     settings = ProtocolSettings.from_millis(heartbeat_ms, timeout_ms)
     cluster = SimCluster(workers, seed, settings, faults=faults, codec=codec, trace=trace)
     observer = Observer(cluster)
+    for hook in BUILD_HOOKS:
+        hook(cluster)
     if timeline is not None:
         sample_timeline(cluster, timeline)
     if cluster.run_until_true(cluster.converged, WARMUP_LIMIT, step=settings.probe_period) is None:
