@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -208,8 +209,12 @@ def test_register_serves_on_the_configured_port_and_close_leaves_nothing_behind(
     finally:
         orch.close_sync()
     assert orch.http_url is None and http_threads() == []
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", port))  # the port is free again
+    with pytest.raises(ConnectionRefusedError):  # nothing listens there any more
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    with socket.socket() as probe:  # and a new server may bind it (closed connections linger in TIME_WAIT)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+        probe.listen()
 
 
 def test_a_taken_port_fails_registration_with_a_bind_error_naming_the_setting():
@@ -231,10 +236,73 @@ def test_each_orchestrator_has_its_own_registry():
     try:
         for _ in range(3):
             first.wait_barrier_sync("b")
-        first_count = first.metrics.histogram_summary("dtruntime_barrier_wait_seconds")["count"]
-        second_count = second.metrics.histogram_summary("dtruntime_barrier_wait_seconds")["count"]
+        first_count = first.metrics.histogram_summary(first.metrics.barrier_wait)["count"]
+        second_count = second.metrics.histogram_summary(second.metrics.barrier_wait)["count"]
         assert (first_count, second_count) == (3, 0)
         assert first.metrics.registry is not second.metrics.registry
     finally:
         first.close_sync()
         second.close_sync()
+
+
+def test_the_exposition_parses_and_matches_prometheus_clients_own_minus_created_series(orchestrator):
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for _ in range(3):
+        orchestrator.wait_barrier_sync("b")
+    orchestrator.report_step(3)
+    metrics = orchestrator.metrics
+    metrics.checkpoint_done("write", 1, 1 << 20, 0.5, 's3://bucket/"odd"\\path\n')
+    metrics.barrier_done(0.0, "timeout")
+
+    def samples(text: str) -> dict:
+        found = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if not sample.name.endswith("_created"):
+                    found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return found
+
+    ours = samples(metrics.exposition().decode())
+    reference = samples(generate_latest(metrics.registry).decode())
+    assert ours == reference
+    assert ours[("dtruntime_barrier_wait_seconds_count", ())] == 3
+    assert ours[("dtruntime_checkpoint_bytes_total", (("backend", "s3"), ("op", "write")))] == 1 << 20
+    assert ours[("dtruntime_barrier_failures_total", (("reason", "timeout"),))] == 1
+
+
+def test_datasets_and_checkpoints_of_a_one_rank_job(tmp_path):
+    orchestrator = TrainingOrchestrator("w0", f"tcp://127.0.0.1:{free_port()}", 1, 0, env={}, http__port=free_port())
+    orchestrator.register_worker_sync(timeout=30)
+    try:
+        check_datasets_and_checkpoints(orchestrator, tmp_path)
+    finally:
+        orchestrator.close_sync()
+
+
+def check_datasets_and_checkpoints(orchestrator: TrainingOrchestrator, tmp_path) -> None:
+    from dtruntime import CheckpointManager, DatasetRegistry
+
+    url = orchestrator.http_url
+    registry = DatasetRegistry(orchestrator=orchestrator)
+    registry.register("imagenet", total_samples=1000)
+    registry.report_progress("imagenet", 2, 250)
+    with CheckpointManager(str(tmp_path), orchestrator=orchestrator, compression="none") as manager:
+        manager.save_bytes(bytes(1 << 20), 5).result(timeout=30)
+        assert manager.load_bytes(5) == bytes(1 << 20)
+
+    def datasets() -> list:
+        return request(url + "/api/datasets")[1]["datasets"]
+
+    deadline = time.monotonic() + 10
+    while not datasets() and time.monotonic() < deadline:  # published within PUBLISH_INTERVAL
+        time.sleep(0.05)
+    assert datasets() == [{"name": "imagenet", "epoch": 2, "samples_by_rank": {"0": 250}, "total_samples": 1000,
+                           "progress_by_rank": {"0": 0.25}}]
+    committed = request(url + "/api/checkpoints")[1]["checkpoints"]["committed"]
+    assert [(c["step"], c["bytes"]) for c in committed] == [(5, 1 << 20)] and committed[0]["throughput_mib_s"] > 0
+    metrics = request(url + "/api/metrics")[1]["metrics"]
+    assert metrics["checkpoint_write_mib_s"]["count"] == 1 and metrics["checkpoint_load_mib_s"]["count"] == 1
+    samples = orchestrator.metrics.exposition().decode()
+    assert 'dtruntime_checkpoint_bytes_total{op="load",backend="local"} 1048576.0' in samples

@@ -118,11 +118,14 @@ def barriers_doc(view: JobView, observation: Observation) -> list[dict[str, Any]
 
 
 def checkpoints_doc(view: JobView, observation: Observation) -> dict[str, Any]:
+    """Committed steps: those the protocol reported here, and this rank's own committed writes
+    (a one-rank job commits without the protocol), with this rank's bytes and throughput."""
     c = observation.status.checkpoints
     writes = {r.step: r for r in view.metrics.checkpoint_records() if r.op == "write"}
     now = time.time()
     committed = []
-    for step in c.committed:
+    steps = sorted(set(c.committed) | set(writes))
+    for step in steps:
         first = view._first_committed.setdefault(step, now)
         record = writes.get(step)
         throughput = record.throughput_mib_s if record else None
@@ -133,7 +136,7 @@ def checkpoints_doc(view: JobView, observation: Observation) -> dict[str, Any]:
             "committed_at": record.at if record else first,
         })
     for step in list(view._first_committed):
-        if step not in c.committed:
+        if step not in steps:
             del view._first_committed[step]  # bounded by the protocol's histories
     return {"committed": committed, "pending": list(c.pending), "abandoned": list(c.abandoned)}
 
@@ -167,12 +170,10 @@ def datasets_doc(view: JobView, observation: Observation) -> list[dict[str, Any]
 def metrics_doc(view: JobView, observation: Observation) -> dict[str, Any]:
     m = view.metrics
     return {
-        "barrier_wait_s": m.histogram_summary("dtruntime_barrier_wait_seconds"),
-        "barrier_release_s": m.histogram_summary("dtruntime_barrier_release_seconds"),
-        "checkpoint_write_mib_s": m.histogram_summary("dtruntime_checkpoint_throughput_bytes_per_second", MIB,
-                                                      {"op": "write"}),
-        "checkpoint_load_mib_s": m.histogram_summary("dtruntime_checkpoint_throughput_bytes_per_second", MIB,
-                                                     {"op": "load"}),
+        "barrier_wait_s": m.histogram_summary(m.barrier_wait),
+        "barrier_release_s": m.histogram_summary(m.barrier_release),
+        "checkpoint_write_mib_s": m.histogram_summary(m.checkpoint_throughput, MIB, {"op": "write"}),
+        "checkpoint_load_mib_s": m.histogram_summary(m.checkpoint_throughput, MIB, {"op": "load"}),
     }
 
 

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..runtime.driver import Observation
@@ -135,23 +135,23 @@ class Metrics:
     # -- exposition ------------------------------------------------------------------
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of every metric."""
+        """The Prometheus text format (0.0.4) of every metric; see :func:`render`."""
         self._fold_release_latencies()
-        return generate_latest(self.registry)
+        return render(self.registry)
 
     def _fold_release_latencies(self) -> None:
         for seconds in self._release_latencies():
             self.barrier_release.observe(seconds)
 
-    def histogram_summary(self, name: str, scale: float = 1.0, labels: dict[str, str] | None = None) -> dict:
-        """``{"buckets": [[le, cumulative count], ...], "count", "sum"}`` of a histogram (all its
-        label sets added up unless ``labels`` picks some), bucket bounds divided by ``scale``."""
-        self._fold_release_latencies()
+    def histogram_summary(self, histogram: Histogram, scale: float = 1.0, labels: dict[str, str] | None = None) -> dict:
+        """``{"buckets": [[le, cumulative count], ...], "count", "sum"}`` of one of these histograms
+        (all its label sets added up unless ``labels`` picks some), bucket bounds divided by ``scale``."""
+        if histogram is self.barrier_release:
+            self._fold_release_latencies()
         cumulative: dict[float, float] = {}
         count = total = 0.0
-        for family in self.registry.collect():
-            if family.name != name:
-                continue
+        for family in histogram.collect():
+            name = family.name
             for sample in family.samples:
                 if labels and any(sample.labels.get(k) != v for k, v in labels.items()):
                     continue
@@ -164,6 +164,53 @@ class Metrics:
                     total += sample.value
         buckets = [["+Inf" if b == float("inf") else b / scale, int(c)] for b, c in sorted(cumulative.items())]
         return {"buckets": buckets if count else [], "count": int(count), "sum": total / scale}
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """``registry`` in the Prometheus text format 0.0.4, without the optional ``_created`` series.
+
+    Written here rather than ``prometheus_client.generate_latest`` for its cost: that one
+    spends about 40 us per sample (UTF-8 name escaping, validation) and a scrape of one
+    worker has about 80 samples; this one, about 5 us. The output parses with
+    ``prometheus_client.parser`` (tested). Names and label names are this module's own;
+    label values and help texts are escaped as the format asks.
+    """
+    lines: list[str] = []
+    append = lines.append
+    for family in registry.collect():
+        exposed = family.name + "_total" if family.type == "counter" else family.name
+        kind = "untyped" if family.type == "unknown" else family.type
+        append(f"# HELP {exposed} {_escape_help(family.documentation)}")
+        append(f"# TYPE {exposed} {kind}")
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = sample.labels
+            if labels:
+                rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+                append(f"{sample.name}{{{rendered}}} {_number(sample.value)}")
+            else:
+                append(f"{sample.name} {_number(sample.value)}")
+    append("")
+    return "\n".join(lines).encode()
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    if value == float("-inf"):
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    return repr(float(value))
 
 
 class _ObservationCollector:

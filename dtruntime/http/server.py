@@ -252,7 +252,12 @@ class HttpServer:
         after = _int_param(query, "after", 0, 0, 2**63 - 1)
         limit = _int_param(query, "limit", 100, 1, MAX_LOG_LIMIT)
         records = documents.logs_doc(self.view, level=level, after=after, limit=limit)
-        envelope = {"answered_by": {"worker_id": self.view.worker_id, "rank": self.view.rank}, "time": time.time()}
+        observation = self.view.observe()
+        if observation is not None:
+            envelope = documents.envelope(self.view, observation)
+        else:  # logs exist before registration
+            envelope = {"answered_by": {"worker_id": self.view.worker_id, "rank": self.view.rank},
+                        "view_age_s": None, "time": time.time()}
         return _json({**envelope, "logs": records, "last_seq": self.view.logs.last_seq})
 
     async def _submit(self, request: web.Request) -> web.Response:
