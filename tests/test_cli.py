@@ -247,3 +247,13 @@ def _html_server():
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def test_status_from_a_follower_says_whom_to_ask_about_its_own_waits():
+    doc = _doc()
+    doc["barriers"] = [{"barrier_id": "epoch_4", "source": "self", "arrived": ["worker-1"], "waiting_for": [],
+                        "age_s": 0.3}]
+    with FakeObserver(doc) as server:
+        result = dtruntime("status", server.url)
+    assert result.returncode == 0, result.stderr
+    assert "epoch_4 (300 ms): this worker waits; ask the leader worker-0 whom for" in result.stdout

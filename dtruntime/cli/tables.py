@@ -2,7 +2,8 @@
 
 ``render_status`` takes an ``/api/dashboard`` document (the shared contract) and renders
 the leader line, the worker table (rank order; lost, hung, suspect and straggling rows
-flagged with ``!``), barriers in flight and checkpoints. Fields a peer leaves out show as
+flagged with ``!``), barriers in flight (a follower knows only its own waits, not whom
+they wait for, and says so) and checkpoints. Fields a peer leaves out show as
 ``-``, so an older or partial document still prints.
 """
 
@@ -104,7 +105,11 @@ def render_status(doc: dict[str, Any], url: str) -> str:
     if barriers:
         lines.append(f"barriers in flight: {len(barriers)}")
         for b in barriers:
-            lines.append(f"  {b.get('barrier_id')} ({seconds(b.get('age_s'))}): waiting for {_ids(b.get('waiting_for'))}")
+            if b.get("source") == "self" and not b.get("waiting_for"):
+                whom = f"this worker waits; ask the leader {leader or '(none known)'} whom for"
+            else:
+                whom = f"waiting for {_ids(b.get('waiting_for'))}"
+            lines.append(f"  {b.get('barrier_id')} ({seconds(b.get('age_s'))}): {whom}")
     else:
         lines.append("barriers in flight: none")
     checkpoints = _get(doc, "checkpoints") or {}

@@ -205,16 +205,22 @@
 
   function renderBarriers(doc) {
     const barriers = Array.isArray(doc.barriers) ? doc.barriers : [];
+    const leader = (doc.status || {}).leader;
     setText($("barrier-count"), barriers.length);
     setAttr($("barrier-count"), "data-count", barriers.length);
     // age changes every poll; compare on the rest and update ages in place.
-    renderOnChange("barriers", barriers.map((b) => [b.barrier_id, b.arrived, b.waiting_for]), (frag) => {
+    renderOnChange("barriers", [leader, barriers.map((b) => [b.barrier_id, b.source, b.arrived, b.waiting_for])], (frag) => {
       for (const b of barriers) {
-        const tr = el("tr", { "data-barrier-id": b.barrier_id, "data-waiting": (b.waiting_for || []).length });
+        const tr = el("tr", { "data-barrier-id": b.barrier_id, "data-waiting": (b.waiting_for || []).length,
+          "data-source": b.source || "" });
         tr.appendChild(el("td", {}, b.barrier_id));
         tr.appendChild(el("td", { "data-field": "age" }, fmtSeconds(b.age_s)));
         tr.appendChild(el("td", { title: (b.arrived || []).join(", ") }, `${(b.arrived || []).length}`));
-        tr.appendChild(el("td", { class: "waiting", title: (b.waiting_for || []).join(", ") }, shortList(b.waiting_for, 8)));
+        // A follower lists only its own waits: whom they wait for is known to the leader only.
+        const whom = b.source === "self" && !(b.waiting_for || []).length
+          ? `(this worker's own wait: the leader ${leader || "?"} knows whom it waits for)`
+          : shortList(b.waiting_for, 8);
+        tr.appendChild(el("td", { class: "waiting", title: (b.waiting_for || []).join(", ") }, whom));
         frag.appendChild(tr);
       }
     });
