@@ -542,7 +542,7 @@ class TrainingOrchestrator:
         node = Node(member, info.world_size, seeds, settings, random.Random(), now)
         self._auth = FrameAuthenticator(self._secret)
         driver = Driver(node, transport, self._auth, on_event=self._on_event)
-        if self.metrics is not None:
+        if self.metrics is not None and self.config.http.port:  # the ring is the HTTP API's log tail
             from ..http.logring import LogRing
 
             self._log_ring = LogRing(info.worker_id)

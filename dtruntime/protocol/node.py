@@ -4,7 +4,8 @@ Inputs: :meth:`Node.step` for a message that arrived, :meth:`Node.tick` for the 
 of time, :meth:`Node.arrive`, :meth:`Node.part_written`, :meth:`Node.commit_resolved`,
 :meth:`Node.set_progress` and :meth:`Node.leave` for local requests. Each returns a
 :class:`~dtruntime.protocol.outbox.Ready`: messages for the driver to send, events for
-the local API, and the latest time at which ``tick`` must be called next.
+the local API, and the latest time at which ``tick`` must be called next. :meth:`Node.status` returns an
+immutable snapshot for observers (:mod:`.status`).
 
 The node never performs IO and never reads a clock; ``now`` is monotonic seconds from
 the driver, randomness comes from the ``random.Random`` passed in. Calling ``tick``
