@@ -20,12 +20,18 @@ import argparse
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
+
+from dtruntime.errors import DtruntimeError
 
 from . import common
 
 from .report import plot_timeline, summary_table
 from .scenarios import detection, flapping_link, leader_crash, loss_storm, partition, rolling_crashes, slow_worker
 from .swarm import swarm
+
+if TYPE_CHECKING:
+    from .serve import SimDashboard
 
 SCENARIOS = {
     "leader-crash": leader_crash,
@@ -71,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     started = time.perf_counter()
     for seed in range(args.seed, args.seed + args.seeds):
-        result = run(args.workers, seed, args.heartbeat_ms, args.timeout_ms)
+        try:
+            result = run(args.workers, seed, args.heartbeat_ms, args.timeout_ms)
+        except DtruntimeError as exc:  # --serve: e.g. --serve-worker names no worker of the cluster
+            if dashboard is not None:
+                dashboard.close()
+            parser.error(str(exc))
         results.append(result)
         for violation in result.violations:
             print(f"seed {seed}: {violation}; reproduce with --seed {seed}", file=sys.stderr)
@@ -96,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def _serve(args: argparse.Namespace):
-    from dtruntime.errors import DtruntimeError
-
+def _serve(args: argparse.Namespace) -> "SimDashboard":
     try:
         from .serve import SimDashboard
     except ImportError as exc:
