@@ -112,3 +112,21 @@ def test_an_unreachable_job_is_shown_and_the_page_recovers(chrome):
         server.document = dashboard([worker(r) for r in range(3)])
         wait_for(chrome, lambda: worker_rows(chrome), lambda r: len(r) == 3, TIMEOUT, "3 worker rows after recovery")
         assert chrome.find_element("id", "conn").get_attribute("data-state") == "ok"
+
+
+def test_stop_asks_for_confirmation_first(chrome):
+    with FakeObserver(dashboard([worker(r) for r in range(4)])) as server:
+        chrome.get(server.url + "/")
+        wait_for(chrome, lambda: worker_rows(chrome), lambda r: len(r) == 4, TIMEOUT, "4 worker rows")
+        chrome.find_element("id", "btn-stop").click()
+        alert = wait_for(chrome, lambda: chrome.switch_to.alert, lambda a: not isinstance(a, Exception), TIMEOUT,
+                         "the confirmation")
+        assert "Stop the job?" in alert.text
+        alert.dismiss()
+        chrome.find_element("id", "btn-checkpoint-now").click()  # a later POST, to know the dismissal sent none
+        wait_for(chrome, lambda: len(server.posts), lambda n: n == 1, TIMEOUT, "the checkpoint-now POST")
+        chrome.find_element("id", "btn-stop").click()
+        wait_for(chrome, lambda: chrome.switch_to.alert, lambda a: not isinstance(a, Exception), TIMEOUT,
+                 "the confirmation").accept()
+        wait_for(chrome, lambda: len(server.posts), lambda n: n == 2, TIMEOUT, "the stop POST")
+        assert [body for _, body, _ in server.posts] == [{"name": "checkpoint-now"}, {"name": "stop"}]
