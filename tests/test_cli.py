@@ -20,8 +20,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
-
 from dtruntime import CheckpointManager
 from dtruntime.checkpoint import layout
 
