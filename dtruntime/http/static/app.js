@@ -380,15 +380,16 @@
     for (const seq of seqs.slice(0, Math.max(0, seqs.length - LOG_KEEP))) logs.delete(seq);
     const floor = LEVELS[$("log-filter").value] || 0;
     const shown = seqs.filter((s) => logs.has(s) && (LEVELS[logs.get(s).level] || 0) >= floor).slice(-LOG_SHOW);
+    const box = $("logs");
+    const following = box.scrollHeight - box.scrollTop - box.clientHeight < 24; // reader at the bottom
     renderOnChange("logs", [floor, shown], (frag) => {
+      if (following) requestAnimationFrame(() => { box.scrollTop = box.scrollHeight; });
       for (const seq of shown) {
         const r = logs.get(seq);
         frag.appendChild(el("div", { class: "log level-" + r.level, "data-seq": seq, "data-level": r.level },
           `${fmtClock(r.time)} ${String(r.level).padEnd(7)} ${r.worker_id || ""} ${r.logger || ""}: ${r.message}`));
       }
     });
-    const box = $("logs");
-    box.scrollTop = box.scrollHeight;
   }
 
   function taskState(task) {
