@@ -3,10 +3,15 @@
     python -m simulations leader-crash --workers 64 --seed 1 --seeds 100
     python -m simulations swarm --seed 1 --seeds 500
     python -m simulations partition --workers 16 --seed 3 --plot partition.png
+    python -m simulations partition --workers 16 --seed 3 --serve 8080 --speed 0.5
 
 With ``--seeds K`` the scenario runs for seeds S..S+K-1 and the table shows p50/p99
 of each figure. Exit status 1 if any run violated an invariant; each failed run
 prints ``reproduce with --seed N``. ``--help`` defines every scenario's figures.
+
+With ``--serve PORT`` the run is paced to the wall clock (``--speed`` simulated seconds
+per second) and the dashboard of one simulated worker is served at
+http://127.0.0.1:PORT/ while it runs, and after it until Ctrl-C (see simulations/serve.py).
 """
 
 from __future__ import annotations
@@ -14,15 +19,23 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from dtruntime.errors import DtruntimeError
+
+from . import common
 from .common import COMMON_FIGURES, ScenarioResult
 from .progress import note, progress_bar
 from .report import plot_timeline, summary_table
 from .scenarios import FIGURES, detection, flapping_link, leader_crash, loss_storm, partition, rolling_crashes, slow_worker
 from .swarm import FIGURES as SWARM_FIGURES
 from .swarm import swarm
+
+if TYPE_CHECKING:
+    from .serve import SimDashboard
 
 SCENARIOS: dict[str, Callable[..., ScenarioResult]] = {
     "leader-crash": leader_crash,
@@ -94,6 +107,11 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--plot", help="write a PNG of leaders and membership over time, with the faults, heals and convergence "
                               "marked (any scenario; the first seed)")
     command.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
+    command.add_argument("--serve", type=int, metavar="PORT",
+                         help="serve the dashboard of the simulated cluster on 127.0.0.1:PORT, paced to the wall clock")
+    command.add_argument("--speed", type=float, default=1.0, help="with --serve: simulated seconds per wall second")
+    command.add_argument("--serve-worker", metavar="ID",
+                         help="with --serve: the worker whose view is served (default: the lowest-ranked one up)")
     return command
 
 
@@ -106,13 +124,27 @@ def main(argv: list[str] | None = None) -> int:
         command.error("--workers must be at least 3")
     if args.seeds < 1:
         command.error(f"--seeds must be at least 1, not {args.seeds}")
+    if args.serve is not None and not 0 < args.serve < 65536:
+        command.error("--serve must be a port in 1..65535")
+    if args.serve is not None and args.seeds != 1:
+        command.error("--serve runs one seed: drop --seeds")
+    if not args.speed > 0:
+        command.error("--speed must be > 0")
+    if args.serve is None and (args.speed != 1.0 or args.serve_worker):
+        command.error("--speed and --serve-worker need --serve")
+    dashboard = _serve(args) if args.serve is not None else None
     run = SCENARIOS[args.scenario]
     results = []
     started = time.perf_counter()
     with progress_bar(args.seeds, args.scenario, "seed", quiet=args.quiet or args.seeds == 1) as bar:
         for seed in range(args.seed, args.seed + args.seeds):
             plotted = args.plot is not None and seed == args.seed
-            result = run(args.workers, seed, args.heartbeat_ms, args.timeout_ms, timeline=plotted)
+            try:
+                result = run(args.workers, seed, args.heartbeat_ms, args.timeout_ms, timeline=plotted)
+            except DtruntimeError as exc:  # --serve: e.g. --serve-worker names no worker of the cluster
+                if dashboard is not None:
+                    dashboard.close()
+                command.error(str(exc))
             results.append(result)
             for violation in result.violations:
                 note(f"seed {seed}: {violation}; reproduce with --seed {seed}")
@@ -127,8 +159,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot_timeline(results[0], args.plot)
         print(f"plot written to {args.plot}")
-    return 0 if all(r.ok for r in results) else 1
+    status = 0 if all(r.ok for r in results) else 1
+    if dashboard is not None:
+        print(f"scenario done: serving its final state at {dashboard.url}/ until Ctrl-C", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            dashboard.close()
+    return status
+
+
+def _serve(args: argparse.Namespace) -> "SimDashboard":
+    try:
+        from .serve import SimDashboard
+    except ImportError as exc:
+        sys.exit(f"python -m simulations: --serve needs the http extra (pip install 'dtruntime[http]'): {exc}")
+    try:
+        dashboard = SimDashboard(args.serve, speed=args.speed, worker=args.serve_worker)
+        dashboard.start()
+    except DtruntimeError as exc:
+        sys.exit(f"python -m simulations: {exc}")
+    common.BUILD_HOOKS.append(dashboard.attach)
+    print(f"dashboard at {dashboard.url}/ (simulated time, x{args.speed:g})", flush=True)
+    return dashboard
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C during a --serve run
+        sys.exit(130)

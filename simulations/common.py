@@ -13,6 +13,9 @@ WARMUP_LIMIT = 10.0  # simulated seconds allowed for the first convergence
 PLOT_TAIL = 0.5  # simulated seconds a run with a timeline goes on after its figures are taken
 CODEC_MAX_WORKERS = 1024  # above this, messages skip the wire codec (see build)
 
+#: Called with every cluster :func:`build` makes, before its warm-up (``--serve`` attaches here).
+BUILD_HOOKS: list[Callable[[SimCluster], None]] = []
+
 
 @dataclass
 class ScenarioResult:
@@ -91,6 +94,8 @@ def build(
         codec = workers <= CODEC_MAX_WORKERS
     cluster = SimCluster(workers, seed, settings, faults=faults, codec=codec, trace=trace)
     observer = Observer(cluster)
+    for hook in BUILD_HOOKS:
+        hook(cluster)
     if timeline is not None:
         sample_timeline(cluster, timeline)
     if cluster.run_until_true(cluster.converged, WARMUP_LIMIT, step=settings.probe_period) is None:
