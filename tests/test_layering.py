@@ -8,6 +8,7 @@
     elastic             <- api, runtime
     testing             <- protocol, checkpoint (the simulator drives the real core and committer)
     http                <- api, runtime, protocol, checkpoint, data
+    cli                 <- http, checkpoint (``python -m dtruntime``, the ``dtruntime`` command)
 
 A new subpackage must be placed in :data:`ALLOWED` before it can land.
 """
@@ -34,6 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "elastic": {"api", "runtime", "protocol"} | FOUNDATION,
     "testing": {"protocol", "checkpoint"},
     "http": {"api", "runtime", "protocol", "checkpoint", "data"} | FOUNDATION,
+    "cli": {"http", "checkpoint"} | FOUNDATION,
+    "__main__": {"cli"},  # python -m dtruntime
     "": {"api", "checkpoint", "data", "elastic", "protocol", "runtime"} | FOUNDATION,  # dtruntime/__init__.py
 }
 
