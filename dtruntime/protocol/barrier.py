@@ -139,6 +139,13 @@ class BarrierBook:
         self._evaluate(key, barrier, view)
         return None
 
+    def missing(self, key: BarrierKey) -> tuple[str, ...] | None:
+        """Who has not arrived at open barrier ``key`` (None: not open here)."""
+        barrier = self._open.get(key)
+        if barrier is None:
+            return None
+        return tuple(w for w in barrier.expected if w not in barrier.arrived)
+
     def learn(self, result: BarrierResult) -> None:
         """Adopt a result decided by an earlier leader (reported by a follower)."""
         key = (result.barrier_id, result.generation)
@@ -247,6 +254,7 @@ class Waits:
         self._generations: dict[str, int] = {}
         self.recent: OrderedDict[BarrierKey, BarrierResult] = OrderedDict()
         self.next_resend = float("inf")
+        self.missing: dict[str, tuple[str, ...]] = {}  # barrier -> who the leader last said is missing
 
     def __bool__(self) -> bool:
         return bool(self._waits)
@@ -335,7 +343,14 @@ class Waits:
             return float("inf")
         return min(self.next_resend, min(w.local_deadline for w in self._waits.values()))
 
+    def on_pending(self, barrier_id: str, generation: int, missing: tuple[str, ...]) -> None:
+        """The leader says the current wait at ``barrier_id`` still misses ``missing``."""
+        wait = self._waits.get(barrier_id)
+        if wait is not None and wait.generation == generation:
+            self.missing[barrier_id] = missing
+
     def _finish(self, barrier_id: str, wait: _Wait) -> None:
+        self.missing.pop(barrier_id, None)
         del self._waits[barrier_id]
         self._generations[barrier_id] = wait.generation + 1
         if not self._waits:
