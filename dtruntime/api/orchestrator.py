@@ -81,6 +81,7 @@ from ..runtime.bootstrap import (
 from ..runtime.driver import Driver
 from ..runtime.transport import ZmqTransport
 from .registration import Joining, Registration, bind_advice
+from .waiting import await_logged, wait_logged
 
 log = logging.getLogger("dtruntime")
 
@@ -248,7 +249,7 @@ class TrainingOrchestrator:
 
     async def wait_barrier(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
         """Wait until every expected worker arrived at ``barrier_id`` (see the module doc)."""
-        await asyncio.wrap_future(self._arrive(barrier_id, timeout, elastic))
+        await self._await_logged(self._arrive(barrier_id, timeout, elastic), self._still_waiting(barrier_id, "barrier"))
 
     async def agree(
         self, barrier_id: str, value: str, timeout: float | None = None, *, elastic: bool = False
@@ -257,7 +258,8 @@ class TrainingOrchestrator:
         characters); returns who, if anyone, brought a different one. Errors as for
         :meth:`wait_barrier`; with ``elastic=True`` a worker lost meanwhile is left out
         and the others agree among themselves."""
-        return await asyncio.wrap_future(self._arrive(barrier_id, timeout, elastic, value))
+        future = self._arrive(barrier_id, timeout, elastic, value)
+        return await self._await_logged(future, self._still_waiting(barrier_id, "agreement"))
 
     async def heartbeat(self) -> None:
         """Run a gossip round now (they also run automatically every interval)."""
@@ -278,18 +280,22 @@ class TrainingOrchestrator:
         self, *where: str | int, ip: str | None = None, port: int | None = None, gpu_count: int = 0,
         memory_bytes: int = 0, timeout: float | None = 60.0,
     ) -> str:
+        joined = self._register(Registration.of(where, ip, port, gpu_count, memory_bytes))
         try:
-            return self._register(Registration.of(where, ip, port, gpu_count, memory_bytes)).result(timeout)
+            return self._wait_logged(joined, timeout, self._still_joining)
         except FutureTimeout:
+            if joined.done():
+                raise
             raise self._join_timeout(timeout) from None
 
     def wait_barrier_sync(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
-        self._arrive(barrier_id, timeout, elastic).result()
+        self._wait_logged(self._arrive(barrier_id, timeout, elastic), None, self._still_waiting(barrier_id, "barrier"))
 
     def agree_sync(
         self, barrier_id: str, value: str, timeout: float | None = None, *, elastic: bool = False
     ) -> Agreement:
-        return self._arrive(barrier_id, timeout, elastic, value).result()
+        future = self._arrive(barrier_id, timeout, elastic, value)
+        return self._wait_logged(future, None, self._still_waiting(barrier_id, "agreement"))
 
     def heartbeat_sync(self) -> None:
         self._running().submit(lambda node, now: node.tick(now)).result(timeout=10)
@@ -392,6 +398,39 @@ class TrainingOrchestrator:
         return sorted((WorkerInfo.from_entry(e) for e in self._running().snapshot.members), key=lambda w: w.rank)
 
     # -- internals ----------------------------------------------------------------------
+
+    def _wait_logged(self, future: "Future[Any]", timeout: float | None, describe: Callable[[float], str]) -> Any:
+        watchdog = self.config.watchdog
+        return wait_logged(future, timeout, watchdog.still_waiting_first_s, watchdog.still_waiting_every_s, describe)
+
+    async def _await_logged(self, future: "Future[Any]", describe: Callable[[float], str]) -> Any:
+        watchdog = self.config.watchdog
+        return await await_logged(future, watchdog.still_waiting_first_s, watchdog.still_waiting_every_s, describe)
+
+    def _still_waiting(self, barrier_id: str, kind: str) -> Callable[[float], str]:
+        """The "still waiting" line of a wait at ``barrier_id``: whom, as the leader said."""
+
+        def describe(elapsed: float) -> str:
+            driver = self._running()
+            missing = driver.submit(lambda node, now: node.waiting_for(barrier_id)).result(1.0)
+            snapshot = driver.snapshot
+            if missing:
+                whom = f"for {self._named(missing)}"
+            elif snapshot.leader_id is None:
+                whom = "with no leader elected"
+            elif snapshot.is_leader:
+                whom = "(this worker leads; the barrier is not open here yet)"
+            else:
+                whom = f"for an answer from the leader {snapshot.leader_id}"
+            return (f"{self.worker_id} is still waiting at {kind} {barrier_id!r} after {elapsed:.0f} s {whom} "
+                    f"({len(snapshot.members)} of {self.world_size} workers live here)")
+
+        return describe
+
+    def _still_joining(self, elapsed: float) -> str:
+        snapshot = self._running().snapshot
+        return (f"{self.worker_id} is still joining the cluster through {self.bootstrap.coordinator_endpoint} after "
+                f"{elapsed:.0f} s ({len(snapshot.members)} of {self.world_size} workers known here)")
 
     def _running(self) -> Driver:
         if self._driver is None:
