@@ -42,6 +42,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ..config import Config
+from ..control.commands import RunControl, Save
+from ..control.preemption import Preemption
 from ..errors import (
     BarrierTimeout,
     BindError,
@@ -58,6 +60,7 @@ from ..protocol.events import (
     BarrierReleased,
     CheckpointAbandoned,
     CheckpointCommitted,
+    CommandUpdate,
     CommitDue,
     DeclaredDead,
     DuplicateRefused,
@@ -197,6 +200,9 @@ class TrainingOrchestrator:
         self._commit_backlog: list[CommitDue] = []  # dues that came before a handler
         self._commit_thread: ThreadPoolExecutor | None = None
         self._before_close: list[Callable[[], None]] = []
+        self.run_control = RunControl(self)
+        self._preemption = Preemption(self.run_control, self.config.preemption.sigterm,
+                                      float(self.config.preemption.grace_s))
 
     # -- properties -----------------------------------------------------------------
 
@@ -314,6 +320,7 @@ class TrainingOrchestrator:
                 callback()
             except Exception:  # noqa: BLE001 - the close goes on; the rest must still run
                 log.exception("a before-close callback of %s failed", self.worker_id)
+        self._preemption.disarm()
         driver = self._driver
         if driver is not None:
             driver.close()
@@ -388,6 +395,21 @@ class TrainingOrchestrator:
         """Publish this worker's counter ``key`` (at most 256 printable characters; the
         value only grows); the other workers learn it by gossip within a few heartbeats."""
         self._running().submit(lambda node, now: node.set_progress(key, value, now)).result()
+
+    def step_boundary(self, step: int, save: Save | None = None) -> None:
+        """Call once per training step, after it: publishes ``step`` (gossiped; it only
+        grows) and acts on the run-control commands due at it (``dtruntime.control``).
+
+        ``save(step)`` writes this rank's checkpoint of ``step`` and returns its handle
+        (``CheckpointManager.save``'s ``SaveHandle``) or None; it is called only when a
+        ``checkpoint-now`` or ``stop`` is due here, and then on every rank at the same
+        step. A ``stop`` raises :class:`~dtruntime.errors.RunStopped` (a ``SystemExit``,
+        code 0) once that checkpoint is committed. The first call from the main thread
+        installs the SIGTERM handler (``[preemption]``). Costs one driver call (~20 µs)
+        when no command is due.
+        """
+        self._preemption.arm()
+        self.run_control.step_boundary(step, save)
 
     def progress(self, key: str) -> dict[str, int]:
         """Every worker's counter ``key`` as far as this worker has heard, its own included."""
@@ -576,7 +598,9 @@ class TrainingOrchestrator:
     def _on_event(self, event: Event) -> None:
         """Runs in the driver thread: turn node events into future outcomes."""
         self._on_commit_event(event)
-        if isinstance(event, BarrierReleased):
+        if isinstance(event, CommandUpdate):
+            self.run_control.on_event(event)
+        elif isinstance(event, BarrierReleased):
             agreement = Agreement(
                 event.barrier_id, event.reference, event.reference_value, event.differing, event.differing_value
             )
