@@ -404,11 +404,10 @@ class TrainingOrchestrator:
         (``CheckpointManager.save``'s ``SaveHandle``) or None; it is called only when a
         ``checkpoint-now`` or ``stop`` is due here, and then on every rank at the same
         step. A ``stop`` raises :class:`~dtruntime.errors.RunStopped` (a ``SystemExit``,
-        code 0) once that checkpoint is committed. The first call from the main thread
-        installs the SIGTERM handler (``[preemption]``). Costs one driver call (~20 µs)
-        when no command is due.
+        code 0) once that checkpoint is committed; SIGTERM starts a ``stop``
+        (``dtruntime.control.preemption``). Costs one driver call (~20 µs) when no
+        command is due.
         """
-        self._preemption.arm()
         self.run_control.step_boundary(step, save)
 
     def progress(self, key: str) -> dict[str, int]:
@@ -476,6 +475,7 @@ class TrainingOrchestrator:
                 self._start(registration)
         if started:  # outside self._lock: event handlers take it while holding the driver's lock
             self._running().submit(lambda node, now: self._check_joined(node))
+            self._preemption.arm()
         return self._joined
 
     def _id_source(self) -> str:

@@ -144,6 +144,14 @@ class RunControl:
                 self._known.popitem(last=False)
             self._cond.notify_all()
 
+    def training(self) -> bool:
+        """Whether any worker (this one included) has published a step: the job trains
+        with step boundaries, so a stop will be acted on."""
+        try:
+            return bool(self._orch.progress(STEP_KEY))
+        except DtruntimeError:
+            return False
+
     def pending_stop(self) -> bool:
         """Whether a ``stop`` this rank has not acted on yet is known here."""
         with self._cond:

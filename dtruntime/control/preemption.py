@@ -1,20 +1,22 @@
 """SIGTERM starts a coordinated stop: every rank checkpoints the same step, then exits 0.
 
 Slurm, Kubernetes and torchrun (when it is stopped itself) send SIGTERM, to one rank or
-to all, with a grace period before SIGKILL. The handler is installed by the first
-:meth:`TrainingOrchestrator.step_boundary` call made from the main thread (a loop
-that never reaches a boundary could not act on a stop, so its SIGTERM keeps Python's
-default, immediate exit), unless ``[preemption] sigterm = "default"``.
+to all, with a grace period before SIGKILL. The handler is installed when the
+orchestrator registers from the main thread, unless ``[preemption] sigterm =
+"default"``. It coordinates only a job that trains with step boundaries: when no
+worker has published a step yet (a script that never calls ``step_boundary``, or
+one still starting), the previous disposition is restored and the signal delivered
+again, so such a SIGTERM ends the process as it would without dtruntime.
 
-On SIGTERM the handler only records the time and starts two daemon threads (it may run
-while the main thread holds the driver's lock, so it never calls the driver itself):
-one submits a ``stop`` unless one is already pending here (every rank receiving
-SIGTERM would otherwise add its own; several are harmless, each has a valid step), one
-ends the process with exit code 1 after ``grace_s`` if the stop has not ended it by
-then, logging why; the previous committed checkpoint stays loadable, as only a
-committed manifest makes a step. A Python-level handler installed before (not
-``SIG_DFL``/``SIG_IGN``) is called after ours; a second SIGTERM restores the previous
-disposition and delivers the signal again, so "stop now" still works.
+On SIGTERM the handler only records the time and starts a daemon thread (it may run
+while the main thread holds the driver's lock, so it never calls the driver itself),
+which submits a ``stop`` unless one is already pending here (every rank receiving
+SIGTERM would otherwise add its own; several are harmless, each has a valid step) and
+starts the grace timer: it ends the process with exit code 1 after ``grace_s`` if the
+stop has not ended it by then, logging why; the previous committed checkpoint stays
+loadable, as only a committed manifest makes a step. A Python-level handler installed
+before (not ``SIG_DFL``/``SIG_IGN``) is called after ours; a second SIGTERM restores the
+previous disposition and hands it the signal, so "stop now" still works.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Preemption:
         self.grace_s = grace_s
         self._previous: Any = None
         self.received_at: float | None = None
+        self._passthrough = False  # SIGTERM came before training: the previous disposition handles it
 
     def arm(self) -> None:
         """Install the handler once, from the main thread only (elsewhere it cannot be)."""
@@ -62,28 +65,36 @@ class Preemption:
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         previous = self._previous
-        if self.received_at is not None:  # the second one: stop coordinating
-            log.warning("second SIGTERM: exiting without waiting for the coordinated checkpoint")
+        if self.received_at is not None:  # again (or re-sent by _start_stop): stop coordinating
+            if not self._passthrough:
+                log.warning("second SIGTERM: exiting without waiting for the coordinated checkpoint")
             self.disarm()
-            if callable(previous):
+            if callable(previous) and not self._passthrough:
                 previous(signum, frame)
-            else:
-                os.kill(os.getpid(), signal.SIGTERM)
+            elif previous in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), signal.SIGTERM)  # the default action now: the process ends
             return
         self.received_at = time.monotonic()
-        self._control.stop_deadline = self.received_at + self.grace_s
-        log.warning("SIGTERM: preemption; every rank checkpoints the same step, then exits 0 (grace %.0f s)",
-                    self.grace_s)
         threading.Thread(target=self._start_stop, name="dtruntime-preemption", daemon=True).start()
-        threading.Thread(target=self._grace_timer, name="dtruntime-grace", daemon=True).start()
         if callable(previous):
             previous(signum, frame)
 
     def _start_stop(self) -> None:
-        if self._control.pending_stop():
+        control = self._control
+        if not control.training():
+            log.warning("SIGTERM before any worker reached a step boundary: handled as without dtruntime")
+            self._passthrough = True
+            if self._previous in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), signal.SIGTERM)  # back in the main thread's handler: the default
+            return
+        control.stop_deadline = self.received_at + self.grace_s
+        log.warning("SIGTERM: preemption; every rank checkpoints the same step, then exits 0 (grace %.0f s)",
+                    self.grace_s)
+        threading.Thread(target=self._grace_timer, name="dtruntime-grace", daemon=True).start()
+        if control.pending_stop():
             return
         try:
-            self._control.submit("stop", {"reason": "SIGTERM"})
+            control.submit("stop", {"reason": "SIGTERM"})
         except Exception as exc:  # noqa: BLE001 - the grace timer still ends the process
             log.error("SIGTERM: could not start a coordinated stop: %s", exc)
 
