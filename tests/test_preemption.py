@@ -78,3 +78,21 @@ def test_sigterm_before_any_step_boundary_ends_the_process_as_without_dtruntime(
         cluster.wait_exit([1], 15)
         assert cluster.workers[1].process.returncode == -signal.SIGTERM
         assert cluster.workers[0].process.poll() is None
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_rank_of_an_elastic_ddp_job_stops_all_at_one_committed_step(tmp_path):
+    """DDP ranks are in lock step: a rank waiting for the agreed step must not deadlock the
+    others' all-reduce (the ack comes from the driver thread within a round trip)."""
+    args = lambda rank: ["--storage", str(tmp_path), "--epochs", "50"]  # noqa: E731
+    with Cluster(WORLD, args, module="tests.workers.elastic_worker") as cluster:
+        cluster.wait(lambda: all(len(w.events("step")) >= 15 for w in cluster.workers), 180, "15 steps")
+        for worker in cluster.workers:
+            worker.signal(signal.SIGTERM)
+        cluster.wait_exit(list(range(WORLD)), 60)
+        stops = [w.events("stopped")[0]["step"] for w in cluster.workers if w.events("stopped")]
+        assert [w.process.returncode for w in cluster.workers] == [0] * WORLD, cluster.workers[0].stderr[-10:]
+        assert len(stops) == WORLD and len(set(stops)) == 1 and committed(tmp_path)[-1] == stops[0]
+    with Cluster(WORLD, args, module="tests.workers.elastic_worker") as cluster:
+        cluster.wait(lambda: all(w.events("resumed") for w in cluster.workers), 180, "resumed")
+        assert [w.events("resumed")[0]["step"] for w in cluster.workers] == [stops[0]] * WORLD
