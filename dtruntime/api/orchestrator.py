@@ -44,6 +44,7 @@ from typing import Any, Protocol
 from ..config import Config
 from ..control.commands import RunControl, Save
 from ..control.preemption import Preemption
+from ..control.watchdog import Hung, Watchdog
 from ..errors import (
     BarrierTimeout,
     BindError,
@@ -201,6 +202,7 @@ class TrainingOrchestrator:
         self._commit_thread: ThreadPoolExecutor | None = None
         self._before_close: list[Callable[[], None]] = []
         self.run_control = RunControl(self)
+        self.watchdog = Watchdog(self)
         self._preemption = Preemption(self.run_control, self.config.preemption.sigterm,
                                       float(self.config.preemption.grace_s))
 
@@ -321,6 +323,7 @@ class TrainingOrchestrator:
             except Exception:  # noqa: BLE001 - the close goes on; the rest must still run
                 log.exception("a before-close callback of %s failed", self.worker_id)
         self._preemption.disarm()
+        self.watchdog.close()
         driver = self._driver
         if driver is not None:
             driver.close()
@@ -406,9 +409,26 @@ class TrainingOrchestrator:
         step. A ``stop`` raises :class:`~dtruntime.errors.RunStopped` (a ``SystemExit``,
         code 0) once that checkpoint is committed; SIGTERM starts a ``stop``
         (``dtruntime.control.preemption``). Costs one driver call (~20 µs) when no
-        command is due.
+        command is due. The first call starts the progress watchdog
+        (``dtruntime.control.watchdog``).
         """
+        self.watchdog.on_boundary()
         self.run_control.step_boundary(step, save)
+
+    def note_waiting(self) -> None:
+        """Tell the progress watchdog this rank is blocked waiting for the others, not
+        stuck (at most one gossiped beat a second). dtruntime's own blocking waits and
+        ``ElasticTrainer`` call it; a loop blocking on something of its own may too."""
+        self.watchdog.note_waiting()
+
+    def straggler_report(self) -> dict[str, Any]:
+        """Per-rank step times and their spread against the median (see
+        ``Watchdog.straggler_report``); empty figures before the first step boundary."""
+        return self.watchdog.straggler_report()
+
+    def hung_workers(self) -> list[Hung]:
+        """Live workers this rank's watchdog currently declares hung."""
+        return list(self.watchdog.hung.values())
 
     def progress(self, key: str) -> dict[str, int]:
         """Every worker's counter ``key`` as far as this worker has heard, its own included."""
@@ -421,12 +441,14 @@ class TrainingOrchestrator:
     # -- internals ----------------------------------------------------------------------
 
     def _wait_logged(self, future: "Future[Any]", timeout: float | None, describe: Callable[[float], str]) -> Any:
-        watchdog = self.config.watchdog
-        return wait_logged(future, timeout, watchdog.still_waiting_first_s, watchdog.still_waiting_every_s, describe)
+        settings = self.config.watchdog
+        return wait_logged(future, timeout, settings.still_waiting_first_s, settings.still_waiting_every_s, describe,
+                           self.watchdog.note_waiting)
 
     async def _await_logged(self, future: "Future[Any]", describe: Callable[[float], str]) -> Any:
-        watchdog = self.config.watchdog
-        return await await_logged(future, watchdog.still_waiting_first_s, watchdog.still_waiting_every_s, describe)
+        settings = self.config.watchdog
+        return await await_logged(future, settings.still_waiting_first_s, settings.still_waiting_every_s, describe,
+                                  self.watchdog.note_waiting)
 
     def _still_waiting(self, barrier_id: str, kind: str) -> Callable[[float], str]:
         """The "still waiting" line of a wait at ``barrier_id``: whom, as the leader said."""

@@ -260,6 +260,7 @@ class ElasticTrainer:
         started = time.monotonic()
         deadline = started + self._detect_s
         while error is not None and not self.lost_members() and time.monotonic() < deadline:
+            self.orchestrator.note_waiting()  # waiting on the others: not stuck (the progress watchdog)
             time.sleep(self._period_s / 2)  # a failed step: give the control plane time to name the lost
         lost = self.lost_members()
         if error is not None and not lost:

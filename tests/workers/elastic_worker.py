@@ -62,12 +62,13 @@ def main() -> None:
     parser.add_argument("--die-at-step", type=int, default=0)
     parser.add_argument("--die-when", choices=["before", "backward", "after", "pause", "spin"], default="backward")
     parser.add_argument("--storage", default="")
+    parser.add_argument("--progress-timeout", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     faulthandler.register(signal.SIGUSR1)  # a hung test can ask where each worker is
 
     torch.manual_seed(0)
-    orchestrator = fast_orchestrator(args.rank, args.coordinator, args.world)
+    orchestrator = fast_orchestrator(args.rank, args.coordinator, args.world, progress_timeout_s=args.progress_timeout)
     orchestrator.register_worker_sync("127.0.0.1", 0)
     model = nn.Sequential(nn.Linear(FEATURES, 16), nn.Tanh(), nn.Linear(16, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
