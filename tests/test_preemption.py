@@ -96,3 +96,49 @@ def test_sigterm_to_every_rank_of_an_elastic_ddp_job_stops_all_at_one_committed_
     with Cluster(WORLD, args, module="tests.workers.elastic_worker") as cluster:
         cluster.wait(lambda: all(w.events("resumed") for w in cluster.workers), 180, "resumed")
         assert [w.events("resumed")[0]["step"] for w in cluster.workers] == [stops[0]] * WORLD
+
+
+@pytest.mark.slow
+def test_torchrun_stopped_with_sigterm_stops_its_workers_at_one_committed_step(tmp_path):
+    """torchrun forwards SIGTERM to every worker when it is stopped itself (Slurm, k8s)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from .cluster import ROOT, free_port
+    from .test_example import kill_tree
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for name in [n for n in env if n.startswith("DTRUNTIME_")]:
+        env.pop(name)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "--master-port",
+               str(free_port(span=2)), "-m", "tests.workers.control_worker", "--storage", str(tmp_path)]
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    events: list[dict] = []
+    output: list[str] = []
+
+    def read() -> None:
+        for line in job.stdout:
+            output.append(line)
+            if line.startswith("{"):
+                events.append(json.loads(line))
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 120
+        while len([e for e in events if e["event"] == "ready"]) < WORLD:
+            assert job.poll() is None and time.monotonic() < deadline, "".join(output[-30:])
+            time.sleep(0.05)
+        time.sleep(0.5)
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=60)
+        time.sleep(0.5)  # the reader drains the last lines
+        stopped = [e for e in events if e["event"] == "stopped"]
+        assert sorted(e["rank"] for e in stopped) == list(range(WORLD)), "".join(output[-30:])
+        assert {e["code"] for e in stopped} == {0} and len({e["step"] for e in stopped}) == 1
+        assert committed(tmp_path)[-1] == stopped[0]["step"]
+    finally:
+        kill_tree(job)

@@ -3,6 +3,8 @@
     python -m tests.workers.control_worker --rank R --world N --coordinator tcp://127.0.0.1:P
         --storage DIR [--steps S] [--step-s T] [--submit-at K --command NAME [--level L]] [--grace G]
 
+Under torchrun, leave out ``--rank``, ``--world`` and ``--coordinator`` (the environment says).
+
 Resumes from the newest committed checkpoint (each rank's part is JSON ``{"rank", "step"}``),
 then runs steps ``resumed+1 .. S``, sleeping ``T`` s per step and calling
 ``orch.step_boundary(step, save=...)`` after each. With ``--submit-at``, this rank submits
@@ -27,9 +29,9 @@ from . import emit
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--world", type=int, required=True)
-    parser.add_argument("--coordinator", required=True)
+    parser.add_argument("--rank", type=int)
+    parser.add_argument("--world", type=int)
+    parser.add_argument("--coordinator")
     parser.add_argument("--storage", required=True)
     parser.add_argument("--steps", type=int, default=100000)
     parser.add_argument("--step-s", type=float, default=0.02)
@@ -40,8 +42,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    orch = TrainingOrchestrator(f"worker-{args.rank}", args.coordinator, args.world, args.rank, env={},
-                                heartbeat_interval_ms=100, heartbeat_timeout_ms=1000, grace_s=args.grace)
+    timing = {"heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 1000, "grace_s": args.grace}
+    if args.rank is None:  # under torchrun
+        orch = TrainingOrchestrator(**timing)
+    else:
+        orch = TrainingOrchestrator(f"worker-{args.rank}", args.coordinator, args.world, args.rank, env={}, **timing)
     orch.register_worker_sync("127.0.0.1", 0)
     manager = CheckpointManager(args.storage, orchestrator=orch, config=orch.config)
     try:
@@ -51,7 +56,7 @@ def main() -> None:
     emit(event="resumed", step=resumed)
 
     def save(step: int):
-        return manager.save_bytes(json.dumps({"rank": args.rank, "step": step}).encode(), step)
+        return manager.save_bytes(json.dumps({"rank": orch.rank, "step": step}).encode(), step)
 
     step = resumed
     try:
@@ -59,13 +64,13 @@ def main() -> None:
             time.sleep(args.step_s)  # the step's work
             orch.step_boundary(step, save=save)
             if step == resumed + 1:
-                emit(event="ready")
+                emit(event="ready", rank=orch.rank)
             if step % 10 == 0:
                 emit(event="step", step=step)
             if step == args.submit_at:
                 orch.run_control.submit(args.command, {"level": args.level} if args.command == "log-level" else None)
     except RunStopped as stopped:
-        emit(event="stopped", code=stopped.code, step=stopped.step)
+        emit(event="stopped", code=stopped.code, step=stopped.step, rank=orch.rank)
         manager.close()
         orch.close_sync()
         raise
