@@ -138,3 +138,17 @@ def test_a_re_sent_arrival_learns_whom_the_barrier_waits_for():
     for worker in ("w0", "w1"):
         assert cluster.workers[worker].node.waiting_for("b") == ("w2",)
     assert cluster.workers["w2"].node.waiting_for("b") is None and not failed
+
+
+def test_a_cancel_reaches_every_rank_and_stops_the_decision():
+    cluster = started(3, 9)
+    seen = updates(cluster)
+    publish(cluster, "w0", 1)
+    publish(cluster, "w1", 1)  # w2 publishes nothing: the target cannot be decided yet
+    cluster.call("w0", lambda node, now: node.submit_command(command("w0", 1), now))
+    cluster.run_for(1.0)
+    cluster.call("w1", lambda node, now: node.cancel_command("w0/1", now))
+    publish(cluster, "w2", 1)
+    cluster.run_for(3.0)
+    assert all(u[-1].entry.cancelled and not u[-1].entry.target for u in seen.values())
+    assert all(not node.commands.acked for node in (w.node for w in cluster.workers.values()))

@@ -105,18 +105,32 @@ class RunControl:
             self._seq += 1
             seq = self._seq
         now_ms = time.time_ns() // 1_000_000
-        command_id = f"{self._orch.worker_id}/{now_ms}-{seq}"
+        command_id = f"{now_ms}-{self._orch.rank}-{seq}"  # [0-9-] only: safe in URLs and paths
         entry = CommandEntry(command_id, name, json.dumps(args, sort_keys=True), self._orch.worker_id, now_ms,
                              COMMANDS[name])
         self._orch._running().submit(lambda node, now: node.submit_command(entry, now)).result(10)
         log.info("command %s %s submitted (%s)", name, command_id, args or "no args")
         return command_id
 
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a command no rank has started: True if the cancel was sent, False if the
+        command is unknown here or some rank is already running it (or done). Best effort:
+        a rank that acts before the cancel reaches it still acts (``tasks()`` shows that)."""
+        with self._cond:
+            update = self._known.get(task_id)
+            started = update is None or any(s.state != PENDING for s in update.states)
+        if started:
+            return False
+        self._orch._running().submit(lambda node, now: node.cancel_command(task_id, now)).result(10)
+        log.info("command %s cancelled", task_id)
+        return True
+
     def tasks(self) -> list[dict]:
         """Every command this worker knows, oldest first: ``{"id", "name", "args",
         "submitted_by", "submitted_at" (unix s), "step" (the agreed step or None),
-        "state_by_rank": {"0": "pending"|"running"|"done"|"failed", ...}}``; live ranks
-        not heard from yet are ``pending``."""
+        "state_by_rank": {"0": "pending"|"running"|"done"|"failed", ...}, "cancelled"}``;
+        live ranks not heard from yet are ``pending``; a rank that skipped a cancelled
+        command shows ``failed``."""
         driver = self._orch._driver
         ranks = [m.rank for m in driver.snapshot.members] if driver is not None else []
         with self._cond:
@@ -130,6 +144,7 @@ class RunControl:
                 "id": entry.command_id, "name": entry.name, "args": json.loads(entry.args or "{}"),
                 "submitted_by": entry.submitted_by, "submitted_at": entry.submitted_at_ms / 1000,
                 "step": entry.target or None, "state_by_rank": dict(sorted(states.items(), key=lambda kv: int(kv[0]))),
+                "cancelled": entry.cancelled,
             })
         return out
 
@@ -166,7 +181,8 @@ class RunControl:
         self._orch.set_progress(STEP_KEY, step)
         due, failed = self._due(step)
         for command_id, why in failed:
-            log.error("command %s failed on this rank: %s", command_id, why)
+            (log.warning if why.startswith("cancelled") else log.error)("command %s failed on this rank: %s",
+                                                                         command_id, why)
             self._set_state(command_id, FAILED)
         if due:
             self._act(step, due, save)
@@ -177,7 +193,7 @@ class RunControl:
         with self._cond:
             while True:
                 waiting = [u for u in self._known.values() if u.entry.command_id not in self._acted
-                           and u.entry.agree_step and not u.entry.target
+                           and u.entry.agree_step and not u.entry.target and not u.entry.cancelled
                            and u.acked_step is not None and step >= u.acked_step + 1]
                 left = deadline - time.monotonic()
                 if not waiting or left <= 0:
@@ -188,7 +204,9 @@ class RunControl:
                 entry = update.entry
                 if entry.command_id in self._acted:
                     continue
-                if update in waiting:
+                if entry.cancelled:
+                    failed.append((entry.command_id, "cancelled before this rank acted"))
+                elif update in waiting:
                     failed.append((entry.command_id, f"no step agreed within {self.target_wait_s:.0f} s"))
                 elif not entry.agree_step or entry.target == step:
                     due.append(entry)

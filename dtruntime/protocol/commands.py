@@ -25,6 +25,10 @@ A command with ``agree_step`` is acted on by every rank at the same step, the
   wait at ``s + 1`` lasts one round trip to the leader, so ranks in lock step (DDP) do
   not deadlock on it.
 
+A cancel (any node) sets ``cancelled`` on the entry, spread the same ways; a rank that
+learns it before acting skips the command (a cancel is best effort: it does not undo a
+save a rank already made).
+
 Bounds: at most :data:`COMMAND_HISTORY` commands are remembered (the oldest first
 forgotten, with its states and acks). A new leader is sent every entry each member
 holds, so a target an earlier leader decided reaches it; a member that knows the
@@ -66,19 +70,20 @@ class CommandBook:
     # -- merging -------------------------------------------------------------------
 
     def learn(self, entry: CommandEntry) -> bool:
-        """Merge ``entry`` (new, or a decided target); True if it changed anything here."""
+        """Merge ``entry`` (new, a decided target, a cancel); True if it changed anything here."""
         current = self.entries.get(entry.command_id)
-        if current is not None and entry.target <= current.target:
-            return False
         if current is not None:
-            entry = replace(current, target=entry.target)  # only the target may change
+            target, cancelled = max(entry.target, current.target), entry.cancelled or current.cancelled
+            if (target, cancelled) == (current.target, current.cancelled):
+                return False
+            entry = replace(current, target=target, cancelled=cancelled)  # nothing else may change
         self.entries[entry.command_id] = entry
         self.states.setdefault(entry.command_id, {})
         while len(self.entries) > COMMAND_HISTORY:
             self._forget(next(iter(self.entries)))
         self._news[entry.command_id] = [entry, 0]
         self.changed[entry.command_id] = None
-        if entry.target:
+        if entry.target or entry.cancelled:
             self.acked.pop(entry.command_id, None)
             self._acks.pop(entry.command_id, None)
         return True
@@ -108,7 +113,7 @@ class CommandBook:
     # -- acks ------------------------------------------------------------------------
 
     def undecided(self) -> list[CommandEntry]:
-        return [e for e in self.entries.values() if e.agree_step and not e.target]
+        return [e for e in self.entries.values() if e.agree_step and not e.target and not e.cancelled]
 
     def acks_due(self, own_step: int | None, now: float) -> list[CommandAck]:
         """Acks for undecided commands not acked yet (none before a step was published)."""
@@ -139,7 +144,7 @@ class CommandBook:
     def on_ack(self, ack: CommandAck) -> None:
         """Leader: record an ack of a known, undecided command."""
         entry = self.entries.get(ack.command_id)
-        if entry is None or not entry.agree_step or entry.target:
+        if entry is None or not entry.agree_step or entry.target or entry.cancelled:
             return
         self._acks.setdefault(ack.command_id, {})[ack.sender] = ack
 
@@ -148,7 +153,7 @@ class CommandBook:
         decided = []
         live = [entry.worker_id for entry in view.live_members()]
         for command_id, acks in list(self._acks.items()):
-            if not all(worker in acks for worker in live):
+            if command_id not in self.entries or not all(worker in acks for worker in live):
                 continue
             target = max(acks[worker].step for worker in live) + 1
             entry = replace(self.entries[command_id], target=target)

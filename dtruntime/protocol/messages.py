@@ -160,7 +160,8 @@ class CommandEntry:
 
     ``args`` is JSON text chosen by the local API. ``agree_step``: every rank acts at the
     same step, ``target`` (0 until the leader decided it); without it each rank acts at
-    its next step boundary. Entries of one command merge by taking the larger ``target``.
+    its next step boundary. ``cancelled``: ranks that learn it before acting skip it.
+    Entries of one command merge by taking the larger ``target`` and ``cancelled`` if either.
     """
 
     command_id: BarrierId
@@ -170,6 +171,7 @@ class CommandEntry:
     submitted_at_ms: int
     agree_step: bool
     target: int = 0
+    cancelled: bool = False
 
 
 @wire

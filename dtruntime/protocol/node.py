@@ -27,6 +27,7 @@ from __future__ import annotations
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ..errors import ProtocolError
 from .barrier import BarrierBook, Waits
@@ -223,6 +224,16 @@ class Node:
         self.commands.learn(entry)
         self._broadcast(Commands(self.worker_id, (entry,)))
         self._ack_commands(now)
+        return self._after(now)
+
+    def cancel_command(self, command_id: str, now: float) -> Ready:
+        """Mark a known command cancelled, for every member (see ``protocol.commands``)."""
+        entry = self.commands.entries.get(command_id)
+        if entry is None:
+            raise ProtocolError(f"unknown command {command_id!r}")
+        cancelled = replace(entry, cancelled=True)
+        if self.commands.learn(cancelled):
+            self._broadcast(Commands(self.worker_id, (cancelled,)))
         return self._after(now)
 
     def set_command_state(self, command_id: str, state: int, now: float) -> Ready:
