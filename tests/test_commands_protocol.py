@@ -60,6 +60,7 @@ def test_a_rank_without_a_step_acks_when_it_publishes_one():
     cluster.run_for(2.0)
     assert all(not u[-1].entry.target for u in seen.values())  # w2 has no step yet
     publish(cluster, "w2", 9)
+    assert seen["w2"][-1].acked_step == 9  # the local API learns the late ack at once
     assert cluster.run_until_true(lambda: all(u[-1].entry.target for u in seen.values()), cluster.now + 5)
     assert seen["w1"][-1].entry.target == 10
 

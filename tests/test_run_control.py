@@ -4,6 +4,7 @@ on every rank (dtruntime.control.commands); bad commands are refused clearly."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -89,3 +90,49 @@ def test_unknown_commands_and_bad_args_are_refused_with_the_reason():
     with pytest.raises(DtruntimeError, match="register_worker"):
         orch.run_control.submit("stop")
     assert orch.run_control.tasks() == []
+
+
+class _FakeOrchestrator:
+    """Just what RunControl's step boundary touches (no driver: states are not published)."""
+
+    def __init__(self) -> None:
+        from dtruntime import Config
+
+        self.config = Config.load(env={})
+        self.worker_id, self.rank, self._driver = "w0", 0, None
+        self.published: list[int] = []
+
+    def set_progress(self, key: str, value: int) -> None:
+        self.published.append(value)
+
+
+def _update(number: int, name: str = "checkpoint-now", target: int = 0, acked: int | None = None,
+            cancelled: bool = False):
+    from dtruntime.protocol.events import CommandUpdate
+    from dtruntime.protocol.messages import CommandEntry
+
+    entry = CommandEntry(f"c{number}", name, '{"level": "ERROR"}' if name == "log-level" else "{}", "w1", 0,
+                         name != "log-level", target, cancelled)
+    return CommandUpdate(entry, (), acked)
+
+
+def test_the_boundary_acts_at_the_target_only_and_never_past_it():
+    from dtruntime.control.commands import RunControl
+
+    control = RunControl(_FakeOrchestrator())
+    saved: list[int] = []
+    control.on_event(_update(1, target=12))
+    control.on_event(_update(2, target=10))  # this rank is already past it at its next boundary
+    control.on_event(_update(3, acked=None))  # undecided, not acked: no wait
+    control.on_event(_update(4, target=12, cancelled=True))
+    control.step_boundary(11, save=saved.append)
+    assert saved == [] and "c2" in control._acted and "c4" in control._acted
+    control.step_boundary(12, save=saved.append)
+    assert saved == [12]  # one save for the command due at 12
+    control.step_boundary(13, save=saved.append)
+    assert saved == [12] and "c3" not in control._acted
+    control.target_wait_s = 0.2
+    control.on_event(_update(5, acked=13))  # acked at 13: boundary 14 waits for the target, then fails it
+    started = time.monotonic()
+    control.step_boundary(14, save=saved.append)
+    assert time.monotonic() - started >= 0.2 and "c5" in control._acted and saved == [12]

@@ -208,7 +208,7 @@ class RunControl:
                     failed.append((entry.command_id, "cancelled before this rank acted"))
                 elif update in waiting:
                     failed.append((entry.command_id, f"no step agreed within {self.target_wait_s:.0f} s"))
-                elif not entry.agree_step or entry.target == step:
+                elif not entry.agree_step or (entry.target and entry.target == step):
                     due.append(entry)
                 elif entry.target and entry.target < step:
                     failed.append((entry.command_id, f"this rank was at step {step}, past the agreed {entry.target}"))

@@ -123,6 +123,7 @@ class CommandBook:
         for entry in self.undecided():
             if entry.command_id not in self.acked:
                 self.acked[entry.command_id] = own_step
+                self.changed[entry.command_id] = None  # the local API must learn the acked step
                 acks.append(CommandAck(self.worker_id, entry.command_id, own_step))
         if acks:
             self.next_resend = min(self.next_resend, now + self.settings.resend_periods * self.settings.probe_period)
