@@ -408,7 +408,7 @@ class TrainingOrchestrator:
         ``checkpoint-now`` or ``stop`` is due here, and then on every rank at the same
         step. A ``stop`` raises :class:`~dtruntime.errors.RunStopped` (a ``SystemExit``,
         code 0) once that checkpoint is committed; SIGTERM starts a ``stop``
-        (``dtruntime.control.preemption``). Costs one driver call (~20 µs) when no
+        (``dtruntime.control.preemption``). Costs one driver call when no
         command is due. The first call starts the progress watchdog
         (``dtruntime.control.watchdog``).
         """

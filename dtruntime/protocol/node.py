@@ -417,6 +417,9 @@ class Node:
         self.waits.on_pending(message.barrier_id, message.generation, message.missing)
 
     def _on_commands(self, message: Commands, now: float) -> None:
+        if self.membership.get(message.sender) is None:  # only members steer the job
+            self.dropped["commands_from_stranger"] += 1
+            return
         self._learn_commands(message.commands, message.states, now)
 
     def _on_command_ack(self, message: CommandAck, now: float) -> None:
