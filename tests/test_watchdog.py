@@ -71,3 +71,48 @@ def test_a_rank_spinning_inside_its_step_is_declared_hung_dumps_its_stack_and_th
             (recovered,) = worker.events("recovered")
             assert recovered["lost"] == ["worker-1"] and recovered["steps_applied"] == 19
             assert worker.events("done")
+            # Blocked in an all-reduce rank 1 never entered: aborted by the collective timeout
+            # (2 s here), then regrouped; no 30-minute gloo default.
+            last = next(e["time"] for e in stuck.events("step") if e["number"] == 19)
+            resumed = min(e["time"] for e in worker.events("step") if e["world"] == 2)
+            assert resumed - last < 30, resumed - last
+
+
+def test_straggler_report_gives_every_ranks_step_time_and_marks_the_slow_one():
+    import threading
+    import time
+
+    from .cluster import free_port
+
+    coordinator = f"tcp://127.0.0.1:{free_port()}"
+    orchs = [TrainingOrchestrator(f"worker-{r}", coordinator, 2, r, env={}, heartbeat_interval_ms=100,
+                                  heartbeat_timeout_ms=1000, progress_timeout_s=1) for r in range(2)]
+    try:
+        for orch in orchs:
+            orch.register_worker_sync("127.0.0.1", 0, timeout=30)
+        stop = threading.Event()
+
+        def loop(orch: TrainingOrchestrator, step_s: float) -> None:  # not the main thread: no SIGTERM handler
+            step = 0
+            while not stop.is_set():
+                time.sleep(step_s)
+                step += 1
+                orch.step_boundary(step)
+
+        threads = [threading.Thread(target=loop, args=(orchs[0], 0.01)),
+                   threading.Thread(target=loop, args=(orchs[1], 0.08))]
+        for thread in threads:
+            thread.start()
+        time.sleep(3.0)
+        report = orchs[0].straggler_report()
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        fast, slow = report["ranks"]["0"], report["ranks"]["1"]
+        assert slow["step_time_s"] > 3 * fast["step_time_s"], report
+        assert slow["straggler"] and not fast["straggler"] and slow["vs_median"] > 1.2
+        assert slow["worker_id"] == "worker-1" and slow["step"] > 0 and report["timeout_s"] == 1.0
+        assert orchs[0].hung_workers() == []
+    finally:
+        for orch in orchs:
+            orch.close_sync()
