@@ -29,6 +29,7 @@ in order, never in the driver thread, and its decision goes back to the node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -415,11 +416,11 @@ class TrainingOrchestrator:
         self.watchdog.on_boundary()
         self.run_control.step_boundary(step, save)
 
-    def note_waiting(self) -> None:
-        """Tell the progress watchdog this rank is blocked waiting for the others, not
-        stuck (at most one gossiped beat a second). dtruntime's own blocking waits and
-        ``ElasticTrainer`` call it; a loop blocking on something of its own may too."""
-        self.watchdog.note_waiting()
+    def waiting(self) -> "contextlib.AbstractContextManager[None]":
+        """``with orch.waiting():`` marks a block that waits for the other ranks, not a
+        stuck one, for the progress watchdog. dtruntime's own blocking waits and
+        ``ElasticTrainer``'s recovery use it; a loop blocking on something of its own may."""
+        return self.watchdog.waiting()
 
     def straggler_report(self) -> dict[str, Any]:
         """Per-rank step times and their spread against the median (see
@@ -442,13 +443,14 @@ class TrainingOrchestrator:
 
     def _wait_logged(self, future: "Future[Any]", timeout: float | None, describe: Callable[[float], str]) -> Any:
         settings = self.config.watchdog
-        return wait_logged(future, timeout, settings.still_waiting_first_s, settings.still_waiting_every_s, describe,
-                           self.watchdog.note_waiting)
+        with self.watchdog.waiting():
+            return wait_logged(future, timeout, settings.still_waiting_first_s, settings.still_waiting_every_s,
+                               describe)
 
     async def _await_logged(self, future: "Future[Any]", describe: Callable[[float], str]) -> Any:
         settings = self.config.watchdog
-        return await await_logged(future, settings.still_waiting_first_s, settings.still_waiting_every_s, describe,
-                                  self.watchdog.note_waiting)
+        with self.watchdog.waiting():
+            return await await_logged(future, settings.still_waiting_first_s, settings.still_waiting_every_s, describe)
 
     def _still_waiting(self, barrier_id: str, kind: str) -> Callable[[float], str]:
         """The "still waiting" line of a wait at ``barrier_id``: whom, as the leader said."""

@@ -7,9 +7,6 @@ a wait of an hour logs about 120 lines, not one per probe. ``describe(elapsed)``
 the line when it is due (it may ask the driver; it is never called on the fast path).
 A wait that ends sooner logs nothing and costs one ``Future.result`` call.
 
-``beat``, when given, is called about once a second while the wait lasts (after its
-first second): the progress watchdog's "waiting, not stuck" signal.
-
 Edge cases: the waited future may itself fail with a ``TimeoutError`` subclass
 (``BarrierTimeout``), which is told apart from the slice timeout by ``future.done()``;
 ``KeyboardInterrupt`` interrupts the wait as it interrupts ``Future.result``.
@@ -54,15 +51,12 @@ class WaitLog:
 
 def wait_logged(
     future: "Future[T]", timeout: float | None, first_s: float, every_s: float, describe: Callable[[float], str],
-    beat: Callable[[], None] | None = None,
 ) -> T:
     """``future.result(timeout)``, logging ``describe(elapsed)`` while it takes long."""
     waits = WaitLog(first_s, every_s, describe)
     deadline = None if timeout is None else waits.started + timeout
     while True:
         slice_s = waits.seconds_to_next()
-        if beat is not None:
-            slice_s = min(slice_s, 1.0)
         if deadline is not None:
             slice_s = min(slice_s, max(0.0, deadline - time.monotonic()))
         try:
@@ -72,26 +66,20 @@ def wait_logged(
                 raise
             if deadline is not None and time.monotonic() >= deadline:
                 raise
-        if beat is not None:
-            beat()
         waits.maybe_log()
 
 
 async def await_logged(
     future: "Future[T]", first_s: float, every_s: float, describe: Callable[[float], str],
-    beat: Callable[[], None] | None = None,
 ) -> T:
     """``await`` ``future`` (no timeout of its own), logging like :func:`wait_logged`."""
     waits = WaitLog(first_s, every_s, describe)
     wrapped = asyncio.wrap_future(future)
     try:
         while True:
-            slice_s = waits.seconds_to_next() if beat is None else min(1.0, waits.seconds_to_next())
-            done, _ = await asyncio.wait({wrapped}, timeout=slice_s)
+            done, _ = await asyncio.wait({wrapped}, timeout=waits.seconds_to_next())
             if done:
                 return wrapped.result()
-            if beat is not None:
-                beat()
             waits.maybe_log()
     except asyncio.CancelledError:
         wrapped.cancel()  # as awaiting the wrapped future itself would

@@ -4,9 +4,10 @@ The control plane's heartbeats come from the driver thread, so a rank whose main
 is stuck (an endless loop, a deadlock, a dataloader that never returns) keeps
 heartbeating. Progress tells it apart: every rank gossips two grow-only counters, its
 step (:data:`~dtruntime.protocol.commands.STEP_KEY`, published by
-``step_boundary``) and a *waiting* beat (:data:`WAITING_KEY`, published about once a
-second while it blocks at a dtruntime barrier or ``ElasticTrainer`` waits for a
-verdict: a rank waiting for the others is not stuck). A change of either is *activity*.
+``step_boundary``) and a *waiting* beat (:data:`WAITING_KEY`, published by the watchdog
+thread at each check while the rank is inside :meth:`Watchdog.waiting`: a dtruntime
+barrier, agreement or registration, ``ElasticTrainer``'s recovery and regroup; a rank
+waiting for the others is not stuck). A change of either is *activity*.
 
 Rule (each rank applies it to every live member, itself included, by its own clock):
 worker W is **hung** when W has shown no activity for ``timeout`` seconds and every
@@ -22,7 +23,8 @@ alone is stuck). Consequences:
 * A rank whose driver is stopped too (SIGSTOP, a C call holding the GIL) is declared by
   the others' watchdogs and, independently, dead by the failure detector.
 
-The hung rank itself, when it finds the rule true of itself: logs an ERROR with its
+The hung rank itself, when it finds the rule true of itself (never while it is inside
+:meth:`Watchdog.waiting`): logs an ERROR with its
 worker id, rank, host and last step, writes every thread's Python stack to stderr with
 :mod:`faulthandler` (the stuck function is named there), leaves the cluster (the
 survivors see it LEFT and regroup without it, as for a lost worker) and exits with
@@ -45,7 +47,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -144,7 +147,7 @@ class Watchdog:
         self._reported: dict[str, int | None] = {}  # worker -> step at which it was reported hung
         self.hung: dict[str, Hung] = {}
         self._waiting_beat = 0
-        self._last_beat = 0.0
+        self._waiting_depth = 0  # callers inside waiting(); the thread beats for them
         self._on_self_hung = on_self_hung or self._leave_and_exit
 
     # -- inputs from the training loop ---------------------------------------------------
@@ -162,16 +165,23 @@ class Watchdog:
         if start:
             self._thread.start()
 
-    def note_waiting(self) -> None:
-        """The caller is blocked waiting for the other ranks: publish a waiting beat (at most 1/s)."""
-        if self._thread is None:
-            return  # not training with step boundaries: nothing to tell apart
-        now = time.monotonic()
-        if now - self._last_beat < 1.0:
-            return
-        self._last_beat = now
-        self._waiting_beat += 1
-        beat = self._waiting_beat
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Mark the calling code as waiting for the other ranks (nestable, any thread):
+        the watchdog thread publishes a waiting beat at each check meanwhile, and this
+        rank never declares itself hung."""
+        with self._lock:
+            self._waiting_depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiting_depth -= 1
+
+    def _beat(self) -> None:
+        with self._lock:
+            self._waiting_beat += 1
+            beat = self._waiting_beat
         try:
             self._orch.set_progress(WAITING_KEY, beat)
         except Exception:  # noqa: BLE001 - a closed driver: nothing to publish to
@@ -230,6 +240,10 @@ class Watchdog:
 
     def check(self, now: float, timeout: float) -> list[Hung]:
         """Observe the gossiped counters once; report (and act on) newly hung workers."""
+        with self._lock:
+            in_wait = self._waiting_depth > 0
+        if in_wait:
+            self._beat()
         driver = self._orch._running()
         steps, waiting, members = driver.submit(
             lambda node, _: (node.progress_of(STEP_KEY), node.progress_of(WAITING_KEY), node.members())
@@ -248,6 +262,8 @@ class Watchdog:
             self._reported[worker] = report.step
             found.append(report)
             if worker == self._orch.worker_id:
+                if in_wait:
+                    continue  # waiting for the others (its beat may not be observed yet)
                 self._on_self_hung(report)
             else:
                 log.warning("%s; it leaves the job (or is declared dead) and the others go on without it",

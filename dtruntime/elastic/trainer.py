@@ -257,10 +257,14 @@ class ElasticTrainer:
         of the same members, at most ``MAX_RETRIES_WITHOUT_LOSS`` times in a row for one
         step; then the error is the caller's and is re-raised unchanged.
         """
+        with self.orchestrator.waiting():  # waiting on the others, not stuck (the progress watchdog)
+            self._recover_waiting(reason, error)
+
+    def _recover_waiting(self, reason: str, error: BaseException | None) -> None:
+        """:meth:`_recover`'s work, run inside ``orchestrator.waiting()``."""
         started = time.monotonic()
         deadline = started + self._detect_s
         while error is not None and not self.lost_members() and time.monotonic() < deadline:
-            self.orchestrator.note_waiting()  # waiting on the others: not stuck (the progress watchdog)
             time.sleep(self._period_s / 2)  # a failed step: give the control plane time to name the lost
         lost = self.lost_members()
         if error is not None and not lost:
