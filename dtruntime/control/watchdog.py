@@ -26,9 +26,11 @@ alone is stuck). Consequences:
 The hung rank itself, when it finds the rule true of itself (never while it is inside
 :meth:`Watchdog.waiting`): logs an ERROR with its
 worker id, rank, host and last step, writes every thread's Python stack to stderr with
-:mod:`faulthandler` (the stuck function is named there), leaves the cluster (the
-survivors see it LEFT and regroup without it, as for a lost worker) and exits with
-:data:`HUNG_EXIT`. Every other rank logs one WARNING naming it the same way.
+:mod:`faulthandler` (the stuck function is named there), waits a few gossip rounds
+(so the other ranks, which heard its last step later, see its timeout pass too; at most
+:data:`HOLD_MAX_S`), leaves the cluster (the survivors see it LEFT and regroup without
+it, as for a lost worker) and exits with :data:`HUNG_EXIT`. Every other rank logs one
+WARNING naming it the same way.
 
 ``timeout``: ``[watchdog] progress_timeout_s``, or when 0, 10 x the p99 of this rank's
 last :data:`STEP_WINDOW` step times, at least ``min_progress_timeout_s``. The
@@ -64,6 +66,7 @@ HUNG_EXIT = 3
 STEP_WINDOW = 256
 CHECKS_PER_TIMEOUT = 10
 TIMEOUT_FACTOR = 10
+HOLD_MAX_S = 5.0  # at most this long between a hung rank's stack dump and its departure
 
 
 @dataclass
@@ -276,10 +279,19 @@ class Watchdog:
         _flush_logs()
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()
+        # The others heard this rank's last step a gossip delay later than it did itself:
+        # stay until their watchdogs saw the timeout pass too, so every rank reports it.
+        time.sleep(self._hold_s())
         driver = self._orch._driver
         if driver is not None:
             driver.close(timeout=2.0)  # announces LEFT: the survivors regroup without this rank
         os._exit(HUNG_EXIT)
+
+
+    def _hold_s(self) -> float:
+        coordinator = self._orch.config.coordinator
+        spread = 3 * coordinator.heartbeat_interval_ms / 1000 * math.ceil(math.log2(self._orch.world_size + 1))
+        return min(HOLD_MAX_S, spread + 2 * min(1.0, self.timeout_s() / CHECKS_PER_TIMEOUT))
 
 
 def _host(endpoint: str) -> str:

@@ -188,7 +188,8 @@ class ElasticTrainer:
                 self.orchestrator.step_boundary(self.steps_applied, save=self._save if self.checkpoints else None)
 
     def lost_members(self) -> list[str]:
-        """Members of the current generation the control plane no longer lists live."""
+        """Members of the current generation the control plane no longer lists live (or
+        the progress watchdog declares hung)."""
         live = set(live_ids(self.orchestrator))
         return [member for member in self.generation.members if member not in live]
 
