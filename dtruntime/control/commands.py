@@ -83,7 +83,9 @@ class RunControl:
         self._orch = orchestrator
         self._cond = threading.Condition()
         self._known: OrderedDict[str, CommandUpdate] = OrderedDict()  # latest news per command
-        self._acted: set[str] = set()  # commands this rank acted on (or failed)
+        # Commands this rank acted on (or failed); never pruned (one id per command ever
+        # seen), so a forgotten command heard again is never acted on twice.
+        self._acted: set[str] = set()
         self._seq = 0
         period = orchestrator.config.coordinator.heartbeat_interval_ms / 1000
         # A target comes within a round trip unless the leader dies: then detection plus an election.
@@ -234,7 +236,8 @@ class RunControl:
         if save is None:
             for entry in saving:
                 if entry.name == "checkpoint-now":
-                    log.error("command %s: no save= given to step_boundary; no checkpoint of step %d", entry.command_id, step)
+                    log.error("command %s: no save= given to step_boundary; no checkpoint of step %d",
+                              entry.command_id, step)
             self._finish([e for e in saving if e.name == "checkpoint-now"], FAILED)
             self._finish(stops, DONE)
             if stops:

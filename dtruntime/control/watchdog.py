@@ -136,7 +136,9 @@ class ProgressWatch:
 class Watchdog:
     """One orchestrator's watchdog thread, step-time statistics and hang reports."""
 
-    def __init__(self, orchestrator: "TrainingOrchestrator", on_self_hung: Callable[[Hung], None] | None = None) -> None:
+    def __init__(
+        self, orchestrator: "TrainingOrchestrator", on_self_hung: Callable[[Hung], None] | None = None
+    ) -> None:
         self._orch = orchestrator
         settings = orchestrator.config.watchdog
         self.fixed_timeout_s = float(settings.progress_timeout_s)
