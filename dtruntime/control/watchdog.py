@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -136,9 +136,7 @@ class ProgressWatch:
 class Watchdog:
     """One orchestrator's watchdog thread, step-time statistics and hang reports."""
 
-    def __init__(
-        self, orchestrator: "TrainingOrchestrator", on_self_hung: Callable[[Hung], None] | None = None
-    ) -> None:
+    def __init__(self, orchestrator: "TrainingOrchestrator") -> None:
         self._orch = orchestrator
         settings = orchestrator.config.watchdog
         self.fixed_timeout_s = float(settings.progress_timeout_s)
@@ -153,7 +151,6 @@ class Watchdog:
         self.hung: dict[str, Hung] = {}
         self._waiting_beat = 0
         self._waiting_depth = 0  # callers inside waiting(); the thread beats for them
-        self._on_self_hung = on_self_hung or self._leave_and_exit
 
     # -- inputs from the training loop ---------------------------------------------------
 
@@ -269,7 +266,7 @@ class Watchdog:
             if worker == self._orch.worker_id:
                 if in_wait:
                     continue  # waiting for the others (its beat may not be observed yet)
-                self._on_self_hung(report)
+                self._leave_and_exit(report)
             else:
                 log.warning("%s; it leaves the job (or is declared dead) and the others go on without it",
                             report.describe())
