@@ -15,7 +15,12 @@
   ``step_boundary`` every 20 ms and a ``CheckpointManager``); SIGTERM to every rank, or to
   a random one, at a random moment 0-1 s into training. *Stop* = SIGTERM to the last
   process's exit. A trial passes when every process exited 0, they all stopped at one
-  step, that step is the newest committed, and a relaunch resumes there.
+  step, that step is the newest committed, and a relaunch resumes there. *Steps lost* =
+  the newest step any rank reached minus the step the relaunch resumes at.
+- **anchor** (``--anchor N`` trials, the same run): the same loop without dtruntime's
+  handler (``[preemption] sigterm = "default"``) and a checkpoint every 50 steps, the
+  usual defence; SIGTERM to every rank. Python's default disposition ends each process
+  at once (exit -15); the relaunch resumes at the last periodic checkpoint.
 
 All times are ``time.monotonic()`` (one clock on the machine).
 """
@@ -72,9 +77,10 @@ def elastic_trial(world: int, mode: str, progress_timeout: int) -> dict:
         kill_all(procs)
 
 
-def sigterm_trial(world: int, targets: str, rng: random.Random) -> dict:
+def sigterm_trial(world: int, targets: str, rng: random.Random, anchor: bool = False) -> dict:
+    extra = ["--sigterm", "default", "--every", "50"] if anchor else []
     with tempfile.TemporaryDirectory() as storage:
-        procs = start("tests.workers.control_worker", world, lambda rank: ["--storage", storage])
+        procs = start("tests.workers.control_worker", world, lambda rank: ["--storage", storage, *extra])
         try:
             wait_for(lambda: all(p.events("ready") for p in procs), 120, "every rank past a boundary", procs)
             time.sleep(rng.uniform(0.0, 1.0))
@@ -86,6 +92,7 @@ def sigterm_trial(world: int, targets: str, rng: random.Random) -> dict:
             stop_s = time.monotonic() - sent
             codes = [p.process.returncode for p in procs]
             steps = [p.events("stopped")[0]["step"] if p.events("stopped") else None for p in procs]
+            reached = max(e["step"] for p in procs for e in p.events("step") + p.events("stopped"))
         finally:
             kill_all(procs)
         from dtruntime import CheckpointManager
@@ -93,15 +100,16 @@ def sigterm_trial(world: int, targets: str, rng: random.Random) -> dict:
         with CheckpointManager(storage) as manager:
             committed = manager.list_checkpoints_sync(verify=True)
         ok = codes == [0] * world and len(set(steps)) == 1 and committed and committed[-1] == steps[0]
-        if ok:  # the relaunch resumes at exactly that step
-            procs = start("tests.workers.control_worker", world,
-                          lambda rank: ["--storage", storage, "--steps", str(steps[0] + 2)])
-            try:
-                wait_for(lambda: all(p.events("resumed") for p in procs), 120, "the relaunch", procs)
-                ok = all(p.events("resumed")[0]["step"] == steps[0] for p in procs)
-            finally:
-                kill_all(procs)
-        return {"stop_s": stop_s, "ok": bool(ok), "codes": codes, "steps": steps}
+        procs = start("tests.workers.control_worker", world,  # the relaunch
+                      lambda rank: ["--storage", storage, "--steps", str(reached + 2), *extra])
+        try:
+            wait_for(lambda: all(p.events("resumed") for p in procs), 120, "the relaunch", procs)
+            resumed = [p.events("resumed")[0]["step"] for p in procs]
+        finally:
+            kill_all(procs)
+        ok = ok and resumed == [steps[0]] * world
+        return {"stop_s": stop_s, "ok": bool(ok), "codes": codes, "steps": steps,
+                "steps_lost": reached - min(resumed)}
 
 
 def summary(name: str, rows: list[dict], key: str) -> str:
@@ -120,6 +128,7 @@ def main() -> int:
     parser.add_argument("--sigterm-all", type=int, default=20)
     parser.add_argument("--sigterm-one", type=int, default=10)
     parser.add_argument("--progress-timeout", type=int, default=3)
+    parser.add_argument("--anchor", type=int, default=5, help="trials of the anchor (no handler, periodic saves)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write every trial's figures here")
     args = parser.parse_args()
@@ -138,7 +147,15 @@ def main() -> int:
         if rows:
             passed = sum(r["ok"] for r in rows)
             print(f"{summary(f'sigterm-{mode}', rows, 'stop_s')}; {passed}/{len(rows)} trials: every process exited 0, "
-                  "one step committed for every rank, the relaunch resumed there", flush=True)
+                  "one step committed for every rank, the relaunch resumed there; steps lost max "
+                  f"{max(r['steps_lost'] for r in rows)}", flush=True)
+    rows = [sigterm_trial(args.world, "all", rng, anchor=True) for _ in range(args.anchor)]
+    results["anchor"] = rows
+    if rows:
+        lost = [r["steps_lost"] for r in rows]
+        print(f"{summary('anchor (no handler, checkpoint every 50 steps)', rows, 'stop_s')}; exit codes "
+              f"{sorted({c for r in rows for c in r['codes']})}; steps lost p50 {percentile(lost, 0.5)}, "
+              f"max {max(lost)}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -8,7 +8,8 @@ Under torchrun, leave out ``--rank``, ``--world`` and ``--coordinator`` (the env
 Resumes from the newest committed checkpoint (each rank's part is JSON ``{"rank", "step"}``),
 then runs steps ``resumed+1 .. S``, sleeping ``T`` s per step and calling
 ``orch.step_boundary(step, save=...)`` after each. With ``--submit-at``, this rank submits
-``NAME`` after step K. Events (JSON lines): "resumed" {step}, "ready" (first boundary
+``NAME`` after step K. ``--sigterm default --every N`` is the anchor: no SIGTERM handler,
+a checkpoint every N steps (and a "step" event every step). Events (JSON lines): "resumed" {step}, "ready" (first boundary
 passed: the SIGTERM handler is installed), "step" {step} every 10 steps, "stopped"
 {code, step} when a stop ended the loop, "finished" {step, tasks, level} when the loop
 ran out of steps (after every rank's command states arrived, or 10 s).
@@ -39,10 +40,13 @@ def main() -> None:
     parser.add_argument("--command", default="checkpoint-now")
     parser.add_argument("--level", default="DEBUG")
     parser.add_argument("--grace", type=int, default=30)
+    parser.add_argument("--sigterm", choices=["stop", "default"], default="stop")
+    parser.add_argument("--every", type=int, default=0, help="also checkpoint every N steps (the anchor's way)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    timing = {"heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 1000, "grace_s": args.grace}
+    timing = {"heartbeat_interval_ms": 100, "heartbeat_timeout_ms": 1000, "grace_s": args.grace,
+              "sigterm": args.sigterm}
     if args.rank is None:  # under torchrun
         orch = TrainingOrchestrator(**timing)
     else:
@@ -65,7 +69,9 @@ def main() -> None:
             orch.step_boundary(step, save=save)
             if step == resumed + 1:
                 emit(event="ready", rank=orch.rank)
-            if step % 10 == 0:
+            if args.every and step % args.every == 0:
+                save(step)
+            if step % 10 == 0 or args.every:
                 emit(event="step", step=step)
             if step == args.submit_at:
                 orch.run_control.submit(args.command, {"level": args.level} if args.command == "log-level" else None)
