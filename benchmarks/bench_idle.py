@@ -12,6 +12,8 @@ payload bytes handed to ZeroMQ; ZMTP and TCP/IP headers come on top). The parent
 reads ``/proc/<pid>/stat`` at both ends as a cross-check.
 
 Goal: < 1% of one core per worker at the default heartbeat (1000 ms).
+``--step-boundary``: each worker passes one ``step_boundary`` before idling, so the
+progress watchdog thread and the SIGTERM handler are running too.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def worker(args: argparse.Namespace) -> int:
     with orchestrator:
         orchestrator.register_worker_sync("127.0.0.1", 0, timeout=120)
         orchestrator.wait_barrier_sync("start", timeout=120)
+        if args.step_boundary:
+            orchestrator.step_boundary(1)
         time.sleep(2 * args.heartbeat_ms / 1000)  # let the start-up gossip settle
         before_usage, before_bytes, before_sent = resource.getrusage(resource.RUSAGE_SELF), None, None
         counters = orchestrator.counters
@@ -71,11 +75,13 @@ def proc_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def measure(world: int, heartbeat_ms: int, idle_s: float) -> list[dict]:
+def measure(world: int, heartbeat_ms: int, idle_s: float, step_boundary: bool = False) -> list[dict]:
     coordinator = f"tcp://127.0.0.1:{free_port()}"
+    extra = ["--step-boundary"] if step_boundary else []
     procs = [
         Proc("benchmarks.bench_idle", ["--worker", "--rank", str(rank), "--world", str(world), "--coordinator",
-                                        coordinator, "--heartbeat-ms", str(heartbeat_ms), "--idle", str(idle_s)])
+                                        coordinator, "--heartbeat-ms", str(heartbeat_ms), "--idle", str(idle_s),
+                                        *extra])
         for rank in range(world)
     ]
     try:
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=20.0, help="idle seconds measured")
     parser.add_argument("--heartbeats", default="1000,100", help="heartbeat intervals (ms) to measure")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--step-boundary", action="store_true", help="pass one step boundary first (watchdog on)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rank", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--coordinator", help=argparse.SUPPRESS)
@@ -117,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
     results = {}
     for heartbeat_ms in (int(h) for h in args.heartbeats.split(",") if h):
-        rows = measure(args.world, heartbeat_ms, args.idle)
+        rows = measure(args.world, heartbeat_ms, args.idle, args.step_boundary)
         results[heartbeat_ms] = rows
-        print(f"heartbeat {heartbeat_ms} ms, {args.world} workers idle {args.idle:.0f} s:", flush=True)
+        watchdog = " (after a step boundary: watchdog on)" if args.step_boundary else ""
+        print(f"heartbeat {heartbeat_ms} ms, {args.world} workers idle {args.idle:.0f} s{watchdog}:", flush=True)
         print(f"  {'rank':>4} {'cpu %':>7} {'/proc %':>8} {'bytes/s':>9} {'msgs/s':>7}")
         for row in rows:
             proc = "n/a" if row["proc_cpu_percent"] is None else f"{row['proc_cpu_percent']:.2f}"

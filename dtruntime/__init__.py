@@ -12,9 +12,12 @@ from .errors import (
     ConfigError,
     DatasetError,
     DtruntimeError,
+    InvalidCommandArgs,
     NoQuorumError,
     ProtocolError,
     RemoteProtocolError,
+    RunStopped,
+    UnknownCommand,
     WorkerLostError,
 )
 
@@ -32,10 +35,13 @@ __all__ = [
     "DatasetError",
     "DatasetRegistry",
     "DtruntimeError",
+    "InvalidCommandArgs",
     "NoQuorumError",
     "ProtocolError",
     "RemoteProtocolError",
+    "RunStopped",
     "TrainingOrchestrator",
+    "UnknownCommand",
     "WorkerInfo",
     "WorkerLostError",
 ]

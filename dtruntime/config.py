@@ -8,8 +8,12 @@ accepted as they are::
     [checkpoint]   interval_steps, keep_last_n, compression, exit_timeout_s
     [dataset]      default_shard_size, prefetch_shards
     [http]         port, host
+    [watchdog]     progress_timeout_s, min_progress_timeout_s, still_waiting_first_s,
+                   still_waiting_every_s
+    [preemption]   sigterm, grace_s
 
-(``exit_timeout_s`` and the ``[http]`` section are not in the original file.)
+(``exit_timeout_s`` and the ``[http]``, ``[watchdog]`` and ``[preemption]`` sections are
+not in the original file.)
 
 Precedence, lowest first: dataclass defaults < TOML file < environment < keyword
 overrides passed in code. Every bad value raises :class:`~dtruntime.errors.ConfigError`
@@ -126,6 +130,48 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class WatchdogConfig:
+    """Hang detection and long-wait logging (see ``dtruntime.control.watchdog``).
+
+    ``progress_timeout_s``: a rank whose step does not move for this long while the
+    others move (or wait for it) is declared hung; 0 (the default) derives it from the
+    observed step times: 10 x the p99 step time, at least ``min_progress_timeout_s``.
+    ``still_waiting_first_s`` / ``still_waiting_every_s``: a blocking barrier,
+    agreement or registration logs whom it waits for after the first, then every the
+    second, seconds.
+    """
+
+    progress_timeout_s: int = 0
+    min_progress_timeout_s: int = 30
+    still_waiting_first_s: int = 10
+    still_waiting_every_s: int = 30
+
+    def validate(self) -> None:
+        _non_negative("watchdog.progress_timeout_s", self.progress_timeout_s)
+        _positive("watchdog.min_progress_timeout_s", self.min_progress_timeout_s)
+        _positive("watchdog.still_waiting_first_s", self.still_waiting_first_s)
+        _positive("watchdog.still_waiting_every_s", self.still_waiting_every_s)
+
+
+@dataclass(frozen=True)
+class PreemptionConfig:
+    """What SIGTERM does once the training loop calls a step boundary.
+
+    ``sigterm = "stop"`` (default): a coordinated stop (every rank saves the same step,
+    the leader commits it, every process exits 0) that must finish within ``grace_s``
+    seconds; ``"default"``: dtruntime installs no handler.
+    """
+
+    sigterm: str = "stop"
+    grace_s: int = 30
+
+    def validate(self) -> None:
+        if self.sigterm not in ("stop", "default"):
+            raise ConfigError("preemption.sigterm", f"must be stop or default, not {self.sigterm!r}")
+        _positive("preemption.grace_s", self.grace_s)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; build with :meth:`load` rather than by hand."""
 
@@ -134,6 +180,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
 
     def validate(self) -> "Config":
         for section in fields(self):
@@ -205,6 +253,12 @@ _ENV_KEYS = {
     "DTRUNTIME_PREFETCH_SHARDS": ("dataset", "prefetch_shards"),
     "DTRUNTIME_HTTP_PORT": ("http", "port"),
     "DTRUNTIME_HTTP_HOST": ("http", "host"),
+    "DTRUNTIME_PROGRESS_TIMEOUT_S": ("watchdog", "progress_timeout_s"),
+    "DTRUNTIME_MIN_PROGRESS_TIMEOUT_S": ("watchdog", "min_progress_timeout_s"),
+    "DTRUNTIME_STILL_WAITING_FIRST_S": ("watchdog", "still_waiting_first_s"),
+    "DTRUNTIME_STILL_WAITING_EVERY_S": ("watchdog", "still_waiting_every_s"),
+    "DTRUNTIME_SIGTERM": ("preemption", "sigterm"),
+    "DTRUNTIME_PREEMPTION_GRACE_S": ("preemption", "grace_s"),
 }
 
 

@@ -74,3 +74,28 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 class DatasetError(DtruntimeError, ValueError):
     """A dataset registration or shard request is invalid."""
+
+
+class UnknownCommand(DtruntimeError, ValueError):
+    """A run-control command name that does not exist; the message lists the known ones."""
+
+
+class InvalidCommandArgs(DtruntimeError, ValueError):
+    """A run-control command's arguments are invalid; the message names the argument."""
+
+
+class RunStopped(SystemExit):
+    """Raised at a step boundary by a ``stop`` command (or SIGTERM) once its checkpoint is
+    committed: ``code`` 0 then, 1 when the checkpoint could not be committed in time.
+
+    A ``SystemExit``, so an ``except Exception`` in the training loop does not swallow
+    it and an uncaught one ends the process with ``code``; ``step`` is the stop's step.
+    """
+
+    def __init__(self, code: int, message: str, step: int | None) -> None:
+        super().__init__(code)
+        self.message = message
+        self.step = step
+
+    def __str__(self) -> str:
+        return self.message

@@ -68,6 +68,11 @@ def test_config_file_from_environment_variable(tmp_path):
         ("[storage]\nbackend = 'ftp'\n", "storage.backend"),
         ("[cluster]\nsize = 3\n", "cluster"),
         ("[coordinator\n", "is not valid TOML"),
+        ("[watchdog]\nprogress_timeout_s = -1\n", "watchdog.progress_timeout_s"),
+        ("[watchdog]\nmin_progress_timeout_s = 0\n", "watchdog.min_progress_timeout_s"),
+        ("[watchdog]\nstill_waiting_every_s = 'often'\n", "watchdog.still_waiting_every_s"),
+        ("[preemption]\nsigterm = 'ignore'\n", "preemption.sigterm"),
+        ("[preemption]\ngrace_s = 0\n", "preemption.grace_s"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, key):
@@ -109,6 +114,20 @@ def test_an_address_without_a_port_says_the_port_is_missing(tmp_path):
 def test_exit_timeout_defaults_to_two_minutes_and_the_environment_sets_it():
     assert Config.load(env={}).checkpoint.exit_timeout_s == 120
     assert Config.load(env={"DTRUNTIME_CHECKPOINT_EXIT_TIMEOUT_S": "0"}).checkpoint.exit_timeout_s == 0
+
+
+def test_watchdog_and_preemption_keys_default_and_come_from_file_and_environment(tmp_path):
+    config = Config.load(env={})
+    assert (config.watchdog.progress_timeout_s, config.watchdog.min_progress_timeout_s) == (0, 30)
+    assert (config.watchdog.still_waiting_first_s, config.watchdog.still_waiting_every_s) == (10, 30)
+    assert (config.preemption.sigterm, config.preemption.grace_s) == ("stop", 30)
+    path = write(tmp_path, "[watchdog]\nprogress_timeout_s = 90\n[preemption]\ngrace_s = 60\nsigterm = 'default'\n")
+    config = Config.load(path, env={"DTRUNTIME_PREEMPTION_GRACE_S": "45", "DTRUNTIME_STILL_WAITING_FIRST_S": "5"})
+    assert (config.watchdog.progress_timeout_s, config.watchdog.still_waiting_first_s) == (90, 5)
+    assert (config.preemption.grace_s, config.preemption.sigterm) == (45, "default")
+    with pytest.raises(ConfigError) as caught:
+        Config.load(env={"DTRUNTIME_SIGTERM": "kill"})
+    assert caught.value.key == "DTRUNTIME_SIGTERM" and "preemption.sigterm" in str(caught.value)
 
 
 def test_missing_file_and_unknown_override_are_clear_errors(tmp_path):

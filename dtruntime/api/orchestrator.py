@@ -36,6 +36,7 @@ driver's published observation only, never its lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -50,6 +51,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ..config import Config
+from ..control.commands import RunControl, Save
+from ..control.preemption import Preemption
+from ..control.watchdog import Hung, Watchdog
 from ..errors import (
     BarrierTimeout,
     BindError,
@@ -66,6 +70,7 @@ from ..protocol.events import (
     BarrierReleased,
     CheckpointAbandoned,
     CheckpointCommitted,
+    CommandUpdate,
     CommitDue,
     DeclaredDead,
     DuplicateRefused,
@@ -89,6 +94,7 @@ from ..runtime.bootstrap import (
 from ..runtime.driver import Driver, Observation
 from ..runtime.transport import ZmqTransport
 from .registration import Joining, Registration, bind_advice
+from .waiting import await_logged, wait_logged
 
 log = logging.getLogger("dtruntime")
 STEP_KEY = "dtruntime.step"  # the gossiped training step (report_step); read by dtruntime.http.steps
@@ -211,6 +217,10 @@ class TrainingOrchestrator:
         self._http: Any = None  # dtruntime.http.HttpServer while serving
         self._log_ring: Any = None  # dtruntime.http.LogRing while registered
         self.metrics = _new_metrics(self._observation, self._take_release_latencies)
+        self.run_control = RunControl(self)
+        self.watchdog = Watchdog(self)
+        self._preemption = Preemption(self.run_control, self.config.preemption.sigterm,
+                                      float(self.config.preemption.grace_s))
 
     # -- properties -----------------------------------------------------------------
 
@@ -273,7 +283,7 @@ class TrainingOrchestrator:
 
     async def wait_barrier(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
         """Wait until every expected worker arrived at ``barrier_id`` (see the module doc)."""
-        await asyncio.wrap_future(self._arrive(barrier_id, timeout, elastic))
+        await self._await_logged(self._arrive(barrier_id, timeout, elastic), self._still_waiting(barrier_id, "barrier"))
 
     async def agree(
         self, barrier_id: str, value: str, timeout: float | None = None, *, elastic: bool = False
@@ -282,7 +292,8 @@ class TrainingOrchestrator:
         characters); returns who, if anyone, brought a different one. Errors as for
         :meth:`wait_barrier`; with ``elastic=True`` a worker lost meanwhile is left out
         and the others agree among themselves."""
-        return await asyncio.wrap_future(self._arrive(barrier_id, timeout, elastic, value))
+        future = self._arrive(barrier_id, timeout, elastic, value)
+        return await self._await_logged(future, self._still_waiting(barrier_id, "agreement"))
 
     async def heartbeat(self) -> None:
         """Run a gossip round now (they also run automatically every interval)."""
@@ -303,18 +314,22 @@ class TrainingOrchestrator:
         self, *where: str | int, ip: str | None = None, port: int | None = None, gpu_count: int = 0,
         memory_bytes: int = 0, timeout: float | None = 60.0,
     ) -> str:
+        joined = self._register(Registration.of(where, ip, port, gpu_count, memory_bytes))
         try:
-            return self._register(Registration.of(where, ip, port, gpu_count, memory_bytes)).result(timeout)
+            return self._wait_logged(joined, timeout, self._still_joining)
         except FutureTimeout:
+            if joined.done():
+                raise
             raise self._join_timeout(timeout) from None
 
     def wait_barrier_sync(self, barrier_id: str, timeout: float | None = None, *, elastic: bool = False) -> None:
-        self._arrive(barrier_id, timeout, elastic).result()
+        self._wait_logged(self._arrive(barrier_id, timeout, elastic), None, self._still_waiting(barrier_id, "barrier"))
 
     def agree_sync(
         self, barrier_id: str, value: str, timeout: float | None = None, *, elastic: bool = False
     ) -> Agreement:
-        return self._arrive(barrier_id, timeout, elastic, value).result()
+        future = self._arrive(barrier_id, timeout, elastic, value)
+        return self._wait_logged(future, None, self._still_waiting(barrier_id, "agreement"))
 
     def heartbeat_sync(self) -> None:
         self._running().submit(lambda node, now: node.tick(now)).result(timeout=10)
@@ -334,6 +349,8 @@ class TrainingOrchestrator:
             except Exception:  # noqa: BLE001 - the close goes on; the rest must still run
                 log.exception("a before-close callback of %s failed", self.worker_id)
         self._stop_http()
+        self._preemption.disarm()
+        self.watchdog.close()
         driver = self._driver
         if driver is not None:
             driver.close()
@@ -409,6 +426,37 @@ class TrainingOrchestrator:
         value only grows); the other workers learn it by gossip within a few heartbeats."""
         self._running().submit(lambda node, now: node.set_progress(key, value, now)).result()
 
+    def step_boundary(self, step: int, save: Save | None = None) -> None:
+        """Call once per training step, after it: publishes ``step`` (gossiped; it only
+        grows) and acts on the run-control commands due at it (``dtruntime.control``).
+
+        ``save(step)`` writes this rank's checkpoint of ``step`` and returns its handle
+        (``CheckpointManager.save``'s ``SaveHandle``) or None; it is called only when a
+        ``checkpoint-now`` or ``stop`` is due here, and then on every rank at the same
+        step. A ``stop`` raises :class:`~dtruntime.errors.RunStopped` (a ``SystemExit``,
+        code 0) once that checkpoint is committed; SIGTERM starts a ``stop``
+        (``dtruntime.control.preemption``). Costs one driver call when no
+        command is due. The first call starts the progress watchdog
+        (``dtruntime.control.watchdog``).
+        """
+        self.watchdog.on_boundary()
+        self.run_control.step_boundary(step, save)
+
+    def waiting(self) -> "contextlib.AbstractContextManager[None]":
+        """``with orch.waiting():`` marks a block that waits for the other ranks, not a
+        stuck one, for the progress watchdog. dtruntime's own blocking waits and
+        ``ElasticTrainer``'s recovery use it; a loop blocking on something of its own may."""
+        return self.watchdog.waiting()
+
+    def straggler_report(self) -> dict[str, Any]:
+        """Per-rank step times and their spread against the median (see
+        ``Watchdog.straggler_report``); empty figures before the first step boundary."""
+        return self.watchdog.straggler_report()
+
+    def hung_workers(self) -> list[Hung]:
+        """Live workers this rank's watchdog currently declares hung."""
+        return list(self.watchdog.hung.values())
+
     def progress(self, key: str) -> dict[str, int]:
         """Every worker's counter ``key`` as far as this worker has heard, its own included."""
         return self._running().submit(lambda node, now: node.progress_of(key)).result()
@@ -472,14 +520,47 @@ class TrainingOrchestrator:
             logging.getLogger("dtruntime").removeHandler(ring)
 
     def _run_control_or_none(self) -> Any:
-        try:
-            return getattr(self, "run_control", None)
-        except DtruntimeError:
-            return None
+        return self.run_control
 
     def _dataset_sizes_copy(self) -> dict[str, int]:
         with self._lock:
             return dict(self._dataset_sizes)
+
+    def _wait_logged(self, future: "Future[Any]", timeout: float | None, describe: Callable[[float], str]) -> Any:
+        settings = self.config.watchdog
+        with self.watchdog.waiting():
+            return wait_logged(future, timeout, settings.still_waiting_first_s, settings.still_waiting_every_s,
+                               describe)
+
+    async def _await_logged(self, future: "Future[Any]", describe: Callable[[float], str]) -> Any:
+        settings = self.config.watchdog
+        with self.watchdog.waiting():
+            return await await_logged(future, settings.still_waiting_first_s, settings.still_waiting_every_s, describe)
+
+    def _still_waiting(self, barrier_id: str, kind: str) -> Callable[[float], str]:
+        """The "still waiting" line of a wait at ``barrier_id``: whom, as the leader said."""
+
+        def describe(elapsed: float) -> str:
+            driver = self._running()
+            missing = driver.submit(lambda node, now: node.waiting_for(barrier_id)).result(1.0)
+            snapshot = driver.snapshot
+            if missing:
+                whom = f"for {self._named(missing)}"
+            elif snapshot.leader_id is None:
+                whom = "with no leader elected"
+            elif snapshot.is_leader:
+                whom = "(this worker leads; the barrier is not open here yet)"
+            else:
+                whom = f"for an answer from the leader {snapshot.leader_id}"
+            return (f"{self.worker_id} is still waiting at {kind} {barrier_id!r} after {elapsed:.0f} s {whom} "
+                    f"({len(snapshot.members)} of {self.world_size} workers live here)")
+
+        return describe
+
+    def _still_joining(self, elapsed: float) -> str:
+        snapshot = self._running().snapshot
+        return (f"{self.worker_id} is still joining the cluster through {self.bootstrap.coordinator_endpoint} after "
+                f"{elapsed:.0f} s ({len(snapshot.members)} of {self.world_size} workers known here)")
 
     def _running(self) -> Driver:
         if self._driver is None:
@@ -503,6 +584,7 @@ class TrainingOrchestrator:
                 self._start(registration)
         if started:  # outside self._lock: event handlers take it while holding the driver's lock
             self._running().submit(lambda node, now: self._check_joined(node))
+            self._preemption.arm()
         return self._joined
 
     def _id_source(self) -> str:
@@ -640,7 +722,9 @@ class TrainingOrchestrator:
     def _on_event(self, event: Event) -> None:
         """Runs in the driver thread: turn node events into future outcomes."""
         self._on_commit_event(event)
-        if isinstance(event, BarrierReleased):
+        if isinstance(event, CommandUpdate):
+            self.run_control.on_event(event)
+        elif isinstance(event, BarrierReleased):
             agreement = Agreement(
                 event.barrier_id, event.reference, event.reference_value, event.differing, event.differing_value
             )

@@ -63,8 +63,13 @@ class Generation:
 
 
 def live_ids(orchestrator: TrainingOrchestrator) -> list[str]:
-    """The ids this worker sees live (suspects included), by rank."""
-    return [member.worker_id for member in orchestrator.members()]
+    """The ids this worker sees live (suspects included) and not hung, by rank.
+
+    A worker the progress watchdog declares hung counts as lost at once (it leaves the
+    cluster a few gossip rounds later, which settles any view that differs meanwhile).
+    """
+    hung = {report.worker_id for report in orchestrator.hung_workers()}
+    return [member.worker_id for member in orchestrator.members() if member.worker_id not in hung]
 
 
 def agree_generation(
@@ -79,8 +84,8 @@ def agree_generation(
                                             elastic=True)
         if agreement.agreed and tuple(live_ids(orchestrator)) == members:
             break  # (a member the barrier excluded as dead is out of every survivor's view by now)
-        log.info("generation %d round %d: views differ (%d members here; %s differs); retrying", number,
-                 round_number, len(members), agreement.differing[0])
+        log.info("generation %d round %d: views differ (%d members here; %s); retrying", number, round_number,
+                 len(members), f"{agreement.differing[0]} differs" if agreement.differing else "the view changed since")
         time.sleep(settle_s)
     else:
         raise DtruntimeError(f"generation {number}: no agreed membership after {MAX_MEMBER_ROUNDS} rounds")

@@ -20,6 +20,12 @@ others (:mod:`.state_sync`), a new process group is built with dense ranks on a 
 hosted by the lowest-ranked survivor, and ``epoch_steps`` yields the same step again
 for the new group. Nothing is reloaded from a checkpoint and no applied step is lost.
 
+Run control: after every applied step the trainer calls
+``orchestrator.step_boundary(steps_applied, save=...)``, so ``checkpoint-now``, ``stop``
+and SIGTERM (a coordinated stop) act there on every rank; with ``checkpoints=`` (a
+``CheckpointManager`` attached to the orchestrator) the save is of :meth:`state`.
+Resume with ``trainer.load(checkpoints.load_state())`` after constructing the trainer.
+
 Growth: a worker that is live but not in the group (a replacement for a lost rank, or
 a new one) is noticed at the next step boundary and the group is re-formed with it. A
 new trainer first listens a few heartbeats for the running job's position (gossiped
@@ -127,6 +133,7 @@ class ElasticTrainer:
         backend: str = "gloo",
         collective_timeout_s: float | None = None,
         ddp_options: dict[str, Any] | None = None,
+        checkpoints: Any = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
@@ -134,6 +141,7 @@ class ElasticTrainer:
         self.model, self.optimizer = model, optimizer
         self.num_samples, self.batch_size, self.seed, self.shuffle = num_samples, batch_size, seed, shuffle
         self.backend = backend
+        self.checkpoints = checkpoints  # a CheckpointManager: what run-control checkpoints go to
         self._ddp_options = dict(ddp_options or {})
         self.steps_applied = 0
         self.epoch = 0
@@ -176,9 +184,12 @@ class ElasticTrainer:
                 self._recover(f"step {step.number} failed: {step.error}", step.error)
             elif not step.applied:
                 raise DtruntimeError("each step from epoch_steps() must run as `with step:`")
+            else:
+                self.orchestrator.step_boundary(self.steps_applied, save=self._save if self.checkpoints else None)
 
     def lost_members(self) -> list[str]:
-        """Members of the current generation the control plane no longer lists live."""
+        """Members of the current generation the control plane no longer lists live (or
+        the progress watchdog declares hung)."""
         live = set(live_ids(self.orchestrator))
         return [member for member in self.generation.members if member not in live]
 
@@ -205,6 +216,9 @@ class ElasticTrainer:
         self._hosted = None
 
     # -- internals ----------------------------------------------------------------
+
+    def _save(self, step: int) -> Any:
+        return self.checkpoints.save(self.state(), step)
 
     def _apply(self, step: Step) -> None:
         self._retries_without_loss = 0
@@ -244,6 +258,11 @@ class ElasticTrainer:
         of the same members, at most ``MAX_RETRIES_WITHOUT_LOSS`` times in a row for one
         step; then the error is the caller's and is re-raised unchanged.
         """
+        with self.orchestrator.waiting():  # waiting on the others, not stuck (the progress watchdog)
+            self._recover_waiting(reason, error)
+
+    def _recover_waiting(self, reason: str, error: BaseException | None) -> None:
+        """:meth:`_recover`'s work, run inside ``orchestrator.waiting()``."""
         started = time.monotonic()
         deadline = started + self._detect_s
         while error is not None and not self.lost_members() and time.monotonic() < deadline:

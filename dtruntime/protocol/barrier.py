@@ -182,6 +182,13 @@ class BarrierBook:
         samples, self.release_latencies = self.release_latencies, []
         return samples
 
+    def missing(self, key: BarrierKey) -> tuple[str, ...] | None:
+        """Who has not arrived at open barrier ``key`` (None: not open here)."""
+        barrier = self._open.get(key)
+        if barrier is None:
+            return None
+        return tuple(w for w in barrier.expected if w not in barrier.arrived)
+
     def learn(self, result: BarrierResult) -> None:
         """Adopt a result decided by an earlier leader (reported by a follower)."""
         key = (result.barrier_id, result.generation)
@@ -311,6 +318,7 @@ class Waits:
         self._generations: OrderedDict[str, int] = OrderedDict()  # least recently finished first
         self.recent: OrderedDict[BarrierKey, BarrierResult] = OrderedDict()
         self.next_resend = float("inf")
+        self.missing: dict[str, tuple[str, ...]] = {}  # barrier -> who the leader last said is missing
 
     def __bool__(self) -> bool:
         return bool(self._waits)
@@ -403,7 +411,14 @@ class Waits:
             return float("inf")
         return min(self.next_resend, min(w.local_deadline for w in self._waits.values()))
 
+    def on_pending(self, barrier_id: str, generation: int, missing: tuple[str, ...]) -> None:
+        """The leader says the current wait at ``barrier_id`` still misses ``missing``."""
+        wait = self._waits.get(barrier_id)
+        if wait is not None and wait.generation == generation:
+            self.missing[barrier_id] = missing
+
     def _finish(self, barrier_id: str, wait: _Wait) -> None:
+        self.missing.pop(barrier_id, None)
         del self._waits[barrier_id]
         generations = self._generations
         generations[barrier_id] = wait.generation + 1

@@ -29,8 +29,8 @@ import msgpack
 from ..errors import RemoteProtocolError
 from .messages import MESSAGE_TYPES, TYPE_OF_CLASS, Kind, Message, MsgType
 
-SCHEMA_VERSION = 4  # 2: barrier values and progress gossip; 3: BarrierResult.verdicts;
-# 4: MemberEntry.worker_port, JoinRefused
+SCHEMA_VERSION = 5  # 2: barrier values and progress gossip; 3: BarrierResult.verdicts;
+# 4: MemberEntry.worker_port, JoinRefused; 5: run-control commands, BarrierPending
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_ITEMS = 65536
 MAX_INT = 2**63 - 1

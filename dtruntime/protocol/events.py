@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .messages import CommitOutcome, MemberEntry, Outcome, PartDone
+from .messages import CommandEntry, CommandState, CommitOutcome, MemberEntry, Outcome, PartDone
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +151,18 @@ class DuplicateRefused:
     holder_endpoint: str
 
 
+@dataclass(frozen=True, slots=True)
+class CommandUpdate:
+    """What this node knows of a run-control command changed: it is new, its target was
+    decided, or a worker's state moved. ``acked_step`` is the step this node acked (None:
+    not acked, or the target is known)."""
+
+    entry: CommandEntry
+    states: tuple[CommandState, ...]
+    acked_step: int | None
+
+
 Event = (
     LeaderChanged | MemberJoined | WorkerLost | DeclaredDead | QuorumChanged | BarrierReleased | BarrierFailed
-    | CommitDue | CheckpointCommitted | CheckpointAbandoned | WorkerIdTaken | DuplicateRefused
+    | CommitDue | CheckpointCommitted | CheckpointAbandoned | WorkerIdTaken | DuplicateRefused | CommandUpdate
 )

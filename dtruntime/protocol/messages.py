@@ -87,6 +87,9 @@ class MsgType(IntEnum):
     PART_DONE = 11
     STEP_RESULT = 12
     JOIN_REFUSED = 13
+    BARRIER_PENDING = 14
+    COMMANDS = 15
+    COMMAND_ACK = 16
 
 
 class Status(IntEnum):
@@ -152,6 +155,39 @@ class ProgressEntry:
 
 
 @wire
+class CommandEntry:
+    """A run-control command (see ``protocol.commands``), as every node knows it.
+
+    ``args`` is JSON text chosen by the local API. ``agree_step``: every rank acts at the
+    same step, ``target`` (0 until the leader decided it); without it each rank acts at
+    its next step boundary. ``cancelled``: ranks that learn it before acting skip it.
+    Entries of one command merge by taking the larger ``target`` and ``cancelled`` if either.
+    """
+
+    command_id: BarrierId
+    name: BarrierId
+    args: BarrierValue
+    submitted_by: WorkerId
+    submitted_at_ms: int
+    agree_step: bool
+    target: int = 0
+    cancelled: bool = False
+
+
+@wire
+class CommandState:
+    """Worker ``worker_id`` (rank ``rank``)'s progress on command ``command_id``.
+
+    ``state`` only grows: 0 pending, 1 running, 2 done, 3 failed (done and failed are final).
+    """
+
+    worker_id: WorkerId
+    command_id: BarrierId
+    rank: int
+    state: int
+
+
+@wire
 class Gossip:
     """What every probe message piggybacks: the sender's leader belief and news."""
 
@@ -159,6 +195,8 @@ class Gossip:
     leader_id: OptWorkerId
     members: tuple[MemberEntry, ...]
     progress: tuple[ProgressEntry, ...] = ()
+    commands: tuple[CommandEntry, ...] = ()
+    command_states: tuple[CommandState, ...] = ()
 
 
 @wire
@@ -333,9 +371,41 @@ class StepResult:
     missing_ranks: tuple[int, ...]
 
 
+@wire
+class BarrierPending:
+    """The leader's answer to a re-sent ``Arrive``: barrier generation still open,
+    ``missing`` have not arrived yet (for the waiter's "still waiting" log)."""
+
+    sender: WorkerId
+    barrier_id: BarrierId
+    generation: int
+    missing: tuple[WorkerId, ...]
+
+
+@wire
+class Commands:
+    """Run-control commands (and states) sent straight to a member, next to the gossip."""
+
+    sender: WorkerId
+    commands: tuple[CommandEntry, ...]
+    states: tuple[CommandState, ...] = ()
+
+
+@wire
+class CommandAck:
+    """``sender`` holds command ``command_id``; its last published step was ``step``.
+
+    Sent to the leader, re-sent until the target is known.
+    """
+
+    sender: WorkerId
+    command_id: BarrierId
+    step: int
+
+
 Message = (
     Join | Members | Ping | Ack | PingReq | VoteRequest | Vote | Leader | Arrive | Release | PartDone | StepResult
-    | JoinRefused
+    | JoinRefused | BarrierPending | Commands | CommandAck
 )
 
 MESSAGE_TYPES: dict[MsgType, type] = {
@@ -352,5 +422,8 @@ MESSAGE_TYPES: dict[MsgType, type] = {
     MsgType.PART_DONE: PartDone,
     MsgType.STEP_RESULT: StepResult,
     MsgType.JOIN_REFUSED: JoinRefused,
+    MsgType.BARRIER_PENDING: BarrierPending,
+    MsgType.COMMANDS: Commands,
+    MsgType.COMMAND_ACK: CommandAck,
 }
 TYPE_OF_CLASS: dict[type, MsgType] = {cls: tag for tag, cls in MESSAGE_TYPES.items()}

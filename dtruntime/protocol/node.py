@@ -28,19 +28,26 @@ from __future__ import annotations
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from ..errors import ProtocolError
 from .barrier import BarrierBook, Waits
 from .codec import validate_barrier_id, validate_barrier_value, validate_codec_name
+from .commands import STEP_KEY, CommandBook
 from .commit import CommitBook, Saves
 from .election import Election
-from .events import DuplicateRefused, QuorumChanged, WorkerIdTaken
+from .events import CommandUpdate, DuplicateRefused, QuorumChanged, WorkerIdTaken
 from .membership import Membership
 from .messages import (
     Ack,
     Arrive,
+    BarrierPending,
     BarrierResult,
+    CommandAck,
+    CommandEntry,
+    CommandState,
+    Commands,
     CommitOutcome,
     Gossip,
     Join,
@@ -100,6 +107,7 @@ class Node:
         self.commits = CommitBook(member.worker_id, world_size, settings, self._out)
         self.saves = Saves(member.worker_id, settings, self._out)
         self.progress = ProgressBook(member.worker_id, settings)
+        self.commands = CommandBook(member.worker_id, settings)
         self._seeds = [s for s in seeds if s != member.endpoint]
         self.joined = not self._seeds
         self._join_attempts = 0
@@ -145,6 +153,8 @@ class Node:
             self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation, now), now)
         if self.saves.resend_due(now):
             self._deliver_reports(self.saves.reports(self.membership.me.incarnation))
+        if self.commands.resend_due(now):
+            self._deliver_acks(self.commands.all_acks())
         return self._after(now)
 
     def arrive(
@@ -200,8 +210,55 @@ class Node:
         return self._after(now)
 
     def set_progress(self, key: str, value: int, now: float) -> Ready:
-        """Publish this worker's counter ``key`` (it only grows); gossip spreads it."""
+        """Publish this worker's counter ``key`` (it only grows); gossip spreads it.
+
+        :data:`~.commands.STEP_KEY` is the training step: commands waiting for this
+        node's first step are acked with it.
+        """
         self.progress.set_own(key, value)
+        if key == STEP_KEY:
+            self._ack_commands(now)
+        return self._after(now)
+
+    def waiting_for(self, barrier_id: str) -> tuple[str, ...] | None:
+        """Who this node's current wait at ``barrier_id`` still waits for, as the leader
+        last said (exact on the leader itself); None when unknown or not waiting."""
+        if self.election.is_leader:
+            return self.book.missing((barrier_id, self.waits.generation(barrier_id)))
+        return self.waits.missing.get(barrier_id)
+
+    def submit_command(self, entry: CommandEntry, now: float) -> Ready:
+        """Spread run-control command ``entry`` to every member (see ``protocol.commands``)."""
+        if self._left:
+            raise ProtocolError("this node has left the cluster")
+        if entry.submitted_by != self.worker_id or entry.target:
+            raise ProtocolError("a command is submitted by this worker, with no target")
+        if entry.command_id in self.commands.entries:
+            raise ProtocolError(f"command {entry.command_id!r} was already submitted")
+        self.commands.learn(entry)
+        self._broadcast(Commands(self.worker_id, (entry,)))
+        self._ack_commands(now)
+        return self._after(now)
+
+    def cancel_command(self, command_id: str, now: float) -> Ready:
+        """Mark a known command cancelled, for every member (see ``protocol.commands``)."""
+        entry = self.commands.entries.get(command_id)
+        if entry is None:
+            raise ProtocolError(f"unknown command {command_id!r}")
+        cancelled = replace(entry, cancelled=True)
+        if self.commands.learn(cancelled):
+            self._broadcast(Commands(self.worker_id, (cancelled,)))
+        return self._after(now)
+
+    def set_command_state(self, command_id: str, state: int, now: float) -> Ready:
+        """Publish this worker's state of a known command (it only grows)."""
+        if self.commands.entries.get(command_id) is None:
+            raise ProtocolError(f"unknown command {command_id!r}")
+        record = CommandState(self.worker_id, command_id, self.membership.me.rank, state)
+        if self.commands.learn_state(record):
+            submitter = self.membership.get(self.commands.entries[command_id].submitted_by)
+            if submitter is not None and submitter.is_live and submitter.worker_id != self.worker_id:
+                self._out.send(submitter.endpoint, Commands(self.worker_id, (), (record,)))
         return self._after(now)
 
     def progress_of(self, key: str) -> dict[str, int]:
@@ -261,6 +318,8 @@ class Node:
             # Own counters are authoritative; strangers' counters are not kept (bounded state).
             if progress.worker_id != self.worker_id and membership.get(progress.worker_id) is not None:
                 self.progress.apply(progress)
+        if gossip.commands or gossip.command_states:
+            self._learn_commands(gossip.commands, gossip.command_states, now)
         first_hand = gossip.leader_id == message.sender
         self.election.on_leader_claim(gossip.leader_term, gossip.leader_id, self.membership, first_hand=first_hand)
         if gossip.leader_id != message.sender:
@@ -339,6 +398,12 @@ class Node:
         result = self.book.arrive(message, now, self.membership)
         if result is not None:
             self._send_result(result, message.sender)
+        elif message.waited_ms:  # a re-sent arrival: tell the waiter whom it waits for
+            missing = self.book.missing((message.barrier_id, message.generation))
+            sender = self.membership.get(message.sender)
+            if missing is not None and sender is not None:
+                self._out.send(sender.endpoint, BarrierPending(
+                    self.worker_id, message.barrier_id, message.generation, missing[:64]))
 
     def _on_release(self, message: Release, now: float) -> None:
         """A result from our leader ends a wait; one sent to us as leader is a report.
@@ -359,6 +424,25 @@ class Node:
         for entry in result.verdicts:
             self.membership.apply(entry, now)
         self.waits.on_result(result)
+
+    def _on_barrier_pending(self, message: BarrierPending, now: float) -> None:
+        if message.sender != self.election.leader_id:
+            self.dropped["pending_not_from_leader"] += 1
+            return
+        self.waits.on_pending(message.barrier_id, message.generation, message.missing)
+
+    def _on_commands(self, message: Commands, now: float) -> None:
+        if self.membership.get(message.sender) is None:  # only members steer the job
+            self.dropped["commands_from_stranger"] += 1
+            return
+        self._learn_commands(message.commands, message.states, now)
+
+    def _on_command_ack(self, message: CommandAck, now: float) -> None:
+        if not self.election.is_leader:
+            self.dropped["command_ack_not_leader"] += 1
+            return
+        self.commands.on_ack(message)
+        self._decide_commands()
 
     def _on_part_done(self, message: PartDone, now: float) -> None:
         if not self.election.is_leader:
@@ -386,6 +470,8 @@ class Node:
             self.election.leader_id or "",
             self.membership.news_for(recipient),
             self.progress.news(self.membership.live_count),
+            self.commands.news(self.membership.live_count),
+            self.commands.state_news(self.membership.live_count),
         )
 
     def _view(self) -> Members:
@@ -432,6 +518,53 @@ class Node:
             for request in requests:
                 self._out.send(leader.endpoint, request)
 
+    def _learn_commands(self, entries: Sequence[CommandEntry], states: Sequence[CommandState], now: float) -> None:
+        for entry in entries:
+            self.commands.learn(entry)
+        for state in states:
+            if self.membership.get(state.worker_id) is not None:
+                self.commands.learn_state(state)
+        self._ack_commands(now)
+        if self.election.is_leader:
+            self._decide_commands()
+
+    def _ack_commands(self, now: float) -> None:
+        acks = self.commands.acks_due(self.progress.value(self.worker_id, STEP_KEY), now)
+        if acks:
+            self._deliver_acks(acks)
+
+    def _deliver_acks(self, acks: list[CommandAck]) -> None:
+        leader_id = self.election.leader_id
+        if leader_id is None:
+            return  # re-sent when a leader is known
+        if self.election.is_leader:
+            for ack in acks:
+                self.commands.on_ack(ack)
+            self._decide_commands()
+            return
+        leader = self.membership.get(leader_id)
+        if leader is not None:
+            for ack in acks:
+                self._out.send(leader.endpoint, ack)
+
+    def _decide_commands(self) -> None:
+        decided = self.commands.decide(self.membership)
+        if decided:
+            self._broadcast(Commands(self.worker_id, tuple(decided)))
+
+    def _broadcast(self, message: Message) -> None:
+        for entry in self.membership.members.values():
+            if entry.is_live and entry.worker_id != self.worker_id:
+                self._out.send(entry.endpoint, message)
+
+    def _emit_command_updates(self) -> None:
+        commands = self.commands
+        for command_id in commands.changed:
+            entry = commands.entries.get(command_id)
+            if entry is not None:
+                self._out.emit(CommandUpdate(entry, commands.known_states(command_id), commands.acked.get(command_id)))
+        commands.changed.clear()
+
     def _send_step_result(self, result: StepResult, worker_id: str) -> None:
         self._answer(worker_id, result, self.saves.on_result,
                      lambda: StepResult(self.worker_id, result.step, result.outcome, result.missing_ranks))
@@ -470,6 +603,8 @@ class Node:
         if view_changed and election.is_leader:
             self.book.on_view_change(membership)
             self.commits.on_view_change(membership)
+            if self.commands.undecided():
+                self._decide_commands()
         if election.leader_id != leader_before or election.is_leader != was_leader:
             self._on_leader_change(now, was_leader)
         book, commits = self.book, self.commits
@@ -495,12 +630,18 @@ class Node:
         saves_deadline = self.saves.next_deadline()
         if saves_deadline < deadline:
             deadline = saves_deadline
+        commands = self.commands
+        if commands.changed:
+            self._emit_command_updates()
+        if commands.acked and commands.next_resend < deadline:
+            deadline = commands.next_resend
         return self._out.drain(deadline)
 
     def _on_leader_change(self, now: float, was_leader: bool) -> None:
         if was_leader and not self.election.is_leader:
             self.book.clear_open()
             self.commits.clear_open()
+            self.commands.clear_leader_state()
         leader_id = self.election.leader_id
         if leader_id is None:
             return
@@ -516,8 +657,11 @@ class Node:
                     self._out.send(leader.endpoint, Release(self.worker_id, result))
                 for step_result in self.saves.recent.values():
                     self._send_step_result(step_result, leader_id)
+                if self.commands.entries:  # a target an earlier leader decided stands
+                    self._out.send(leader.endpoint, Commands(self.worker_id, tuple(self.commands.entries.values())))
         self._deliver_arrivals(self.waits.arrivals(self.membership.me.incarnation, now), now)
         self._deliver_reports(self.saves.reports(self.membership.me.incarnation))
+        self._deliver_acks(self.commands.all_acks())
 
     def _check_quorum(self) -> None:
         live, needed = self.membership.live_count, self.election.quorum
@@ -552,4 +696,7 @@ _HANDLERS = {
     PartDone: Node._on_part_done,
     StepResult: Node._on_step_result,
     JoinRefused: Node._on_join_refused,
+    BarrierPending: Node._on_barrier_pending,
+    Commands: Node._on_commands,
+    CommandAck: Node._on_command_ack,
 }

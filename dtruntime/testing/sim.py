@@ -237,6 +237,12 @@ class SimCluster:
         self.invariants.on_arrive(worker_id, barrier_id, worker.node.waits.generation(barrier_id))
         self._handle(worker, worker.node.arrive(barrier_id, self.now, timeout=timeout, elastic=elastic))
 
+    def call(self, worker_id: str, request: Callable[[Node, float], Ready]) -> None:
+        """Run a local request ``request(node, now)`` on ``worker_id`` (skipped while it is down or paused)."""
+        worker = self.workers[worker_id]
+        if worker.up and not worker.paused:
+            self._handle(worker, request(worker.node, self.now))
+
     def save(self, worker_id: str, step: int, *, ok: bool = True) -> None:
         """``worker_id`` writes its part of ``step`` (``ok=False``: the write fails) and reports it."""
         worker = self.workers[worker_id]

@@ -19,9 +19,10 @@ def emit(**fields) -> None:
         sys.stdout.flush()
 
 
-def fast_orchestrator(rank: int, coordinator: str, world: int) -> TrainingOrchestrator:
+def fast_orchestrator(rank: int, coordinator: str, world: int, **overrides) -> TrainingOrchestrator:
     """The orchestrator of worker ``rank``, detecting losses fast (heartbeat 100 ms, timeout
-    1 s) and ignoring the test runner's environment."""
+    1 s) and ignoring the test runner's environment; ``overrides`` are more config keys."""
     return TrainingOrchestrator(
-        f"worker-{rank}", coordinator, world, rank, env={}, heartbeat_interval_ms=100, heartbeat_timeout_ms=1000
+        f"worker-{rank}", coordinator, world, rank, env={}, heartbeat_interval_ms=100, heartbeat_timeout_ms=1000,
+        **overrides,
     )

@@ -1,20 +1,25 @@
 """A DDP worker on ``ElasticTrainer`` for the continuation tests; reports JSON lines.
 
     python -m tests.workers.elastic_worker --rank R --world N --coordinator tcp://127.0.0.1:P
-        [--epochs E] [--samples S] [--batch-size B] [--die-at-step K --die-when before|backward|after]
+        [--epochs E] [--samples S] [--batch-size B] [--die-at-step K --die-when before|backward|after|pause|spin]
+        [--storage DIR]
 
 Events: "step" (number, epoch, begin, end, padding, loss, world, monotonic time) after each applied
 step; "recovered" per new generation; "done" with a digest of the parameters. With
 ``--die-at-step`` the process SIGKILLs itself at step K: before the step's forward,
 inside it after the forward (its peers are then in, or about to enter, the
 all-reduce), or right after the step was applied; ``pause`` SIGSTOPs itself inside the
-step instead (a hung host: its sockets stay open).
+step instead (a hung host: its sockets stay open); ``spin`` loops forever in Python inside the
+step (its driver thread goes on heartbeating). ``--storage``: run-control checkpoints go there
+(``ElasticTrainer(checkpoints=...)``), the trainer resumes from the newest ("resumed" event),
+and a stop ends the run with a "stopped" event (code, step).
 """
 
 from __future__ import annotations
 
 import argparse
 import faulthandler
+import logging
 import hashlib
 import os
 import signal
@@ -23,7 +28,9 @@ import time
 import torch
 from torch import nn
 
+from dtruntime import CheckpointManager, CheckpointNotFoundError
 from dtruntime.elastic import ElasticTrainer
+from dtruntime.errors import RunStopped
 
 from . import emit, fast_orchestrator
 
@@ -53,18 +60,51 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--die-at-step", type=int, default=0)
-    parser.add_argument("--die-when", choices=["before", "backward", "after", "pause"], default="backward")
+    parser.add_argument("--die-when", choices=["before", "backward", "after", "pause", "spin"], default="backward")
+    parser.add_argument("--storage", default="")
+    parser.add_argument("--progress-timeout", type=int, default=0)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     faulthandler.register(signal.SIGUSR1)  # a hung test can ask where each worker is
 
     torch.manual_seed(0)
-    orchestrator = fast_orchestrator(args.rank, args.coordinator, args.world)
+    orchestrator = fast_orchestrator(args.rank, args.coordinator, args.world, progress_timeout_s=args.progress_timeout)
     orchestrator.register_worker_sync("127.0.0.1", 0)
     model = nn.Sequential(nn.Linear(FEATURES, 16), nn.Tanh(), nn.Linear(16, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    manager = CheckpointManager(args.storage, orchestrator=orchestrator, config=orchestrator.config) \
+        if args.storage else None
     trainer = ElasticTrainer(orchestrator, model, optimizer, num_samples=args.samples, batch_size=args.batch_size,
-                             seed=11)
+                             seed=11, checkpoints=manager)
+    if manager is not None:
+        try:
+            trainer.load(manager.load_state())
+        except CheckpointNotFoundError:
+            pass
+        emit(event="resumed", step=trainer.steps_applied)
     seen_recoveries = 0
+    try:
+        train(args, trainer, seen_recoveries)
+    except RunStopped as stopped:
+        emit(event="stopped", code=stopped.code, step=stopped.step)
+        if manager is not None:
+            manager.close()
+        trainer.close()
+        orchestrator.close_sync()
+        raise
+    emit(event="done", digest=parameters_digest(model), steps=trainer.steps_applied)
+    trainer.close()
+    orchestrator.close_sync()
+
+
+def spin_forever() -> None:
+    """An endless Python loop (the driver thread still heartbeats): the watchdog's case."""
+    counter = 0
+    while True:
+        counter += 1
+
+
+def train(args, trainer: ElasticTrainer, seen_recoveries: int) -> None:
     for epoch in range(trainer.epoch, args.epochs):  # a replacement starts where the job is
         for step in trainer.epoch_steps(epoch):
             dies = step.number == args.die_at_step
@@ -77,6 +117,8 @@ def main() -> None:
                     os.kill(os.getpid(), signal.SIGKILL)
                 if dies and args.die_when == "pause":  # alive, sockets open, driver stopped too
                     os.kill(os.getpid(), signal.SIGSTOP)
+                if dies and args.die_when == "spin":
+                    spin_forever()
                 loss.backward()
             if step.applied:
                 emit(event="step", number=step.number, epoch=epoch, begin=step.begin, end=step.end,
@@ -86,9 +128,6 @@ def main() -> None:
             for record in trainer.recoveries[seen_recoveries:]:
                 emit(event="recovered", **record)
             seen_recoveries = len(trainer.recoveries)
-    emit(event="done", digest=parameters_digest(model), steps=trainer.steps_applied)
-    trainer.close()
-    orchestrator.close_sync()
 
 
 if __name__ == "__main__":
