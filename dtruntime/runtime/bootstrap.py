@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import MAX_WORLD_SIZE, env_int, launcher_world
+from ..config import env_int, launcher_world
 from ..errors import ConfigError
 from ..protocol import codec
 
