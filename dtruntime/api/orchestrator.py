@@ -406,6 +406,11 @@ class TrainingOrchestrator:
     def is_leader(self) -> bool:
         return self._running().snapshot.is_leader
 
+    @property
+    def heartbeat_period_s(self) -> float:
+        """Seconds between two heartbeats (gossip rounds) of this worker."""
+        return self.config.coordinator.heartbeat_interval_ms / 1000
+
     def set_progress(self, key: str, value: int) -> None:
         """Publish this worker's counter ``key`` (at most 256 printable characters; the
         value only grows); the other workers learn it by gossip within a few heartbeats."""
