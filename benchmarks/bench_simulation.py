@@ -3,6 +3,7 @@
     python -m benchmarks.bench_simulation failover   # 64 workers x 100 seeds, 100 ms / 1 s
     python -m benchmarks.bench_simulation detection  # N = 16, 256, 1024
     python -m benchmarks.bench_simulation scale      # 1024 workers x 60 simulated s, wall time
+    python -m benchmarks.bench_simulation scale --workers 10000   # goal: < 10 min wall, < 8 GB
     python -m simulations swarm --seed 1 --seeds 500 # the full swarm run
 
 Simulated-time figures do not depend on machine load; the scale figure (wall time) does.
@@ -12,6 +13,7 @@ Each mode shows a progress bar on stderr when it is a terminal (``--quiet``: non
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 
@@ -69,10 +71,11 @@ def bench_scale(workers: int, seconds: float, codec: bool, quiet: bool = False) 
     cluster.run_until(seconds)
     wall = time.perf_counter() - started
     sent = sum(w.sent for w in cluster.workers.values())
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
     print(
         f"{workers} workers x {seconds:.0f} simulated s (heartbeat 100 ms, codec {'on' if codec else 'off'}): "
         f"{wall:.1f} s wall, simulated/wall = {seconds / wall:.2f}, converged={cluster.converged()}, "
-        f"{sent / workers / seconds:.1f} msgs/worker/s"
+        f"{sent / workers / seconds:.1f} msgs/worker/s, peak RSS {peak_gib:.2f} GiB"
     )
 
 
@@ -82,6 +85,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--sizes", default="16,256,1024")
     parser.add_argument("--codec", action="store_true", help="scale: encode/decode every message")
+    parser.add_argument("--workers", type=int, default=1024, help="scale: cluster size")
+    parser.add_argument("--seconds", type=float, default=60.0, help="scale: simulated seconds")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (none unless stderr is a terminal)")
     args = parser.parse_args()
     if args.what == "failover":
@@ -89,7 +94,7 @@ def main() -> None:
     elif args.what == "detection":
         bench_detection([int(n) for n in args.sizes.split(",")], args.seeds or 10, args.quiet)
     else:
-        bench_scale(1024, 60.0, args.codec, args.quiet)
+        bench_scale(args.workers, args.seconds, args.codec, args.quiet)
 
 
 if __name__ == "__main__":

@@ -341,21 +341,40 @@ def launcher_world(env: Mapping[str, str], rank: int | None = None,
     """``(rank, world_size)`` from explicit arguments (which win) and the launcher's
     ``RANK`` / ``WORLD_SIZE``: the one reading of them, for the runtime and the data layer.
 
+    One launcher per host (``torchrun --nnodes 1`` on each, so that a failure costs only
+    that host's workers): each torchrun numbers its own workers from 0, so the job's
+    place comes from ``DTRUNTIME_WORLD_SIZE`` (every worker of every host) and
+    ``DTRUNTIME_RANK_OFFSET`` (this host's first rank; default 0): rank = offset +
+    ``LOCAL_RANK``. These beat ``RANK`` / ``WORLD_SIZE``; explicit arguments beat both.
+
     Neither given anywhere: a world of one (rank 0). One without the other, a value that
     is not a plain integer, a world outside ``[1, MAX_WORLD_SIZE]`` or a rank outside
     ``[0, world_size)``: ConfigError naming the argument or variable.
     """
-    rank_v = env_int(rank, env, "rank", "RANK")
-    world_v = env_int(world_size, env, "world_size", "WORLD_SIZE")
+    per_host_world = env_int(None, env, "world_size", "DTRUNTIME_WORLD_SIZE")
+    offset = env_int(None, env, "rank", "DTRUNTIME_RANK_OFFSET")
+    if offset is not None and per_host_world is None:
+        raise ConfigError("DTRUNTIME_RANK_OFFSET", "needs DTRUNTIME_WORLD_SIZE (the whole job's worker count)")
+    rank_key, world_key = "RANK", "WORLD_SIZE"
+    if per_host_world is not None:
+        rank_key, world_key = "DTRUNTIME_RANK_OFFSET", "DTRUNTIME_WORLD_SIZE"
+        from_env_rank: int | None = (offset or 0) + (env_int(None, env, "local_rank", "LOCAL_RANK") or 0)
+        from_env_world: int | None = per_host_world
+    else:
+        from_env_rank = env_int(None, env, "rank", "RANK")
+        from_env_world = env_int(None, env, "world_size", "WORLD_SIZE")
+    rank_v = env_int(rank, env, "rank", "RANK") if rank is not None else from_env_rank
+    world_v = env_int(world_size, env, "world_size", "WORLD_SIZE") if world_size is not None else from_env_world
     if (rank_v is None) != (world_v is None):
-        missing = "WORLD_SIZE" if world_v is None else "RANK"
+        missing = world_key if world_v is None else rank_key
         raise ConfigError(missing, "RANK and WORLD_SIZE must be given together")
     rank_v, world_v = (0, 1) if rank_v is None or world_v is None else (rank_v, world_v)
-    world_key = "world_size" if world_size is not None else "WORLD_SIZE"
+    if world_size is not None:
+        world_key = "world_size"
     if not 1 <= world_v <= MAX_WORLD_SIZE:
         raise ConfigError(world_key, f"must be between 1 and {MAX_WORLD_SIZE}, not {world_v}")
     if not 0 <= rank_v < world_v:
-        raise ConfigError("rank" if rank is not None else "RANK", f"must be in [0, {world_v}), not {rank_v}")
+        raise ConfigError("rank" if rank is not None else rank_key, f"must be in [0, {world_v}), not {rank_v}")
     return rank_v, world_v
 
 

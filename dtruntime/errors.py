@@ -4,6 +4,13 @@ Every error the package raises on purpose derives from :class:`DtruntimeError`, 
 ``except dtruntime.DtruntimeError`` catches all of them. :class:`CheckpointNotFoundError`
 (``CheckpointManager.load`` when no checkpoint, or not the step asked for, is committed)
 is also a ``FileNotFoundError``, which is what the original API promised.
+
+Two kinds, as in h11: a peer's bad input is a :class:`RemoteProtocolError`, counted and
+dropped, never raised to the user and never crashing us; the caller's own misuse (a bad
+argument, a call out of order) is a local error raised at once: :class:`ArgumentError`,
+:class:`ConfigError`, :class:`ProtocolError`. Each error that is also a standard one
+(``ValueError``, ``TimeoutError``, ``TypeError``, ``OSError``) derives from it too, so
+code written against the standard classes keeps working.
 """
 
 from __future__ import annotations
@@ -13,6 +20,23 @@ from collections.abc import Sequence
 
 class DtruntimeError(Exception):
     """Base class of every error dtruntime raises on purpose."""
+
+
+class ArgumentError(DtruntimeError, ValueError):
+    """An argument of a call is invalid: the caller's misuse; the message names it."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument of a call has the wrong type; the message names it."""
+
+
+class JoinTimeout(DtruntimeError, TimeoutError):
+    """``register_worker`` did not join the cluster within its timeout."""
+
+
+class DriverStopped(DtruntimeError):
+    """The control plane's driver thread has stopped (closed, or ended by a bug it logged):
+    nothing more can be asked of this orchestrator."""
 
 
 class ConfigError(DtruntimeError, ValueError):
@@ -65,6 +89,10 @@ class NoQuorumError(DtruntimeError):
 
 class CheckpointError(DtruntimeError):
     """A checkpoint could not be written, committed, or verified."""
+
+
+class CheckpointTimeout(CheckpointError, TimeoutError):
+    """A bounded wait for the checkpoint writer (``flush``, ``close``) ran out."""
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):

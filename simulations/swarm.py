@@ -8,7 +8,8 @@ part of that round's step (2 % of the writes fail). Then every fault stops (part
 heal, paused workers resume; crashed ones stay down) and the survivors must converge on
 one leader and one membership view within ``CONVERGENCE_BOUND`` simulated seconds, and
 every step a survivor saved must be decided (committed or abandoned) at that survivor
-within ``SETTLE_TIMEOUTS`` heartbeat timeouts after that. Commit safety (manifests only
+within ``SETTLE_TIMEOUTS`` heartbeat timeouts after one more save round (the job goes
+on; a rank restarted faster than its death verdict only moves on by saving again). Commit safety (manifests only
 over one durable part per rank, at most one per step, no step both committed and
 abandoned) is checked throughout by the invariants.
 """
@@ -99,6 +100,12 @@ def swarm(workers: int | None, seed: int, heartbeat_ms: int = 100, timeout_ms: i
     converged = wait_for(cluster, cluster.converged, convergence_bound(heartbeat_ms, timeout_ms))
     if converged is not None:
         mark(cluster, result, "converged")
+    # The job goes on: one more save. A rank restarted faster than its death verdict never
+    # saves the steps its old process missed; its next save is what ends their wait.
+    for worker in cluster.up_workers():
+        cluster.save(worker.worker_id, round_index)
+    round_index += 1
+
     def undecided() -> list[tuple[str, int]]:
         return [(w.worker_id, step) for w in cluster.up_workers() for step in w.node.saves.pending_steps()]
 

@@ -199,3 +199,19 @@ def test_insecure_bind_warning(caplog) -> None:
         assert warn_if_insecure("tcp://0.0.0.0:5", has_secret=False)
         assert warn_if_insecure("tcp://node7:0", has_secret=False)
     assert len(caplog.records) == 2 and "DTRUNTIME_SECRET" in caplog.text
+
+
+def test_one_launcher_per_host_places_workers_by_offset_and_local_rank():
+    """torchrun --nnodes 1 on each host numbers its workers from 0; the job's place comes
+    from DTRUNTIME_WORLD_SIZE and this host's DTRUNTIME_RANK_OFFSET."""
+    host_b = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "DTRUNTIME_WORLD_SIZE": "5",
+              "DTRUNTIME_RANK_OFFSET": "3", "COORDINATOR_URL": "tcp://10.1.0.1:29700"}
+    info = resolve_bootstrap(host_b)
+    assert (info.rank, info.world_size, info.local_rank, info.worker_id) == (4, 5, 1, "worker-4")
+    assert resolve_bootstrap(host_b, rank=0, world_size=2).rank == 0  # explicit arguments still win
+    with pytest.raises(ConfigError) as offset_alone:
+        resolve_bootstrap({"DTRUNTIME_RANK_OFFSET": "3"})
+    assert offset_alone.value.key == "DTRUNTIME_RANK_OFFSET"
+    with pytest.raises(ConfigError) as past_the_end:
+        resolve_bootstrap({**host_b, "DTRUNTIME_WORLD_SIZE": "4"})
+    assert past_the_end.value.key == "DTRUNTIME_RANK_OFFSET"

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from dtruntime import TrainingOrchestrator
-from dtruntime.errors import DtruntimeError
+from dtruntime.errors import DriverStopped
 from dtruntime.protocol.events import BarrierReleased
 from dtruntime.protocol.messages import MemberEntry, Status
 from dtruntime.protocol.node import Node
@@ -77,5 +77,5 @@ def test_sync_and_async_barriers_of_a_one_worker_cluster():
 
         asyncio.run(run())
         assert orchestrator.leader() == "worker-0"
-    with pytest.raises(DtruntimeError):
+    with pytest.raises(DriverStopped):
         orchestrator.wait_barrier_sync("after-close")

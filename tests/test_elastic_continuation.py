@@ -22,15 +22,17 @@ WORLD, EPOCHS, SAMPLES, BATCH = 4, 2, 3000, 16
 STEPS_PER_EPOCH = -(-SAMPLES // (WORLD * BATCH))  # 47 while all four live
 
 
-def worker_args(epochs: int = EPOCHS) -> list[str]:
-    return ["--epochs", str(epochs), "--samples", str(SAMPLES), "--batch-size", str(BATCH)]
+def worker_args(epochs: int = EPOCHS, hold_for: int = 0) -> list[str]:
+    hold = ["--hold-last-epoch-for", str(hold_for)] if hold_for else []
+    return ["--epochs", str(epochs), "--samples", str(SAMPLES), "--batch-size", str(BATCH), *hold]
 
 
-def run(victim: int, die_at_step: int, die_when: str, wait: bool = True, epochs: int = EPOCHS) -> Cluster:
+def run(victim: int, die_at_step: int, die_when: str, wait: bool = True, epochs: int = EPOCHS,
+        hold_for: int = 0) -> Cluster:
     """Start the cluster; with ``wait``, return once every survivor has exited."""
 
     def extra(rank: int) -> list[str]:
-        common = worker_args(epochs)
+        common = worker_args(epochs, hold_for)
         return common + (["--die-at-step", str(die_at_step), "--die-when", die_when] if rank == victim else [])
 
     cluster = Cluster(WORLD, extra, module="tests.workers.elastic_worker")
@@ -99,11 +101,12 @@ def test_survivors_continue_in_process_and_read_every_sample_once(victim, die_at
 def test_a_replacement_rejoins_gets_the_live_state_and_the_job_grows_back():
     """Rank 2 is killed; a new process for rank 2 joins the running job at a step
     boundary, takes the current state from a live peer (no storage), and all four finish."""
-    epochs = 10  # long enough for the replacement to start while the others train
-    with run(victim=2, die_at_step=20, die_when="backward", wait=False, epochs=epochs) as cluster:
+    epochs = 10  # the survivors hold their last epoch until the replacement is in (bounded)
+    with run(victim=2, die_at_step=20, die_when="backward", wait=False, epochs=epochs, hold_for=WORLD) as cluster:
         survivors = [worker for worker in cluster.workers if worker.rank != 2]
         cluster.wait(lambda: all(w.events("recovered") for w in survivors), 120, "the survivors' recovery")
-        replacement = WorkerProcess(2, WORLD, cluster.coordinator, worker_args(epochs), "tests.workers.elastic_worker")
+        replacement = WorkerProcess(2, WORLD, cluster.coordinator, worker_args(epochs, WORLD),
+                                    "tests.workers.elastic_worker")
         cluster.workers.append(replacement)
         finishers = [*survivors, replacement]
         cluster.wait(lambda: all(w.process.poll() is not None for w in finishers), 180, "everyone's exit")

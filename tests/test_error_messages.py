@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from dtruntime import BarrierTimeout, ConfigError, DtruntimeError, NoQuorumError, TrainingOrchestrator, WorkerLostError
+from dtruntime.errors import JoinTimeout
 
 from .cluster import free_port
 
@@ -130,7 +131,7 @@ def test_an_async_join_timeout_leaves_no_unretrieved_future_behind(caplog):
     async def scenario() -> str:
         orch = TrainingOrchestrator("worker-1", f"tcp://127.0.0.1:{port}", 2, 1, env={}, **FAST)
         try:
-            with pytest.raises(DtruntimeError) as caught:
+            with pytest.raises(JoinTimeout) as caught:
                 await orch.register_worker("127.0.0.1", timeout=0.3)
         finally:
             await orch.close()

@@ -11,7 +11,7 @@ from .datasets_helpers import memory_root, write_csv_files, write_parquet_files,
 
 from dtruntime import DatasetRegistry, sharding
 from dtruntime.data import DatasetSpec, MembershipView, check_same_spec, spec_summary
-from dtruntime.data.registry import summary_difference
+from dtruntime.data.registry import ControlPlane, summary_difference
 from dtruntime.errors import DatasetError
 
 
@@ -149,7 +149,8 @@ class Membership:
 
 def test_orchestrator_membership_drives_the_ring():
     view = Membership([Member(f"host-a/{i}", i) for i in range(4)])
-    assert isinstance(view, MembershipView)
+    assert isinstance(view, MembershipView) and not isinstance(view, ControlPlane)
+    assert isinstance(AgreeingMembership([]), ControlPlane)
     registry = DatasetRegistry(orchestrator=view)
     registry.register("d", total_samples=10_000, shard_size=100)
     before = {r: registry.get_assignment("d", r, 0) for r in range(4)}
@@ -288,12 +289,26 @@ def test_s3_dataset_through_a_moto_server(moto_endpoint):
 
 
 class AgreeingMembership(Membership):
-    """A stand-in orchestrator whose agreement barrier reports a fixed other worker's summary."""
+    """A stand-in orchestrator (a whole ``ControlPlane``) whose agreement barrier reports a
+    fixed other worker's summary."""
+
+    worker_id = "host-a/0"
+    heartbeat_period_s = 0.0
 
     def __init__(self, members, other_summary=None):
         super().__init__(members)
         self.other_summary = other_summary
         self.calls = []
+        self.published = {}
+
+    def set_progress(self, key, value):
+        self.published[key] = value
+
+    def progress(self, key):
+        return {}
+
+    def note_dataset(self, name, total_samples):
+        pass
 
     def agree_sync(self, barrier_id, value, timeout=None, elastic=False):
         from dtruntime import Agreement
@@ -327,8 +342,6 @@ def test_spec_summary_is_short_and_printable_whatever_the_spec():
 
 class TakeOverView(AgreeingMembership):
     """A survivor's stand-in orchestrator: another survivor heard ``other_cursor`` of the lost one."""
-
-    worker_id = "host-a/0"
 
     def __init__(self, members, heard, other_cursor, other_fingerprint=None):
         super().__init__(members)
@@ -384,7 +397,6 @@ def test_elastic_epoch_calls_need_an_orchestrator_and_check_their_input():
     with pytest.raises(DatasetError, match="needs an orchestrator"):
         registry.take_over("d", 0)
     view = TakeOverView([Member("host-a/0", 0)], heard={}, other_cursor=0)
-    view.set_progress = lambda key, value: None
     registry = DatasetRegistry(orchestrator=view)
     registry.register("d", total_samples=100, shard_size=10)
     with pytest.raises(DatasetError, match="cursor"):

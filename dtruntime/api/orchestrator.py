@@ -60,6 +60,7 @@ from ..errors import (
     CheckpointError,
     ConfigError,
     DtruntimeError,
+    JoinTimeout,
     NoQuorumError,
     ProtocolError,
     WorkerLostError,
@@ -67,6 +68,7 @@ from ..errors import (
 from ..logs import configure_from_env
 from ..protocol.events import (
     BarrierFailed,
+    FailureCause,
     BarrierReleased,
     CheckpointAbandoned,
     CheckpointCommitted,
@@ -79,7 +81,7 @@ from ..protocol.events import (
     WorkerIdTaken,
     WorkerLost,
 )
-from ..protocol.messages import CommitOutcome, MemberEntry, Outcome, PartDone, Status
+from ..protocol.messages import CommitOutcome, MemberEntry, PartDone, Status
 from ..protocol.node import Node
 from ..protocol.settings import ProtocolSettings
 from ..runtime.auth import FrameAuthenticator, load_secret
@@ -421,6 +423,11 @@ class TrainingOrchestrator:
     def is_leader(self) -> bool:
         return self._running().snapshot.is_leader
 
+    @property
+    def heartbeat_period_s(self) -> float:
+        """Seconds between two heartbeats (gossip rounds) of this worker."""
+        return self.config.coordinator.heartbeat_interval_ms / 1000
+
     def set_progress(self, key: str, value: int) -> None:
         """Publish this worker's counter ``key`` (at most 256 printable characters; the
         value only grows); the other workers learn it by gossip within a few heartbeats."""
@@ -591,8 +598,8 @@ class TrainingOrchestrator:
         """Where this worker's id came from, for an error about it."""
         return "WORKER_ID" if self._env_worker_id == self.worker_id else "worker_id"
 
-    def _join_timeout(self, timeout: float | None) -> DtruntimeError:
-        return DtruntimeError(
+    def _join_timeout(self, timeout: float | None) -> JoinTimeout:
+        return JoinTimeout(
             f"{self.worker_id} could not join the cluster through {self.bootstrap.coordinator_endpoint} "
             f"within {timeout}s"
         )
@@ -764,18 +771,18 @@ class TrainingOrchestrator:
             self._joined.set_result(self.worker_id)
 
     def _barrier_error(self, event: BarrierFailed) -> Exception:
-        if event.reason == Outcome.LOST and self.worker_id in event.workers:
+        if event.reason == FailureCause.LOST and self.worker_id in event.workers:
             return WorkerLostError(
                 f"barrier {event.barrier_id!r} failed: this worker ({self.worker_id}) was declared dead by the "
                 "cluster (paused or cut off longer than the heartbeat timeout); it has rejoined",
                 [self.worker_id], [self.rank],
             )
-        if event.reason == Outcome.LOST:
+        if event.reason == FailureCause.LOST:
             ranks = self._ranks_of(event.workers)
             return WorkerLostError(
                 f"barrier {event.barrier_id!r} failed: {self._gone(event.workers)}", event.workers, ranks,
             )
-        if event.reason == Outcome.TIMEOUT:
+        if event.reason == FailureCause.TIMEOUT:
             if not event.workers and not self._running().snapshot.has_quorum:
                 return NoQuorumError(f"barrier {event.barrier_id!r} timed out: {event.detail}")
             if event.workers:
@@ -784,7 +791,7 @@ class TrainingOrchestrator:
                 joined = len(self._running().snapshot.members)
                 missing = f"{event.detail}; {joined} of {self.world_size} workers have joined"
             return BarrierTimeout(f"barrier {event.barrier_id!r} timed out ({missing})", event.workers)
-        if event.detail.startswith("no quorum"):
+        if event.reason == FailureCause.NO_QUORUM:
             return NoQuorumError(f"barrier {event.barrier_id!r} failed: {event.detail}")
         return WorkerLostError(
             f"barrier {event.barrier_id!r} failed: {event.detail} ({self.worker_id})", [self.worker_id], [self.rank]

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ArgumentTypeError, ConfigError
 from ..runtime.bootstrap import MASTER_PORT_OFFSET, BindPlan, BootstrapInfo, split_endpoint, validate_worker_id
 
 
@@ -57,12 +57,12 @@ class Registration:
     ) -> "Registration":
         """Positional ``(ip, port)`` or ``(worker_id, ip, port)``, or the keywords; not both."""
         if len(where) > 3:
-            raise TypeError(f"register_worker takes (ip, port) or (worker_id, ip, port), got {len(where)} positionals")
+            raise ArgumentTypeError(f"register_worker takes (ip, port) or (worker_id, ip, port), got {len(where)} positionals")
         worker_id = where[0] if len(where) == 3 else None
         positional = dict(zip(("ip", "port"), where[1:] if len(where) == 3 else where))
         for name, value in (("ip", ip), ("port", port)):
             if name in positional and value is not None:
-                raise TypeError(f"register_worker got {name} both as a positional and a keyword argument")
+                raise ArgumentTypeError(f"register_worker got {name} both as a positional and a keyword argument")
         ip = positional.get("ip", ip)  # type: ignore[assignment]
         port = positional.get("port", port)  # type: ignore[assignment]
         if ip is not None and not isinstance(ip, str):

@@ -56,7 +56,7 @@ from types import TracebackType
 from typing import Any
 
 from ..config import Config
-from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, DtruntimeError
+from ..errors import ArgumentTypeError, CheckpointError, CheckpointNotFoundError, CheckpointTimeout, ConfigError, DtruntimeError
 from . import layout, shutdown
 from .commit import PartReport, StepCommit, StorageView, scan_listing
 from .compression import compress, decompress
@@ -434,14 +434,14 @@ class CheckpointManager:
         deadline = None if timeout is None else time.monotonic() + timeout
         self._writer.join(timeout)
         if self._writer.is_alive():
-            raise TimeoutError(f"checkpoint writer still busy after {timeout} s")
+            raise CheckpointTimeout(f"checkpoint writer still busy after {timeout} s")
         with self._lock:  # with an orchestrator, written parts may still await their commit
             while self._outstanding:
                 self._wait_idle(deadline, f"{len(self._outstanding)} checkpoint steps still uncommitted")
         self._retention_queue.put(None)  # after every request: the janitor finishes them first
         self._janitor.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if self._janitor.is_alive():
-            raise TimeoutError(f"checkpoint retention still running after {timeout} s")
+            raise CheckpointTimeout(f"checkpoint retention still running after {timeout} s")
         shutdown.unregister(self)
         self._raise_unreported()
 
@@ -489,10 +489,10 @@ class CheckpointManager:
         return f"CheckpointManager({self._storage.url!r}, keep_last_n={self.keep_last_n}, compression={self.compression!r})"
 
     def _wait_idle(self, deadline: float | None, busy: str) -> None:
-        """Wait (holding ``self._lock``) for the next progress; TimeoutError past ``deadline``."""
+        """Wait (holding ``self._lock``) for the next progress; CheckpointTimeout past ``deadline``."""
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
-            raise TimeoutError(f"{busy} after the timeout")
+            raise CheckpointTimeout(f"{busy} after the timeout")
         self._idle.wait(remaining)
 
     def _close_on_exit(self, unwinding: bool) -> None:
@@ -516,7 +516,7 @@ class CheckpointManager:
         elif isinstance(data, (bytearray, memoryview)):
             payload = bytes(data)  # the caller may mutate it after we return
         else:
-            raise TypeError(f"checkpoint data must be bytes, bytearray or memoryview, not {type(data).__name__}")
+            raise ArgumentTypeError(f"checkpoint data must be bytes, bytearray or memoryview, not {type(data).__name__}")
         job = _SaveJob(step, payload, check_metadata(metadata), concurrent.futures.Future())
         with self._lock:
             self._check_acceptable(step)

@@ -9,6 +9,8 @@ pending request or, if the slot was already granted, gives it back: no slot is e
 
 from __future__ import annotations
 
+from ..errors import ArgumentError, CheckpointError
+
 import threading
 from collections import deque
 from concurrent.futures import Future
@@ -18,7 +20,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 class InFlightSlots:
     def __init__(self, capacity: int) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"capacity must be a positive integer, not {capacity!r}")
+            raise ArgumentError(f"capacity must be a positive integer, not {capacity!r}")
         self.capacity = capacity
         self._in_use = 0
         self._waiters: deque[Future[None]] = deque()
@@ -70,5 +72,5 @@ class InFlightSlots:
                 waiter.set_result(None)  # the slot passes straight to the next waiter
                 return
         if self._in_use == 0:
-            raise RuntimeError("release() without a held slot")
+            raise CheckpointError("release() without a held slot (a bug in the checkpoint writer)")
         self._in_use -= 1

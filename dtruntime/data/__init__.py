@@ -2,7 +2,7 @@
 
 from .files import FORMATS, FileSlice
 from .prefetch import PrefetchIterator, make_shard_dataset
-from .registry import DatasetRegistry, DatasetSpec, LiveMember, MembershipView, ShardAssignment, check_same_spec, spec_summary
+from .registry import ControlPlane, DatasetRegistry, DatasetSpec, LiveMember, MembershipView, ShardAssignment, check_same_spec, spec_summary
 
 __all__ = [
     "FORMATS",
@@ -10,6 +10,7 @@ __all__ = [
     "DatasetSpec",
     "FileSlice",
     "LiveMember",
+    "ControlPlane",
     "MembershipView",
     "PrefetchIterator",
     "ShardAssignment",

@@ -60,6 +60,7 @@ __all__ = [
     "DatasetRegistry",
     "DatasetSpec",
     "LiveMember",
+    "ControlPlane",
     "MembershipView",
     "ShardAssignment",
     "check_same_spec",
@@ -83,6 +84,39 @@ class MembershipView(Protocol):
     """Anything that lists the live members (the orchestrator does)."""
 
     def members(self) -> Sequence[LiveMember]: ...
+
+
+class AgreementResult(Protocol):
+    """What an agreement barrier tells every worker (``dtruntime.Agreement`` is one)."""
+
+    agreed: bool
+    reference: str
+    reference_value: str
+    differing: tuple[str, ...]
+    differing_value: str
+
+
+@runtime_checkable
+class ControlPlane(MembershipView, Protocol):
+    """The control plane the registry's collective operations need (the orchestrator is
+    one): agreement barriers, gossiped progress, and this worker's id. With only a
+    :class:`MembershipView`, the ring still follows membership, but ``register`` checks
+    no spec across workers and ``report_progress`` / ``take_over`` are refused."""
+
+    @property
+    def worker_id(self) -> str: ...
+
+    @property
+    def heartbeat_period_s(self) -> float: ...
+
+    def agree_sync(self, barrier_id: str, value: str, timeout: float | None = None, *,
+                   elastic: bool = False) -> AgreementResult: ...
+
+    def set_progress(self, key: str, value: int) -> None: ...
+
+    def progress(self, key: str) -> dict[str, int]: ...
+
+    def note_dataset(self, name: str, total_samples: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -236,11 +270,12 @@ class DatasetRegistry:
         storage_options: Mapping[str, Any] | None = None,
         spec_check_timeout: float | None = 300.0,
     ) -> None:
-        if orchestrator is not None and not callable(getattr(orchestrator, "members", None)):
+        if orchestrator is not None and not isinstance(orchestrator, MembershipView):
             raise DatasetError("orchestrator must have a members() method returning live members")
         self.coordinator_url = coordinator_url
         self.spec_check_timeout = spec_check_timeout
-        self._orchestrator = orchestrator
+        self._orchestrator: MembershipView | None = orchestrator
+        self._plane: ControlPlane | None = orchestrator if isinstance(orchestrator, ControlPlane) else None
         self._config = config if config is not None else Config.load().dataset
         self._storage_options = dict(storage_options or {})
         # With an orchestrator its live members decide and these are not read.
@@ -333,18 +368,16 @@ class DatasetRegistry:
                 return existing.spec
             offsets = tuple(np.concatenate(([0], np.cumsum(counts, dtype=np.int64))).tolist())
             self._datasets[dataset_id] = _Dataset(spec, fs, offsets, max_record_bytes, spec.fingerprint())
-        note = getattr(self._orchestrator, "note_dataset", None)  # its HTTP API shows epoch progress
-        if callable(note):
-            note(_short_name(dataset_id), spec.total_samples)
+        if self._plane is not None:  # its HTTP API shows epoch progress
+            self._plane.note_dataset(_short_name(dataset_id), spec.total_samples)
         return spec
 
     def _check_across_workers(self, spec: DatasetSpec) -> None:
-        """Agree on ``spec`` with every worker (a no-op without an orchestrator's ``agree_sync``)."""
-        agree = getattr(self._orchestrator, "agree_sync", None)
-        if not callable(agree):
+        """Agree on ``spec`` with every worker (a no-op without a :class:`ControlPlane`)."""
+        if self._plane is None:
             return
         mine = spec_summary(spec)
-        agreement = agree(f"dtruntime.dataset:{_short_name(spec.dataset_id)}", mine, timeout=self.spec_check_timeout)
+        agreement = self._plane.agree_sync(f"dtruntime.dataset:{_short_name(spec.dataset_id)}", mine, timeout=self.spec_check_timeout)
         if agreement.agreed:
             return
         other_worker, other = (
@@ -408,14 +441,14 @@ class DatasetRegistry:
         """Publish that this worker has finished ``cursor`` samples of its ``epoch`` stream
         (its :meth:`get_assignment` records read in order, ``sample_order()`` within each,
         padding last). Only grows within an epoch; call it every few batches."""
-        publish = getattr(self._orchestrator, "set_progress", None)
-        if not callable(publish):
+        plane = self._plane
+        if plane is None:
             raise DatasetError("report_progress needs an orchestrator (progress is gossiped between workers)")
         self._dataset(dataset_id)
         _check_epoch(epoch)
         if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor < 0:
             raise DatasetError(f"cursor must be an integer >= 0, not {cursor!r}")
-        publish(_progress_key(dataset_id, epoch), cursor)
+        plane.set_progress(_progress_key(dataset_id, epoch), cursor)
 
     def take_over(self, dataset_id: str, epoch: int, *, timeout: float | None = None) -> list[ShardAssignment]:
         """This worker's share of what the workers lost since ``epoch`` began left unread.
@@ -429,8 +462,8 @@ class DatasetRegistry:
         :meth:`get_assignment` first used for ``(dataset_id, epoch)`` on this worker.
         A worker lost while the survivors read the returned records is not covered.
         """
-        agree = getattr(self._orchestrator, "agree_sync", None)
-        if not callable(agree):
+        plane = self._plane
+        if plane is None:
             raise DatasetError("take_over needs an orchestrator (survivors agree on what the lost finished)")
         dataset = self._dataset(dataset_id)
         _check_epoch(epoch)
@@ -438,15 +471,15 @@ class DatasetRegistry:
             epoch_members = self._epoch_members.get((dataset_id, epoch))
         if epoch_members is None:
             raise DatasetError(f"dataset {dataset_id!r} epoch {epoch}: get_assignment was never called for it here")
-        me = str(self._orchestrator.worker_id)  # type: ignore[union-attr]
-        lost = self._agree_on_lost(agree, dataset_id, epoch, epoch_members, timeout)
+        me = str(plane.worker_id)
+        lost = self._agree_on_lost(plane, dataset_id, epoch, epoch_members, timeout)
         survivors = [m for m in epoch_members if m not in lost]
         if not lost:
             return []
         if me not in survivors:
             raise DatasetError(f"this worker ({me}) was not a member of epoch {epoch} of {dataset_id!r}")
         key = _progress_key(dataset_id, epoch)
-        cursors = self._agree_on_cursors(agree, key, epoch_members, lost, timeout)
+        cursors = self._agree_on_cursors(plane, key, epoch_members, lost, timeout)
         assignment = self._assignment(dataset, epoch_members, epoch)
         completed = {
             member: sharding.completed_ranges(assignment, member, min(cursor, assignment[member].num_samples))
@@ -456,7 +489,7 @@ class DatasetRegistry:
         return self._records(dataset, extra[me], epoch)
 
     def _agree_on_lost(
-        self, agree: Any, dataset_id: str, epoch: int, epoch_members: list[str], timeout: float | None
+        self, plane: ControlPlane, dataset_id: str, epoch: int, epoch_members: list[str], timeout: float | None
     ) -> list[str]:
         """The epoch's members every live worker agrees are lost.
 
@@ -470,11 +503,11 @@ class DatasetRegistry:
         for round_index in range(_LOST_AGREEMENT_ROUNDS):
             lost = self._lost_of(epoch_members)
             digest = hashlib.blake2b("\n".join(lost).encode("utf-8"), digest_size=8).hexdigest()
-            agreement = agree(f"dtruntime.lost:{key}:{round_index}", f"{len(lost)}:{digest}", timeout=timeout,
+            agreement = plane.agree_sync(f"dtruntime.lost:{key}:{round_index}", f"{len(lost)}:{digest}", timeout=timeout,
                               elastic=True)
             if agreement.agreed and self._lost_of(epoch_members) == lost:
                 return lost
-            time.sleep(self._orchestrator.config.coordinator.heartbeat_interval_ms / 1000)  # type: ignore[union-attr]
+            time.sleep(plane.heartbeat_period_s)  # the next round after the views had a gossip period
         raise DatasetError(f"{key}: the workers did not agree on who is lost in {_LOST_AGREEMENT_ROUNDS} rounds")
 
     def _lost_of(self, epoch_members: list[str]) -> list[str]:
@@ -482,7 +515,7 @@ class DatasetRegistry:
         return sorted(m for m in epoch_members if m not in live)
 
     def _agree_on_cursors(
-        self, agree: Any, key: str, epoch_members: list[str], lost: list[str], timeout: float | None
+        self, plane: ControlPlane, key: str, epoch_members: list[str], lost: list[str], timeout: float | None
     ) -> dict[str, int]:
         """The cursor of each lost worker that every survivor settles on: the largest any heard.
 
@@ -491,7 +524,7 @@ class DatasetRegistry:
         differs takes the element-wise maximum with the values the release shows, so the
         largest value spreads and the rounds end within (number of survivors) rounds.
         """
-        heard = self._orchestrator.progress(key)  # type: ignore[union-attr]
+        heard = plane.progress(key)
         cursors = {member: heard.get(member, 0) for member in lost}
         fingerprint = hashlib.blake2b(",".join(epoch_members).encode("utf-8"), digest_size=6).hexdigest()
         for start in range(0, len(lost), _CURSORS_PER_AGREEMENT):
@@ -500,7 +533,7 @@ class DatasetRegistry:
             for round_index in range(rounds):
                 mine = fingerprint + ":" + ",".join(str(cursors[m]) for m in chunk)
                 chunk_id = hashlib.blake2b("\n".join([key, *chunk]).encode("utf-8"), digest_size=8).hexdigest()
-                agreement = agree(f"dtruntime.takeover:{chunk_id}:{round_index}", mine, timeout=timeout)
+                agreement = plane.agree_sync(f"dtruntime.takeover:{chunk_id}:{round_index}", mine, timeout=timeout)
                 if agreement.agreed:
                     break
                 for seen in (agreement.reference_value, agreement.differing_value):
@@ -581,7 +614,8 @@ class DatasetRegistry:
         return [str(m.worker_id) for m in self._live_members()]
 
     def _live_members(self) -> list[LiveMember]:
-        members = list(self._orchestrator.members())  # type: ignore[union-attr]
+        assert self._orchestrator is not None  # callers check
+        members = list(self._orchestrator.members())
         if not members:
             raise DatasetError("the orchestrator reports no live members")
         return members

@@ -19,6 +19,8 @@ Invariants:
 
 from __future__ import annotations
 
+from ..errors import ArgumentError
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +29,7 @@ import numpy as np
 def epoch_order(num_samples: int, seed: int, epoch: int, *, shuffle: bool = True) -> np.ndarray:
     """The epoch's sample order: a permutation of ``range(num_samples)``, identical on every worker."""
     if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, not {num_samples}")
+        raise ArgumentError(f"num_samples must be >= 1, not {num_samples}")
     if not shuffle:
         return np.arange(num_samples, dtype=np.int64)
     return np.random.default_rng([seed, epoch]).permutation(num_samples).astype(np.int64)
@@ -50,11 +52,11 @@ def step_slice(order: np.ndarray, cursor: int, group_size: int, dense_rank: int,
     """
     total = len(order)
     if not 0 <= cursor < total:
-        raise ValueError(f"cursor {cursor} is outside the epoch of {total} samples")
+        raise ArgumentError(f"cursor {cursor} is outside the epoch of {total} samples")
     if not 0 <= dense_rank < group_size:
-        raise ValueError(f"rank {dense_rank} is outside a group of {group_size}")
+        raise ArgumentError(f"rank {dense_rank} is outside a group of {group_size}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        raise ArgumentError(f"batch_size must be >= 1, not {batch_size}")
     per_rank = min(batch_size, -(-(total - cursor) // group_size))
     end = min(total, cursor + per_rank * group_size)
     padding = cursor + per_rank * group_size - end

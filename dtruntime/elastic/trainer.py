@@ -65,7 +65,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..api.orchestrator import TrainingOrchestrator
-from ..errors import DtruntimeError, WorkerLostError
+from ..errors import ArgumentError, DtruntimeError, WorkerLostError
 from .plan import StepSlice, epoch_order, step_slice
 from .regroup import Generation, agree_generation, init_generation_group, live_ids
 from .state_sync import broadcast_state
@@ -136,7 +136,7 @@ class ElasticTrainer:
         checkpoints: Any = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+            raise ArgumentError(f"batch_size must be >= 1, not {batch_size}")
         self.orchestrator = orchestrator
         self.model, self.optimizer = model, optimizer
         self.num_samples, self.batch_size, self.seed, self.shuffle = num_samples, batch_size, seed, shuffle

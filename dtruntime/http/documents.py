@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import DtruntimeError
 from ..protocol.status import NodeStatus
 from ..runtime.driver import Observation
 from .logring import LogRing
@@ -44,7 +45,7 @@ class JobView:
     _first_committed: dict[int, float] = field(default_factory=dict)  # step -> unix time first seen committed
 
 
-class NotReady(Exception):
+class NotReady(DtruntimeError):
     """The worker has not registered yet: there is no view to answer from."""
 
 

@@ -69,7 +69,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import ProtocolError
-from .events import BarrierFailed, BarrierReleased
+from .events import BarrierFailed, BarrierReleased, FailureCause
 from .membership import Membership
 from .messages import Arrive, BarrierResult, Outcome
 from .outbox import Outbox
@@ -382,10 +382,13 @@ class Waits:
             )
         elif result.outcome == Outcome.RELEASED:
             self._out.emit(
-                BarrierFailed(result.barrier_id, result.generation, None, (), "released without this worker")
+                BarrierFailed(result.barrier_id, result.generation, FailureCause.EXCLUDED, (),
+                              "released without this worker")
             )
         else:
-            self._out.emit(BarrierFailed(result.barrier_id, result.generation, result.outcome, result.workers))
+            self._out.emit(
+                BarrierFailed(result.barrier_id, result.generation, FailureCause(result.outcome), result.workers)
+            )
 
     def latest_release(self) -> BarrierResult | None:
         """The newest RELEASED result this node received, if any (relayed when leaving)."""
@@ -394,17 +397,17 @@ class Waits:
                 return result
         return None
 
-    def fail_all(self, detail: str) -> None:
+    def fail_all(self, cause: FailureCause, detail: str) -> None:
         for barrier_id, wait in list(self._waits.items()):
             self._finish(barrier_id, wait)
-            self._out.emit(BarrierFailed(barrier_id, wait.generation, None, (), detail))
+            self._out.emit(BarrierFailed(barrier_id, wait.generation, cause, (), detail))
 
     def tick(self, now: float, no_answer: Callable[[], str]) -> None:
         """Give up the waits past their local deadline; ``no_answer()`` says why (whom they waited on)."""
         for barrier_id, wait in list(self._waits.items()):
             if now >= wait.local_deadline:
                 self._finish(barrier_id, wait)
-                self._out.emit(BarrierFailed(barrier_id, wait.generation, Outcome.TIMEOUT, (), no_answer()))
+                self._out.emit(BarrierFailed(barrier_id, wait.generation, FailureCause.TIMEOUT, (), no_answer()))
 
     def next_deadline(self) -> float:
         if not self._waits:

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from ..errors import RemoteProtocolError
+from ..errors import ArgumentError, ArgumentTypeError, ProtocolError, RemoteProtocolError
 from .messages import MESSAGE_TYPES, TYPE_OF_CLASS, Kind, Message, MsgType
 
 SCHEMA_VERSION = 5  # 2: barrier values and progress gossip; 3: BarrierResult.verdicts;
@@ -48,32 +48,32 @@ Decoder = Callable[[Any, str], Any]
 
 
 def validate_worker_id(value: str) -> str:
-    """Return ``value`` if it is a valid worker id, else raise ValueError saying why.
+    """Return ``value`` if it is a valid worker id, else raise ArgumentError (a ValueError) saying why.
 
     Worker ids appear in storage paths and logs, so they are restricted to letters,
     digits and ``._:@+-``, start with a letter or digit, contain no ``..`` and are at
     most 128 characters long.
     """
     if not isinstance(value, str) or not value:
-        raise ValueError("worker id must be a non-empty string")
+        raise ArgumentError("worker id must be a non-empty string")
     if len(value) > MAX_WORKER_ID_LEN:
-        raise ValueError(f"worker id longer than {MAX_WORKER_ID_LEN} characters")
+        raise ArgumentError(f"worker id longer than {MAX_WORKER_ID_LEN} characters")
     if not _WORKER_ID_RE.fullmatch(value) or ".." in value:
-        raise ValueError(f"worker id {value!r} may only use letters, digits and ._:@+- (no '..')")
+        raise ArgumentError(f"worker id {value!r} may only use letters, digits and ._:@+- (no '..')")
     return value
 
 
 def validate_barrier_id(value: str) -> str:
     """Return ``value`` if it is a valid barrier id (1-256 printable characters)."""
     if not isinstance(value, str) or not value or len(value) > MAX_BARRIER_ID_LEN or not value.isprintable():
-        raise ValueError(f"barrier id must be 1 to {MAX_BARRIER_ID_LEN} printable characters, got {value!r}")
+        raise ArgumentError(f"barrier id must be 1 to {MAX_BARRIER_ID_LEN} printable characters, got {value!r}")
     return value
 
 
 def validate_barrier_value(value: str) -> str:
     """Return ``value`` if it is a valid barrier value (0-1024 printable characters)."""
     if not isinstance(value, str) or len(value) > MAX_BARRIER_VALUE_LEN or not value.isprintable():
-        raise ValueError(
+        raise ArgumentError(
             f"barrier value must be at most {MAX_BARRIER_VALUE_LEN} printable characters, got {str(value)[:80]!r}"
         )
     return value
@@ -82,7 +82,7 @@ def validate_barrier_value(value: str) -> str:
 def validate_codec_name(value: str) -> str:
     """Return ``value`` if it is a valid compression codec name (1-16 of ``a-z0-9``)."""
     if not isinstance(value, str) or not _CODEC_RE.fullmatch(value):
-        raise ValueError(f"bad codec name {str(value)[:80]!r}")
+        raise ArgumentError(f"bad codec name {str(value)[:80]!r}")
     return value
 
 
@@ -97,7 +97,7 @@ def validate_codec_name(value: str) -> str:
 
 def _check_endpoint(value: str) -> str:
     if len(value) > MAX_ENDPOINT_LEN or not _ENDPOINT_RE.fullmatch(value):
-        raise ValueError(f"bad endpoint {value[:80]!r}")
+        raise ArgumentError(f"bad endpoint {value[:80]!r}")
     return value
 
 
@@ -200,7 +200,7 @@ class _Generator:
                 f"{indent}    raise _bad_int({where}, {name!r}, {expr})",
             ]
             return expr
-        raise TypeError(f"codec cannot handle {hint!r} at {name}")  # a schema bug, found at import
+        raise ProtocolError(f"codec cannot handle {hint!r} at {name}")  # a schema bug, found at import
 
     def encode_value(self, hint: Any, expr: str) -> str:
         origin = typing.get_origin(hint)
@@ -279,7 +279,7 @@ def encode(message: Message) -> bytes:
     """Serialise ``message``. Raises ``TypeError`` for an object that is not a message."""
     tag = TYPE_OF_CLASS.get(type(message))
     if tag is None:
-        raise TypeError(f"not a protocol message: {type(message).__name__}")
+        raise ArgumentTypeError(f"not a protocol message: {type(message).__name__}")
     fields = _CODECS[tag][0](message)
     return msgpack.packb([SCHEMA_VERSION, int(tag), *fields], use_bin_type=True)
 

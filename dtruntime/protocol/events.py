@@ -7,8 +7,24 @@ runtime turns them into resolved futures and exceptions, the simulator into a tr
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 from .messages import CommandEntry, CommandState, CommitOutcome, MemberEntry, Outcome, PartDone
+
+
+class FailureCause(IntEnum):
+    """Why a wait at a barrier ended without passing: one cause for every failure.
+
+    LOST and TIMEOUT are the leader's verdicts (the numbers of :class:`Outcome`); the
+    others are decided by this node alone.
+    """
+
+    LOST = Outcome.LOST  # expected members were declared dead (``workers`` names them)
+    TIMEOUT = Outcome.TIMEOUT  # the timeout passed: ``workers`` had not arrived; none named: no leader answered
+    NO_QUORUM = 3  # this node no longer sees a majority of the world
+    LEFT = 4  # this worker left the cluster
+    DECLARED_DEAD = 5  # the cluster declared this worker dead (it rejoins at a new incarnation)
+    EXCLUDED = 6  # an elastic barrier was released without this worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +92,12 @@ class BarrierReleased:
 
 @dataclass(frozen=True, slots=True)
 class BarrierFailed:
-    """This node's wait at a barrier ended without passing.
-
-    ``reason`` is LOST (``workers`` were declared dead), TIMEOUT (``workers`` had not
-    arrived), or ``None`` with ``detail`` for local causes (no quorum, declared dead).
-    """
+    """This node's wait at a barrier ended without passing, for ``reason`` (see
+    :class:`FailureCause`); ``detail`` says more in words for the local causes."""
 
     barrier_id: str
     generation: int
-    reason: Outcome | None
+    reason: FailureCause
     workers: tuple[str, ...]
     detail: str = ""
 

@@ -12,6 +12,8 @@ the codec and its property tests pick it up from there.
 
 from __future__ import annotations
 
+from ..errors import ProtocolError
+
 import dataclasses
 from enum import Enum, IntEnum
 from typing import Annotated, TypeVar
@@ -31,12 +33,12 @@ def wire(cls: type[_T]) -> type[_T]:
     """
     cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
     if hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__}: wire classes have no __post_init__")
+        raise ProtocolError(f"{cls.__name__}: wire classes have no __post_init__")
     env: dict[str, object] = {}
     params, lines = [], []
     for spec in dataclasses.fields(cls):
         if spec.default_factory is not dataclasses.MISSING:
-            raise TypeError(f"{cls.__name__}.{spec.name}: wire classes have no default factories")
+            raise ProtocolError(f"{cls.__name__}.{spec.name}: wire classes have no default factories")
         if spec.default is dataclasses.MISSING:
             params.append(spec.name)
         else:

@@ -37,7 +37,7 @@ from .codec import validate_barrier_id, validate_barrier_value, validate_codec_n
 from .commands import STEP_KEY, CommandBook
 from .commit import CommitBook, Saves
 from .election import Election
-from .events import CommandUpdate, DuplicateRefused, QuorumChanged, WorkerIdTaken
+from .events import CommandUpdate, DuplicateRefused, FailureCause, QuorumChanged, WorkerIdTaken
 from .membership import Membership
 from .messages import (
     Ack,
@@ -268,7 +268,7 @@ class Node:
     def leave(self, now: float) -> Ready:
         """Announce a clean exit (LEFT) to every live peer, fail local waits; the node stops."""
         if not self._left:
-            self.waits.fail_all("this worker left the cluster")
+            self.waits.fail_all(FailureCause.LEFT, "this worker left the cluster")
             self.saves.fail_all("this worker left the cluster")
             left = self.membership.leave()
             gossip = Gossip(self.election.leader_term, self.election.leader_id or "", (left,))
@@ -599,7 +599,7 @@ class Node:
         self._check_quorum()
         if membership.declared_dead:
             membership.declared_dead = False
-            self.waits.fail_all("this worker was declared dead by the cluster")
+            self.waits.fail_all(FailureCause.DECLARED_DEAD, "this worker was declared dead by the cluster")
         if view_changed and election.is_leader:
             self.book.on_view_change(membership)
             self.commits.on_view_change(membership)
@@ -670,7 +670,7 @@ class Node:
             self._has_quorum = has_quorum
             self._out.emit(QuorumChanged(has_quorum, live, needed))
             if not has_quorum and self.joined:
-                self.waits.fail_all(f"no quorum: {self.membership.describe_quorum(needed)}")
+                self.waits.fail_all(FailureCause.NO_QUORUM, f"no quorum: {self.membership.describe_quorum(needed)}")
 
     def _no_answer(self) -> str:
         """Why a barrier wait got no answer by its deadline, as far as this node can tell."""

@@ -10,6 +10,8 @@ Failure-detection bound for a crashed worker (see ``membership``):
 
 from __future__ import annotations
 
+from ..errors import ConfigError
+
 from dataclasses import dataclass
 
 
@@ -31,9 +33,9 @@ class ProtocolSettings:
 
     def __post_init__(self) -> None:
         if self.probe_period <= 0 or self.heartbeat_timeout <= 0:
-            raise ValueError("probe_period and heartbeat_timeout must be positive")
+            raise ConfigError("heartbeat", "probe_period and heartbeat_timeout must be positive")
         if self.indirect_probes < 0 or self.piggyback_max < 1 or self.retransmit_mult < 1:
-            raise ValueError("indirect_probes >= 0, piggyback_max >= 1, retransmit_mult >= 1")
+            raise ConfigError("protocol", "indirect_probes >= 0, piggyback_max >= 1, retransmit_mult >= 1")
 
     @classmethod
     def from_millis(cls, heartbeat_interval_ms: int, heartbeat_timeout_ms: int, **overrides: float) -> "ProtocolSettings":

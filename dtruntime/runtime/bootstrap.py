@@ -7,6 +7,9 @@ socket or resolves a name. Every invalid value raises
 Variables read (torchrun / TorchElastic set the first seven)::
 
     RANK, WORLD_SIZE, LOCAL_RANK            this worker's place in the job
+    DTRUNTIME_WORLD_SIZE, DTRUNTIME_RANK_OFFSET
+                                            one launcher per host: the job's size and this
+                                            host's first rank (rank = offset + LOCAL_RANK)
     MASTER_ADDR, MASTER_PORT                torch.distributed's store; we use MASTER_PORT + 1
     TORCHELASTIC_RUN_ID                     job id (validated like a worker id)
     TORCHELASTIC_RESTART_COUNT              how many times torchrun restarted the workers
@@ -32,7 +35,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..config import MAX_WORLD_SIZE, env_int, launcher_world
+from ..config import env_int, launcher_world
 from ..errors import ConfigError
 from ..protocol import codec
 

@@ -54,7 +54,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..errors import DtruntimeError, RemoteProtocolError
+from ..errors import DriverStopped, RemoteProtocolError
 from ..protocol import codec
 from ..protocol.events import Event
 from ..protocol.messages import MemberEntry
@@ -160,11 +160,11 @@ class Driver:
         Runs in the calling thread (so the future is done on return) unless that thread
         already holds the lock, e.g. an event handler calling back in: then the request
         is queued for the driver thread. The future raises the function's exception, or
-        DtruntimeError if the driver has stopped.
+        DriverStopped if the driver has stopped.
         """
         future: Future[T] = Future()
         if self._stop.is_set() or self._failure is not None:
-            future.set_exception(DtruntimeError("the dtruntime driver is stopped"))
+            future.set_exception(DriverStopped("the dtruntime driver is stopped"))
             return future
         if self._owner == threading.get_ident():
             self._requests.put((function, future))
@@ -174,7 +174,7 @@ class Driver:
             self._owner = threading.get_ident()
             try:
                 if self._stop.is_set() or self._failure is not None:
-                    future.set_exception(DtruntimeError("the dtruntime driver is stopped"))
+                    future.set_exception(DriverStopped("the dtruntime driver is stopped"))
                     return future
                 deadline_before = self._deadline
                 self._run_one(function, future)
@@ -326,7 +326,7 @@ class Driver:
 
     def _fail_pending(self) -> None:
         self._stop.set()
-        error = DtruntimeError("the dtruntime driver is stopped")
+        error = DriverStopped("the dtruntime driver is stopped")
         while True:
             try:
                 _, future = self._requests.get_nowait()

@@ -31,7 +31,7 @@ from typing import Protocol, runtime_checkable
 
 import zmq
 
-from ..errors import BindError, ConfigError, ProtocolError
+from ..errors import ArgumentError, BindError, ConfigError, ProtocolError
 from ..protocol.codec import MAX_MESSAGE_BYTES
 
 DEFAULT_MAX_MESSAGE_BYTES = MAX_MESSAGE_BYTES  # one cap: the codec's; the transport may only lower it
@@ -284,7 +284,7 @@ class ZmqTransport:
         afterwards the bound port is free again.
         """
         if isinstance(flush_ms, bool) or not isinstance(flush_ms, int) or flush_ms < 0:
-            raise ValueError(f"flush_ms must be a non-negative integer, not {flush_ms!r}")
+            raise ArgumentError(f"flush_ms must be a non-negative integer, not {flush_ms!r}")
         with self._wake_lock:
             if self._closed:
                 return

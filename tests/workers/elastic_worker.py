@@ -28,7 +28,7 @@ import time
 import torch
 from torch import nn
 
-from dtruntime import CheckpointManager, CheckpointNotFoundError
+from dtruntime import CheckpointManager, CheckpointNotFoundError, TrainingOrchestrator
 from dtruntime.elastic import ElasticTrainer
 from dtruntime.errors import RunStopped
 
@@ -53,9 +53,12 @@ def parameters_digest(model: nn.Module) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--world", type=int, required=True)
-    parser.add_argument("--coordinator", required=True)
+    parser.add_argument("--rank", type=int, help="default: from the launcher's environment (torchrun)")
+    parser.add_argument("--world", type=int)
+    parser.add_argument("--coordinator")
+    parser.add_argument("--hold-last-epoch-for", type=int, default=0, metavar="N",
+                        help="before the last epoch, wait (at most 120 s) until N workers are live, so that a "
+                             "replacement slow to start on a loaded machine still finds the job running")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--samples", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -68,7 +71,12 @@ def main() -> None:
     faulthandler.register(signal.SIGUSR1)  # a hung test can ask where each worker is
 
     torch.manual_seed(0)
-    orchestrator = fast_orchestrator(args.rank, args.coordinator, args.world, progress_timeout_s=args.progress_timeout)
+    if args.rank is None:  # under a launcher: place and coordinator from the environment
+        orchestrator = TrainingOrchestrator(heartbeat_interval_ms=100, heartbeat_timeout_ms=1000,
+                                            progress_timeout_s=args.progress_timeout)
+    else:
+        orchestrator = fast_orchestrator(args.rank, args.coordinator, args.world,
+                                         progress_timeout_s=args.progress_timeout)
     orchestrator.register_worker_sync("127.0.0.1", 0)
     model = nn.Sequential(nn.Linear(FEATURES, 16), nn.Tanh(), nn.Linear(16, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -106,6 +114,10 @@ def spin_forever() -> None:
 
 def train(args, trainer: ElasticTrainer, seen_recoveries: int) -> None:
     for epoch in range(trainer.epoch, args.epochs):  # a replacement starts where the job is
+        if epoch == args.epochs - 1 and args.hold_last_epoch_for:
+            held_until = time.monotonic() + 120
+            while len(trainer.orchestrator.members()) < args.hold_last_epoch_for and time.monotonic() < held_until:
+                time.sleep(0.05)
         for step in trainer.epoch_steps(epoch):
             dies = step.number == args.die_at_step
             if dies and args.die_when == "before":
