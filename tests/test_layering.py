@@ -3,7 +3,8 @@
     foundation (errors, logs, config, sharding)
     protocol            <- the pure sans-IO core: foundation only
     runtime             <- protocol
-    api                 <- runtime, protocol (and http, imported lazily when the API is on)
+    control             <- runtime, protocol (run control, watchdog, preemption)
+    api                 <- control, runtime, protocol (and http, imported lazily when the API is on)
     checkpoint, data    <- their own layer, protocol's messages (checkpoint), sharding (data)
     elastic             <- api, runtime
     testing             <- protocol, checkpoint (the simulator drives the real core and committer)
@@ -29,7 +30,8 @@ ALLOWED: dict[str, set[str]] = {
     "sharding": {"errors"},
     "protocol": {"errors"},
     "runtime": {"protocol"} | FOUNDATION,
-    "api": {"runtime", "protocol"} | FOUNDATION,
+    "api": {"runtime", "protocol", "control"} | FOUNDATION,
+    "control": {"runtime", "protocol"} | FOUNDATION,
     "checkpoint": {"protocol.messages"} | FOUNDATION,
     "data": FOUNDATION,
     "elastic": {"api", "runtime", "protocol"} | FOUNDATION,

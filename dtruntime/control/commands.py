@@ -38,15 +38,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import DtruntimeError, InvalidCommandArgs, RunStopped, UnknownCommand
 from ..protocol.commands import DONE, FAILED, PENDING, RUNNING, STATE_NAMES, STEP_KEY
 from ..protocol.events import CommandUpdate
 from ..protocol.messages import CommandEntry
+from .host import ControlHost
 
-if TYPE_CHECKING:
-    from ..api.orchestrator import TrainingOrchestrator
 
 log = logging.getLogger("dtruntime.control")
 
@@ -79,7 +78,7 @@ def validate(name: str, args: dict | None) -> dict:
 class RunControl:
     """Commands of one orchestrator: submit, watch (:meth:`tasks`) and act on them."""
 
-    def __init__(self, orchestrator: "TrainingOrchestrator") -> None:
+    def __init__(self, orchestrator: ControlHost) -> None:
         self._orch = orchestrator
         self._cond = threading.Condition()
         self._known: OrderedDict[str, CommandUpdate] = OrderedDict()  # latest news per command

@@ -52,12 +52,11 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..protocol.commands import STEP_KEY
+from .host import ControlHost
 
-if TYPE_CHECKING:
-    from ..api.orchestrator import TrainingOrchestrator
 
 log = logging.getLogger("dtruntime.watchdog")
 
@@ -136,7 +135,7 @@ class ProgressWatch:
 class Watchdog:
     """One orchestrator's watchdog thread, step-time statistics and hang reports."""
 
-    def __init__(self, orchestrator: "TrainingOrchestrator") -> None:
+    def __init__(self, orchestrator: ControlHost) -> None:
         self._orch = orchestrator
         settings = orchestrator.config.watchdog
         self.fixed_timeout_s = float(settings.progress_timeout_s)
