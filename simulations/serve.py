@@ -74,6 +74,7 @@ class SimDashboard:
             self._cluster = cluster
         self._trace_seen = 0
         self._wall0, self._sim0 = time.perf_counter(), cluster.now
+        cluster.tracing = True  # the simulator's notes (crash w0, partition, heal) become log lines
         cluster.listeners.append(self._on_event)
         self._note(cluster, logging.INFO, f"simulated cluster of {len(cluster.workers)} workers, seed {cluster.seed}")
         cluster.at(cluster.now, lambda: self._tick(cluster))

@@ -49,7 +49,8 @@ def events(output: str) -> list[dict]:
 
 def test_a_lost_host_costs_only_its_workers_and_they_rejoin_after_torchrun_restarts_them():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "COORDINATOR_URL": f"tcp://127.0.0.1:{free_port()}", "DTRUNTIME_WORLD_SIZE": str(WORLD)}
+           "COORDINATOR_URL": f"tcp://127.0.0.1:{free_port()}", "DTRUNTIME_WORLD_SIZE": str(WORLD),
+           "DTRUNTIME_SIGTERM": "default"}  # torchrun's restart sends SIGTERM to the host's other workers
     host_a = launch(env, offset=0, nproc=3, restarts=0)
     host_b = launch(env, offset=3, nproc=2, restarts=2)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -152,3 +153,34 @@ def test_the_shard_ring_example_reads_every_sample_once_when_a_worker_is_killed(
     # test_registry_cluster; here, that the README's program takes the rest over).
     reported_by_the_dead = samples - sum(lines[1][0] for lines in survivors)
     assert 0 <= reported_by_the_dead < samples // 3 and reported_by_the_dead % 500 == 0, survivors
+
+
+def test_the_run_control_loop_stops_every_rank_at_one_committed_step_on_sigterm_and_resumes_there(tmp_path):
+    script = str(ROOT / "examples" / "run_control_loop.py")
+    url = f"tcp://127.0.0.1:{free_port()}"
+    store = str(tmp_path / "ckpt")
+    ranks = [subprocess.Popen([sys.executable, script, "--checkpoint-dir", store], cwd=tmp_path,
+                              env=env(RANK=str(rank), WORLD_SIZE="2", COORDINATOR_URL=url),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
+    try:
+        assert ranks[1].stdout is not None
+        started = ranks[1].stdout.readline()
+        assert "training from step 1" in started, started
+        ranks[1].send_signal(signal.SIGTERM)  # one rank only: the stop spreads to the other
+        outputs = [started + ranks[1].communicate(timeout=120)[0], ranks[0].communicate(timeout=120)[0]]
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    assert [process.returncode for process in ranks] == [0, 0], outputs
+    stopped = {int(step) for output in outputs for step in re.findall(r"stopped at step (\d+) \(exit 0\)", output)}
+    assert len(stopped) == 1, outputs  # the same step on both ranks
+    step = stopped.pop()
+    with CheckpointManager(store) as checkpoints:
+        assert checkpoints.list_checkpoints_sync()[-1] == step
+    again = run_ranks([[sys.executable, script, "--checkpoint-dir", store, "--steps", str(step + 5)]] * 2,
+                      [env(RANK=str(rank), WORLD_SIZE="2", COORDINATOR_URL=url) for rank in range(2)], tmp_path)
+    for rank, output in enumerate(again):
+        assert f"rank {rank}: resumed from step {step}" in output and f"finished step {step + 5}" in output, output
+
