@@ -6,7 +6,13 @@ commit in the order they were queued; a janitor thread applies retention.
 ``max_in_flight`` slots (the memory bound: a queued save holds a reference to its
 payload until it is written), queue the job and return a :class:`SaveHandle`; the
 handle completes once the step is durable and committed.
-``bytes`` payloads are never copied by the caller's thread.
+``bytes`` payloads are never copied by the caller's thread. ``save(state_dict)`` copies
+the state's tensors once into a reusable staging buffer (:mod:`.staging`; pinned and
+overlapped device-to-host copies where CUDA is present) and returns; the part is a
+pickle-free safetensors file (:mod:`.tensors`) whose header, checksum and write happen
+in the writer thread. ``load_state`` reads such a part into one aligned buffer while a
+helper thread checksums it, and returns tensors that are views of that buffer; parts
+saved by earlier versions (``torch.save`` pickles) still load, with ``weights_only``.
 
 Per save, the writer: refuses a step whose manifest exists; compresses per the setting;
 writes the part to its final key (size and CRC-32C in its name); writes the manifest
@@ -59,13 +65,21 @@ from ..config import Config
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError, DtruntimeError
 from . import layout, shutdown
 from .commit import PartReport, StepCommit, StorageView, scan_listing
-from .compression import compress, decompress
+from .compression import compress, decompress, worth_compressing
 from .leader import LeaderCommitter
-from .integrity import Buffer, crc32c
-from .manifest import Manifest, PartRecord, check_metadata, decode_manifest, encode_manifest, verify_part
+from .integrity import Buffer, crc32c_of
+from .manifest import (
+    Manifest,
+    PartRecord,
+    check_metadata,
+    decode_manifest,
+    encode_manifest,
+    verify_checksum,
+    verify_part,
+)
 from .retention import plan_retention
 from .slots import InFlightSlots
-from .storage import Storage, open_storage
+from .storage import PartData, Storage, open_storage
 
 log = logging.getLogger("dtruntime.checkpoint")
 
@@ -136,6 +150,7 @@ class _SaveJob:
     data: Buffer | None
     metadata: dict[str, Any]
     future: concurrent.futures.Future[SaveResult]
+    staged: Any = None  # a staging.StagedPart for a tensor-native save (then data is None)
     # Set once the part is written, for the SaveResult of a leader-committed step.
     raw_size: int = 0
     stored_size: int = 0
@@ -199,6 +214,7 @@ class CheckpointManager:
         self._orchestrator = orchestrator if self.world_size > 1 else None
         self._metadata: dict[int, dict[str, Any]] = {}  # this rank's metadata per step, for the leader
         self._slots = InFlightSlots(max_in_flight)
+        self._staging: Any = None  # a staging.StagingPool, made by the first save(state)
         self._queue: queue.SimpleQueue[_SaveJob | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending: set[int] = set()
@@ -281,22 +297,34 @@ class CheckpointManager:
         return self._enqueue(job)
 
     def save(self, state: Any, step: int, *, timeout: float | None = None, **metadata: Any) -> SaveHandle:
-        """Serialise ``state`` (e.g. a state dict) with ``torch.save`` now, write it in the background.
+        """Copy ``state``'s tensors into a staging buffer now; write the part in the background.
 
-        The serialised buffer is handed to the writer without a copy. ``metadata`` (JSON
-        values) is stored in the manifest; read it back with :meth:`read_manifest`.
+        ``state`` is a state dict: nested dicts, lists and tuples of tensors, numpy arrays
+        and plain values (see :mod:`.tensors`); an unsupported leaf raises CheckpointError
+        naming its path before anything is copied. The caller's time is a wait for a free
+        slot (``max_in_flight`` saves in flight, up to ``timeout`` s) plus one copy of the
+        tensors; the caller may modify them as soon as this returns. The part is a
+        pickle-free safetensors file; ``metadata`` (JSON values) goes into the manifest.
+        Read it back with :meth:`load_state`.
         """
-        import torch
+        from .staging import StagingPool
 
         layout.validate_step(step)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        job = self._admit(buffer.getbuffer(), step, metadata, owned=True)
+        checked = check_metadata(metadata)
+        with self._lock:
+            self._check_acceptable(step)
+            if self._staging is None:
+                self._staging = StagingPool(self.max_in_flight)
         if not self._slots.acquire(timeout):
             raise CheckpointError(
                 f"step {step}: no save slot free after {timeout} s ({self.max_in_flight} saves in flight)"
             )
-        return self._enqueue(job)
+        try:
+            staged = self._staging.stage(state)
+        except BaseException:
+            self._slots.release()
+            raise
+        return self._enqueue(_SaveJob(step, None, checked, concurrent.futures.Future(), staged=staged))
 
     def should_save(self, step: int) -> bool:
         """True when ``step`` is a positive multiple of ``interval_steps`` (``[checkpoint]
@@ -353,18 +381,7 @@ class CheckpointManager:
         and file when the part is missing, the wrong size or fails its CRC, when the
         manifest has no such rank or is damaged, or, with no step, when no step verifies.
         """
-        wanted = self.rank if rank is None else layout.validate_rank(rank)
-        if step is None:
-            return self._load_newest(wanted)[1]
-        try:
-            return self._check_step(layout.validate_step(step), wanted, verify_all=False)
-        except CheckpointNotFoundError:
-            if step != 0:
-                raise
-        newest, data = self._load_newest(wanted)
-        log.info("checkpoint step 0 is not committed under %s: load(step=0) loaded the newest step, %d, "
-                 "as the original API's 'load latest' did", self._storage.url, newest)
-        return data
+        return bytes(self._load(step, rank, as_buffer=False))
 
     def load_state(
         self,
@@ -374,11 +391,40 @@ class CheckpointManager:
         map_location: Any = "cpu",
         weights_only: bool = True,
     ) -> Any:
-        """``torch.load`` of :meth:`load_bytes` (``weights_only=True``: tensors and plain containers)."""
+        """The state dict :meth:`save` saved as ``step`` (chosen as in :meth:`load_bytes`).
+
+        A tensor-native part is read into one aligned buffer, verified (size and CRC-32C,
+        checksummed while it is read) and its tensors are views of that buffer: no copy
+        after the read. (One tensor kept alive keeps the whole buffer alive; ``clone()``
+        what you keep of a partial load.) ``map_location`` other than ``"cpu"`` moves the
+        tensors there (a copy). Parts saved by earlier versions are ``torch.save``
+        pickles: they load with ``torch.load(weights_only=weights_only)``.
+        """
         import torch
 
-        data = self.load_bytes(step, rank)
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
+        from .tensors import is_tensor_part, load_state
+
+        buffer = self._load(step, rank, as_buffer=True)
+        if not is_tensor_part(buffer):
+            return torch.load(io.BytesIO(buffer), map_location=map_location, weights_only=weights_only)
+        state = load_state(buffer, f"checkpoint step {step if step is not None else 'newest'} under {self._storage.url}")
+        if map_location in (None, "cpu") or (isinstance(map_location, torch.device) and map_location.type == "cpu"):
+            return state
+        return _map_tensors(state, lambda tensor: tensor.to(map_location))
+
+    def _load(self, step: int | None, rank: int | None, as_buffer: bool) -> Any:
+        wanted = self.rank if rank is None else layout.validate_rank(rank)
+        if step is None:
+            return self._load_newest(wanted, as_buffer)[1]
+        try:
+            return self._check_step(layout.validate_step(step), wanted, verify_all=False, as_buffer=as_buffer)
+        except CheckpointNotFoundError:
+            if step != 0:
+                raise
+        newest, data = self._load_newest(wanted, as_buffer)
+        log.info("checkpoint step 0 is not committed under %s: load(step=0) loaded the newest step, %d, "
+                 "as the original API's 'load latest' did", self._storage.url, newest)
+        return data
 
     def list_checkpoints_sync(self, verify: bool = False) -> list[int]:
         """Committed steps, ascending: those whose manifest exists and decodes.
@@ -527,6 +573,8 @@ class CheckpointManager:
                 self._check_acceptable(job.step)
             except CheckpointError:
                 self._slots.release()
+                if job.staged is not None:
+                    job.staged.release()
                 raise
             self._pending.add(job.step)
             if self._orchestrator is not None:
@@ -547,6 +595,9 @@ class CheckpointManager:
                 outcome = CheckpointError(f"saving step {job.step} to {self._storage.url} failed: {exc!r}")
                 outcome.__cause__ = exc
             job.data = None  # free the payload before a new save can take the slot
+            if job.staged is not None:
+                job.staged.release()
+                job.staged = None
             if isinstance(outcome, concurrent.futures.Future):
                 # The part is durable and reported; the leader's verdict completes the job.
                 self._slots.release()
@@ -591,7 +642,6 @@ class CheckpointManager:
     def _write_step(self, job: _SaveJob, started: float) -> SaveResult | concurrent.futures.Future[None]:
         """Write this rank's part; then commit it (alone) or report it (to the leader)."""
         step, storage = job.step, self._storage
-        assert job.data is not None
         manifest_key = layout.manifest_key(step)
         try:
             existing = storage.read_if_exists(manifest_key)
@@ -600,8 +650,10 @@ class CheckpointManager:
         if existing is not None:
             raise CheckpointError(f"step {step} already exists (committed) at {storage.describe(manifest_key)}")
 
-        codec, stored = compress(job.data, self.compression)
-        report = PartReport(step, self.rank, len(stored), crc32c(stored), codec)
+        raw_size, codec, stored = self._encode(job)
+        chunks = [stored] if isinstance(stored, (bytes, bytearray, memoryview)) else stored
+        stored_size = sum(len(chunk) for chunk in chunks)
+        report = PartReport(step, self.rank, stored_size, crc32c_of(chunks), codec)
         part_key = layout.part_key(step, self.rank, codec, report.checksum)
         try:
             storage.write_part(part_key, stored)
@@ -612,7 +664,7 @@ class CheckpointManager:
             raise CheckpointError(f"step {step}: writing {storage.describe(part_key)} failed: {exc}") from exc
 
         if self._orchestrator is not None:
-            job.raw_size, job.stored_size, job.codec, job.started = len(job.data), len(stored), codec, started
+            job.raw_size, job.stored_size, job.codec, job.started = raw_size, stored_size, codec, started
             return self._report(report, ok=True)
         commit = StepCommit(step, 1)
         commit.add(report)
@@ -624,7 +676,20 @@ class CheckpointManager:
         except OSError as exc:
             # The part stays: if the write did land after all, a manifest names it.
             raise CheckpointError(f"step {step}: committing {storage.describe(manifest_key)} failed: {exc}") from exc
-        return SaveResult(step, len(job.data), len(stored), codec, time.perf_counter() - started)
+        return SaveResult(step, raw_size, stored_size, codec, time.perf_counter() - started)
+
+    def _encode(self, job: _SaveJob) -> tuple[int, str, PartData]:
+        """``(raw size, codec, stored bytes)`` of ``job``'s part. An uncompressed tensor part
+        stays two buffers (header, staging body), written without joining them."""
+        if job.staged is None:
+            assert job.data is not None
+            codec, stored = compress(job.data, self.compression)
+            return len(job.data), codec, stored
+        chunks = job.staged.chunks()
+        if self.compression == "none" or (self.compression == "auto" and not worth_compressing(chunks[1])):
+            return job.staged.size, "none", chunks
+        codec, stored = compress(b"".join(chunks), self.compression)
+        return job.staged.size, codec, stored
 
     def _report(self, report: PartReport, ok: bool) -> concurrent.futures.Future[None]:
         try:
@@ -701,7 +766,7 @@ class CheckpointManager:
             raise CheckpointNotFoundError(f"no committed checkpoint under {self._storage.url}")
         return newest
 
-    def _load_newest(self, rank: int) -> tuple[int, bytes]:
+    def _load_newest(self, rank: int, as_buffer: bool = False) -> tuple[int, Any]:
         """The newest committed step whose every part verifies, and ``rank``'s part of it."""
         committed = self._scan().committed
         if not committed:
@@ -709,7 +774,7 @@ class CheckpointManager:
         skipped: list[str] = []
         for step in reversed(committed):
             try:
-                data = self._check_step(step, rank, verify_all=True)
+                data = self._check_step(step, rank, verify_all=True, as_buffer=as_buffer)
             except CheckpointError as exc:
                 log.warning("skipping checkpoint step %d under %s, it does not verify: %s", step, self._storage.url, exc)
                 skipped.append(f"step {step}: {exc}")
@@ -719,10 +784,11 @@ class CheckpointManager:
             return step, data
         raise CheckpointError(f"no committed checkpoint under {self._storage.url} verifies: {'; '.join(skipped)}")
 
-    def _check_step(self, step: int, rank: int | None, verify_all: bool) -> bytes:
+    def _check_step(self, step: int, rank: int | None, verify_all: bool, as_buffer: bool = False) -> Any:
         """Read ``step``'s manifest and verify its parts: ``rank``'s, and every other one
         too when ``verify_all`` (read and dropped, one at a time). Returns ``rank``'s
-        decompressed bytes (empty when ``rank`` is None)."""
+        decompressed bytes (empty when ``rank`` is None), as an aligned writable numpy
+        ``uint8`` array when ``as_buffer``."""
         manifest = self._read_manifest(step)
         records = {record.rank: record for record in manifest.parts}
         if rank is not None and rank not in records:
@@ -733,7 +799,11 @@ class CheckpointManager:
             for record in manifest.parts:
                 if record.rank != rank:
                     self._read_stored(manifest, record)
-        return b"" if rank is None else self._read_part(manifest, records[rank])
+        if rank is None:
+            return b""
+        if as_buffer:
+            return self._read_part_buffer(manifest, records[rank])
+        return self._read_part(manifest, records[rank])
 
     def _read_manifest(self, step: int) -> Manifest:
         key = layout.manifest_key(step)
@@ -753,6 +823,29 @@ class CheckpointManager:
             return decompress(record.codec, stored)
         except CheckpointError as exc:
             raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source}: {exc}") from exc
+
+    def _read_part_buffer(self, manifest: Manifest, record: PartRecord) -> Any:
+        """The part of ``record`` in an aligned writable array, verified; uncompressed
+        parts are read into it directly and checksummed while they are read."""
+        import numpy as np
+
+        from .storage import aligned_empty
+
+        if record.codec != "none":
+            data = self._read_part(manifest, record)
+            buffer = aligned_empty(len(data))
+            buffer[:] = np.frombuffer(data, dtype=np.uint8)
+            return buffer
+        key = layout.part_key(manifest.step, record.rank, record.codec, record.checksum)
+        source = self._storage.describe(key)
+        try:
+            buffer, checksum = self._storage.read_buffer(key)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source} is missing") from None
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: cannot read {source}: {exc}") from exc
+        verify_checksum(manifest.step, record, len(buffer), checksum, source)
+        return buffer
 
     def _read_stored(self, manifest: Manifest, record: PartRecord) -> tuple[bytes, str]:
         """The stored (compressed) bytes of ``record``'s part once they verify, and their source."""
@@ -778,3 +871,18 @@ class CheckpointManager:
         if failures:
             summary = "; ".join(f"step {step}: {error}" for step, error in failures)
             raise CheckpointError(f"{len(failures)} checkpoint save(s) failed: {summary}") from failures[0][1]
+
+
+def _map_tensors(value: Any, function: Callable[[Any], Any]) -> Any:
+    """``value`` with ``function`` applied to every tensor in its nested containers."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return function(value)
+    if isinstance(value, dict):
+        return {key: _map_tensors(item, function) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_map_tensors(item, function) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(item, function) for item in value)
+    return value
