@@ -102,7 +102,7 @@ def bench_save(size_mib: int, reps: int, workdir: Path) -> dict:
     samples: dict[str, list[float]] = {k: [] for k in (
         "memcpy", "ours_stall", "ours_durable", "raw_fsync", "dcp_block", "dcp_done",
         "dcp_cached_block", "dcp_cached_done")}
-    manager = CheckpointManager(str(workdir / "ours"), keep_last_n=2)
+    manager = CheckpointManager(str(workdir / f"ours-{size_mib}"), keep_last_n=2)
     # DCP's stager that keeps its CPU copies between saves (pinning and CUDA streams off: no CUDA here).
     cached_stager = DefaultStager(StagingOptions(False, False, False, False))
     step = [0]
@@ -158,6 +158,7 @@ def bench_save(size_mib: int, reps: int, workdir: Path) -> dict:
     for trial in range(reps + 1):
         rotate(trial, [lambda run=run, trial=trial: run(trial > 0) for run in runs])
     manager.close()
+    shutil.rmtree(workdir / f"ours-{size_mib}")
     cached_stager.close()
     medians = {key: median(values) for key, values in samples.items()}
     size = nbytes / MiB

@@ -1,6 +1,18 @@
 """Crash-atomicity soak: kill -9 a process that saves checkpoints in a loop, many times.
 
     python benchmarks/checkpoint_crash_soak.py --kills 200 [--root DIR] [--seed N]
+    python benchmarks/checkpoint_crash_soak.py --mode dcp --world 2 --kills 200 [--backend s3 --options JSON]
+
+``--mode dcp``: each round starts a job of ``--world`` real processes (gloo on CPU) that
+resumes after the newest committed step and saves tensor-native multi-rank checkpoints
+back to back with ``torch.distributed.checkpoint.save`` through dtruntime's writer (a
+DTensor sharded over the ranks, a replicated tensor and a non-tensor item per step, all
+a pure function of the step), waits until every rank says it is running, lets the job
+run a random 0-``--max-delay`` s, then SIGKILLs the ranks one by one in random order,
+a random 0-20 ms apart (so some ranks die while the others are still in the save). After
+every round the parent checks with DCP ``load`` (one process, resharded to plain
+tensors): every listed step loads and holds exactly what was saved for it, and a load of
+the newest (``step=None``) returns the newest listed step.
 
 Each round launches a child that resumes from the newest committed step and saves
 steps back to back (two in flight), waits until the child says it is running, lets it
@@ -80,6 +92,150 @@ def check_store(root: str, backend: str | None, options: dict[str, Any]) -> list
     return problems
 
 
+DCP_ROWS, DCP_COLS = 64, 1024
+
+
+def dcp_expected(step: int) -> dict[str, Any]:
+    import torch
+
+    return {"w": torch.arange(DCP_ROWS * DCP_COLS, dtype=torch.float32).reshape(DCP_ROWS, DCP_COLS) + step,
+            "b": torch.full((8,), float(step)), "extra": {"step": step, "note": f"step {step}"}}
+
+
+def dcp_child_main(root: str, backend: str | None, options: dict[str, Any]) -> None:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from dtruntime import CheckpointManager
+    from dtruntime.checkpoint.dcp import DtruntimeStorageWriter
+
+    dist.init_process_group("gloo")
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    newest = [None]
+    if dist.get_rank() == 0:
+        with CheckpointManager(root, backend=backend, storage_options=options or None) as manager:
+            steps = manager.list_checkpoints_sync()
+        newest = [steps[-1] if steps else -1]
+    dist.broadcast_object_list(newest, src=0)
+    step = newest[0] + 1
+    print("ready", flush=True)
+    while True:  # runs until killed
+        state = dcp_expected(step)
+        state["w"] = distribute_tensor(state["w"], mesh, [Shard(0)])
+        writer = DtruntimeStorageWriter(root, step, backend=backend, storage_options=options or None,
+                                        keep_last_n=KEEP_LAST_N)
+        dcp.save(state, storage_writer=writer)
+        step += 1
+
+
+def check_store_dcp(root: str, backend: str | None, options: dict[str, Any]) -> list[str]:
+    """Violations in a store written by the dcp child (empty: none)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from dtruntime import CheckpointManager
+    from dtruntime.checkpoint.dcp import DtruntimeStorageReader
+
+    def load(step: int | None) -> dict[str, Any]:
+        state = {"w": torch.zeros(DCP_ROWS, DCP_COLS), "b": torch.zeros(8), "extra": {"step": -1, "note": ""}}
+        reader = DtruntimeStorageReader(root, step, backend=backend, storage_options=options or None)
+        dcp.load(state, storage_reader=reader, no_dist=True)
+        return state
+
+    def matches(state: dict[str, Any], step: int) -> bool:
+        expected = dcp_expected(step)
+        return (torch.equal(state["w"], expected["w"]) and torch.equal(state["b"], expected["b"])
+                and state["extra"] == expected["extra"])
+
+    problems = []
+    with CheckpointManager(root, backend=backend, storage_options=options or None) as manager:
+        steps = manager.list_checkpoints_sync()
+        for step in steps:
+            try:
+                if not matches(load(step), step):
+                    problems.append(f"step {step} loads other values than were saved")
+            except Exception as exc:  # noqa: BLE001 - unless the step is gone meanwhile, a violation
+                if step in manager.list_checkpoints_sync():
+                    problems.append(f"listed step {step} fails to load: {exc!r}"[:2000])
+        if steps:
+            try:
+                state = load(None)
+                if not matches(state, steps[-1]):
+                    problems.append(f"load(step=None) gave step {state['extra']['step']}, not the newest {steps[-1]}")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"load of the newest step failed: {exc!r}"[:2000])
+    return problems
+
+
+def run_dcp_kill_loop(
+    root: str,
+    kills: int,
+    world: int = 2,
+    seed: int = 0,
+    backend: str | None = None,
+    options: dict[str, Any] | None = None,
+    max_delay_s: float = 1.5,
+) -> dict[str, Any]:
+    """``kills`` rounds of: start a ``world``-rank DCP saving job, kill -9 every rank, check."""
+    import socket
+
+    rng = random.Random(seed)
+    options = options or {}
+    violations: list[str] = []
+    newest_seen: list[int] = []
+    started = time.perf_counter()
+    for round_index in range(kills):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        children = []
+        for rank in range(world):
+            env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+            children.append(subprocess.Popen(
+                [sys.executable, __file__, "dcp-child", "--root", root, "--backend", backend or "",
+                 "--options", json.dumps(options)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            ))
+        try:
+            for child in children:
+                line = _read_line(child, deadline_s=180)
+                if line != "ready":
+                    for other in children:
+                        os.kill(other.pid, signal.SIGKILL)
+                    raise RuntimeError(f"rank did not start: {line!r} {child.stderr.read().decode()[-2000:]}")
+            time.sleep(rng.uniform(0, max_delay_s))  # the random kill moment is the point
+        finally:
+            for child in rng.sample(children, len(children)):
+                if child.poll() is None:
+                    os.kill(child.pid, signal.SIGKILL)
+                time.sleep(rng.uniform(0, 0.02))
+            for child in children:
+                child.wait(timeout=30)
+                child.stdout.close()
+                child.stderr.close()
+        problems = check_store_dcp(root, backend, options)
+        violations.extend(f"round {round_index}: {p}" for p in problems)
+        from dtruntime import CheckpointManager
+
+        with CheckpointManager(root, backend=backend, storage_options=options or None) as manager:
+            steps = manager.list_checkpoints_sync()
+        newest_seen.append(steps[-1] if steps else -1)
+    return {
+        "mode": "dcp",
+        "world": world,
+        "kills": kills,
+        "processes_killed": kills * world,
+        "violations": violations,
+        "newest_committed_after_last_kill": newest_seen[-1] if newest_seen else None,
+        "rounds_with_progress": sum(1 for a, b in zip([-1] + newest_seen, newest_seen) if b > a),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
 def run_kill_loop(
     root: str,
     kills: int,
@@ -139,7 +295,11 @@ def _read_line(child: subprocess.Popen, deadline_s: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", default="soak", choices=("soak", "child"))
+    parser.add_argument("mode", nargs="?", default="soak", choices=("soak", "child", "dcp-child"))
+    parser.add_argument("--mode", dest="kind", default="bytes", choices=("bytes", "dcp"),
+                        help="bytes: one process, save_bytes; dcp: --world ranks, DCP save through dtruntime")
+    parser.add_argument("--world", type=int, default=2)
+    parser.add_argument("--max-delay", type=float, default=1.5, help="dcp mode: longest run before the kill (s)")
     parser.add_argument("--root", default=None)
     parser.add_argument("--backend", default="")
     parser.add_argument("--options", default="{}")
@@ -152,8 +312,15 @@ def main() -> None:
     if args.mode == "child":
         child_main(args.root, backend, json.loads(args.options))
         return
+    if args.mode == "dcp-child":
+        dcp_child_main(args.root, backend, json.loads(args.options))
+        return
     root = args.root or tempfile.mkdtemp(prefix="dtruntime-crash-")
-    summary = run_kill_loop(root, args.kills, seed=args.seed, backend=backend, options=json.loads(args.options))
+    if args.kind == "dcp":
+        summary = run_dcp_kill_loop(root, args.kills, world=args.world, seed=args.seed, backend=backend,
+                                    options=json.loads(args.options), max_delay_s=args.max_delay)
+    else:
+        summary = run_kill_loop(root, args.kills, seed=args.seed, backend=backend, options=json.loads(args.options))
     summary["root"] = root
     print(json.dumps(summary, indent=1))
     sys.exit(1 if summary["violations"] else 0)

@@ -17,8 +17,8 @@ layout as :class:`~dtruntime.checkpoint.CheckpointManager` (so ``list_checkpoint
   rank's part as reported, writes DCP's ``Metadata`` pickle-free (:mod:`.dcp_metadata`)
   as ``step-S/DCP_METADATA``, then the create-only manifest, whose ``metadata`` names the
   DCP file's size and CRC-32C: that single create-only write is the commit (no rename, on
-  S3 or anywhere), and ``keep_last_n`` retention runs after it (old steps and orphans of
-  steps that never committed);
+  S3 or anywhere), and ``keep_last_n`` retention runs after it (old steps, and every
+  uncommitted step older than this one: an orphan of a save that died);
 * loading reads only committed steps (``step=None``: the newest whose manifest and DCP
   metadata verify, resolved on each rank as DCP reads the metadata on each rank; pass
   ``step`` when another job may commit meanwhile), verifies every part it reads against
@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
+import time
 from collections.abc import Mapping
 from torch.futures import Future
 from dataclasses import dataclass
@@ -54,18 +56,19 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, W
 
 from ..config import Config
 from ..errors import CheckpointError, CheckpointNotFoundError
-from ..protocol.messages import CommitOutcome
 from . import layout
-from .commit import PartReport, StepCommit, recover_step, scan_listing
+from .commit import PartReport, StepCommit, StorageView, recover_step, scan_listing
 from .dcp_metadata import ItemLocation, decode_metadata, encode_metadata
 from .integrity import crc32c, crc32c_of, format_checksum
-from .leader import LeaderCommitter
-from .manifest import Manifest, decode_manifest, verify_checksum
+from .manifest import Manifest, decode_manifest, encode_manifest, verify_checksum
+from .retention import plan_retention
 from .storage import Storage, open_storage
 
 #: The key in a manifest's ``metadata`` that marks a DCP step and locates its metadata.
 MANIFEST_KEY = "dtruntime.dcp"
 DCP_VERSION = "1.0.0"
+
+log = logging.getLogger("dtruntime.checkpoint")
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,7 @@ class DtruntimeStorageWriter(StorageWriter):
         return future
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
-        """The commit (coordinator only): DCP metadata, then the create-only manifest."""
+        """The commit (coordinator only): DCP metadata, then the create-only manifest, then retention."""
         step, world_size = self.step, len(results)
         parts = {rank: PartReport(step, rank, 0, 0, "none") for rank in range(world_size)}
         locations: dict[MetadataIndex, ItemLocation] = {}
@@ -172,7 +175,11 @@ class DtruntimeStorageWriter(StorageWriter):
                 location, part = result.storage_data
                 parts[part.rank] = PartReport(step, part.rank, part.part_size, part.part_crc32c, "none")
                 locations[result.index] = location
-        self._check_listed(parts)
+        view = self._listing()
+        stored = {report.rank: report for report in recover_step(view, step, world_size).reports}
+        wrong = sorted(rank for rank, report in parts.items() if stored.get(rank) != report)
+        if wrong:
+            raise CheckpointError(f"step {step}: the parts of ranks {wrong} are not in storage as reported")
         encoded = encode_metadata(metadata, locations, DCP_VERSION)
         meta_key = layout.dcp_metadata_key(step)
         try:
@@ -183,22 +190,42 @@ class DtruntimeStorageWriter(StorageWriter):
         for report in parts.values():
             commit.add(report)
         record = {"size": len(encoded), "crc32c": format_checksum(crc32c(encoded)), "version": DCP_VERSION}
-        committer = LeaderCommitter(
-            self.storage, world_size, self.keep_last_n, lambda _step: {MANIFEST_KEY: record}, lambda _step: None
-        )
-        if committer.commit(commit) != CommitOutcome.COMMITTED:
-            raise CheckpointError(f"step {step}: committing the manifest under {self.storage.url} failed (see log)")
-
-    def _check_listed(self, parts: Mapping[int, PartReport]) -> None:
-        """Every rank's part is in storage as reported (storage is the truth, as for the leader)."""
+        manifest = commit.manifest(created_unix=time.time(), metadata={MANIFEST_KEY: record})
+        key = layout.manifest_key(step)
         try:
-            view = scan_listing(self.storage.list_files())
+            self.storage.write_manifest(key, encode_manifest(manifest))
+        except FileExistsError:
+            raise CheckpointError(f"step {step} already exists (committed) at {self.storage.describe(key)}") from None
+        except OSError as exc:
+            raise CheckpointError(f"step {step}: committing {self.storage.describe(key)} failed: {exc}") from exc
+        self._retain(view)
+
+    def _listing(self) -> StorageView:
+        try:
+            return scan_listing(self.storage.list_files())
         except OSError as exc:
             raise CheckpointError(f"cannot list checkpoints under {self.storage.url}: {exc}") from exc
-        stored = {report.rank: report for report in recover_step(view, self.step, len(parts)).reports}
-        wrong = sorted(rank for rank, report in parts.items() if stored.get(rank) != report)
-        if wrong:
-            raise CheckpointError(f"step {self.step}: the parts of ranks {wrong} are not in storage as reported")
+
+    def _retain(self, before: StorageView) -> None:
+        """``keep_last_n`` on the listing taken before the commit, plus the step just committed.
+
+        Unlike the manager's leader, no one finishes a DCP step whose coordinator died
+        before its manifest, so every uncommitted step older than this one is an orphan,
+        complete or not. (A still-running ``async_save`` of an older step than one just
+        committed loses its parts and fails at its own commit, naming the parts.) A failure
+        is logged: the step is committed, and the next commit retries.
+        """
+        view = StorageView(
+            committed=tuple(sorted(set(before.committed) | {self.step})),
+            in_flight={s: p for s, p in before.in_flight.items() if s != self.step},
+            files=before.files,
+        )
+        try:
+            plan = plan_retention(view, self.keep_last_n, protected={self.step})
+            for old in plan.delete_committed + plan.delete_orphans:
+                self.storage.delete_step(old, view.files.get(old, ()))
+        except OSError as exc:
+            log.warning("retention under %s failed (retried after the next commit): %s", self.storage.url, exc)
 
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=f"{self.storage.url}#step={self.step}")

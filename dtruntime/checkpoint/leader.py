@@ -109,11 +109,6 @@ class LeaderCommitter:
         self._retain(finished[-1] if finished else newest)
         return sorted(set(view.committed) | set(finished))
 
-    def commit(self, commit: StepCommit) -> CommitOutcome:
-        """Write the manifest of complete ``commit`` now (create-only), then apply retention:
-        for a committer that knows every part already, as DCP's coordinator does."""
-        return self._finish(commit)[0]
-
     def _finish(self, commit: StepCommit) -> tuple[CommitOutcome, tuple[int, ...]]:
         step = commit.step
         manifest = commit.manifest(created_unix=time.time(), metadata=self._metadata_for(step))

@@ -67,7 +67,7 @@ from . import layout, shutdown
 from .commit import PartReport, StepCommit, StorageView, scan_listing
 from .compression import compress, decompress, worth_compressing
 from .leader import LeaderCommitter
-from .integrity import Buffer, crc32c_of
+from .integrity import Buffer, crc32c
 from .manifest import (
     Manifest,
     PartRecord,
@@ -79,9 +79,11 @@ from .manifest import (
 )
 from .retention import plan_retention
 from .slots import InFlightSlots
-from .storage import PartData, Storage, open_storage
+from .storage import Storage, open_storage
 
 log = logging.getLogger("dtruntime.checkpoint")
+
+_AUTO_SAMPLE = 8 << 20  # ``auto`` compression samples this much of a tensor part's body
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ class _SaveJob:
     metadata: dict[str, Any]
     future: concurrent.futures.Future[SaveResult]
     staged: Any = None  # a staging.StagedPart for a tensor-native save (then data is None)
+    caller_saw_failure: bool = False
     # Set once the part is written, for the SaveResult of a leader-committed step.
     raw_size: int = 0
     stored_size: int = 0
@@ -320,11 +323,19 @@ class CheckpointManager:
                 f"step {step}: no save slot free after {timeout} s ({self.max_in_flight} saves in flight)"
             )
         try:
-            staged = self._staging.stage(state)
+            staged = self._staging.prepare(state)
         except BaseException:
             self._slots.release()
             raise
-        return self._enqueue(_SaveJob(step, None, checked, concurrent.futures.Future(), staged=staged))
+        job = _SaveJob(step, None, checked, concurrent.futures.Future(), staged=staged)
+        handle = self._enqueue(job)  # the writer streams what is copied while we copy the rest
+        try:
+            staged.copy()
+        except BaseException as exc:
+            job.caller_saw_failure = True  # raised here: not reported again by flush/close
+            staged.abort(exc)
+            raise
+        return handle
 
     def should_save(self, step: int) -> bool:
         """True when ``step`` is a positive multiple of ``interval_steps`` (``[checkpoint]
@@ -619,7 +630,7 @@ class CheckpointManager:
         with self._lock:
             self._pending.discard(job.step)
             self._metadata.pop(job.step, None)
-            if isinstance(outcome, CheckpointError):
+            if isinstance(outcome, CheckpointError) and not job.caller_saw_failure:
                 self._unreported[job.future] = (job.step, outcome)
             else:
                 self._known_committed.add(job.step)
@@ -650,18 +661,8 @@ class CheckpointManager:
         if existing is not None:
             raise CheckpointError(f"step {step} already exists (committed) at {storage.describe(manifest_key)}")
 
-        raw_size, codec, stored = self._encode(job)
-        chunks = [stored] if isinstance(stored, (bytes, bytearray, memoryview)) else stored
-        stored_size = sum(len(chunk) for chunk in chunks)
-        report = PartReport(step, self.rank, stored_size, crc32c_of(chunks), codec)
-        part_key = layout.part_key(step, self.rank, codec, report.checksum)
-        try:
-            storage.write_part(part_key, stored)
-        except OSError as exc:
-            self._discard_part(part_key)
-            if self._orchestrator is not None:
-                self._report(report, ok=False)  # the other ranks' saves of this step fail at once
-            raise CheckpointError(f"step {step}: writing {storage.describe(part_key)} failed: {exc}") from exc
+        report, raw_size = self._write_part(job)
+        stored_size, codec = report.size, report.codec
 
         if self._orchestrator is not None:
             job.raw_size, job.stored_size, job.codec, job.started = raw_size, stored_size, codec, started
@@ -678,18 +679,45 @@ class CheckpointManager:
             raise CheckpointError(f"step {step}: committing {storage.describe(manifest_key)} failed: {exc}") from exc
         return SaveResult(step, raw_size, stored_size, codec, time.perf_counter() - started)
 
-    def _encode(self, job: _SaveJob) -> tuple[int, str, PartData]:
-        """``(raw size, codec, stored bytes)`` of ``job``'s part. An uncompressed tensor part
-        stays two buffers (header, staging body), written without joining them."""
-        if job.staged is None:
+    def _write_part(self, job: _SaveJob) -> tuple[PartReport, int]:
+        """Write ``job``'s part at its final key; return its report and raw size.
+
+        An uncompressed tensor part is streamed from the staging buffer while the caller
+        is still copying into it (``auto`` decides on the first 8 MiB of its body); any
+        other part is encoded whole, checksummed, then written.
+        """
+        step, storage, staged = job.step, self._storage, job.staged
+        if staged is not None and (
+            self.compression == "none"
+            or (self.compression == "auto" and not worth_compressing(staged.prefix(_AUTO_SAMPLE)))
+        ):
+            directory = layout.step_dir(step)
+            try:
+                key, size, checksum = storage.write_part_as(
+                    directory, lambda crc: layout.part_key(step, self.rank, "none", crc), staged.stream()
+                )
+            except (OSError, CheckpointError) as exc:
+                if self._orchestrator is not None:
+                    self._report(PartReport(step, self.rank, 0, 0, "none"), ok=False)
+                raise CheckpointError(f"step {step}: writing a part under {storage.describe(directory)} failed: {exc}") from exc
+            return PartReport(step, self.rank, size, checksum, "none"), staged.size
+        if staged is not None:
+            raw_size = staged.size
+            codec, stored = compress(b"".join(staged.chunks()), self.compression)
+        else:
             assert job.data is not None
+            raw_size = len(job.data)
             codec, stored = compress(job.data, self.compression)
-            return len(job.data), codec, stored
-        chunks = job.staged.chunks()
-        if self.compression == "none" or (self.compression == "auto" and not worth_compressing(chunks[1])):
-            return job.staged.size, "none", chunks
-        codec, stored = compress(b"".join(chunks), self.compression)
-        return job.staged.size, codec, stored
+        report = PartReport(step, self.rank, len(stored), crc32c(stored), codec)
+        part_key = layout.part_key(step, self.rank, codec, report.checksum)
+        try:
+            storage.write_part(part_key, stored)
+        except OSError as exc:
+            self._discard_part(part_key)
+            if self._orchestrator is not None:
+                self._report(report, ok=False)  # the other ranks' saves of this step fail at once
+            raise CheckpointError(f"step {step}: writing {storage.describe(part_key)} failed: {exc}") from exc
+        return report, raw_size
 
     def _report(self, report: PartReport, ok: bool) -> concurrent.futures.Future[None]:
         try:

@@ -7,6 +7,12 @@ come from :mod:`.layout` and are joined with :func:`layout.join_under`):
   one buffer or a sequence of buffers written back to back (a tensor part's header and
   staging buffer, a DCP rank's items): local storage writes each in place, an object
   store gets one PUT of their concatenation.
+- ``write_part_as``: like ``write_part`` for a part whose key depends on its CRC-32C, from
+  an iterable of buffers that may wait for each one (a staging copy still in progress).
+  Local storage writes a temp file in the step's directory while it checksums, fsyncs it
+  and renames it to its final key (a local rename: atomic; a crash leaves a ``tmp-*``
+  file, never a part name, deleted with the step by retention); an object store
+  collects the buffers, checksums them and PUTs once at the final key (no rename).
 - ``read_buffer``: the whole object as a writable, 64-byte-aligned numpy ``uint8`` array
   and the CRC-32C of its bytes, so tensors can be views of it with no further copy.
   Local storage reads straight into the array in slices while another thread checksums
@@ -32,7 +38,7 @@ import shutil
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,7 +48,7 @@ from fsspec.utils import get_protocol
 
 from ..errors import ConfigError, DtruntimeError
 from . import layout
-from .integrity import Buffer, crc32c
+from .integrity import Buffer, crc32c, crc32c_of
 
 _WRITE_SLICE = 64 << 20
 _READ_SLICE = 32 << 20
@@ -79,6 +85,15 @@ class Storage(ABC):
     @abstractmethod
 
     def remove(self, key: str) -> None: ...
+
+    def write_part_as(self, directory: str, key_for: Callable[[int], str], chunks: Iterable[Buffer]) -> tuple[str, int, int]:
+        """Write the concatenation of ``chunks`` at ``key_for(crc32c)`` (under ``directory``,
+        a step directory key); return ``(key, size, crc32c)``. Durable when this returns."""
+        collected = list(chunks)
+        checksum = crc32c_of(collected)
+        key = key_for(checksum)
+        self.write_part(key, collected)
+        return key, sum(len(chunk) for chunk in collected), checksum
 
     def read_buffer(self, key: str) -> tuple[np.ndarray, int]:
         """``key``'s bytes as a writable, aligned ``uint8`` array, and their CRC-32C."""
@@ -119,6 +134,36 @@ class LocalStorage(Storage):
         finally:
             os.close(fd)
         _fsync_dir(os.path.dirname(path))
+
+    def write_part_as(self, directory: str, key_for: Callable[[int], str], chunks: Iterable[Buffer]) -> tuple[str, int, int]:
+        """Checksum and write each chunk as it comes into a temp file, then rename it."""
+        folder = self._path(directory)
+        self._ensure_dir(folder)
+        temp = os.path.join(folder, f"tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}.part")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        size = checksum = 0
+        try:
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk).cast("B")
+                    for start in range(0, len(view), _WRITE_SLICE):
+                        piece = view[start : start + _WRITE_SLICE]
+                        checksum = crc32c(piece, checksum)
+                        _write_all(fd, piece)
+                    size += len(view)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            key = key_for(checksum)
+            os.replace(temp, self._path(key))
+        except BaseException:
+            try:
+                os.remove(temp)
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_dir(folder)
+        return key, size, checksum
 
     def read_buffer(self, key: str) -> tuple[np.ndarray, int]:
         """Read into an aligned array in slices; a helper thread checksums each slice read

@@ -174,3 +174,34 @@ def test_tensor_parts_on_s3(s3_bucket, s3_options):
         manager.save(state, 9).result(TIMEOUT)
         loaded = manager.load_state()
     assert torch.equal(loaded["w"], state["w"]) and loaded["meta"] == {"step": 9}
+
+
+def test_a_failed_staging_copy_raises_to_the_caller_and_leaves_nothing(tmp_path, monkeypatch):
+    import dtruntime.checkpoint.staging as staging
+
+    real_target, calls = staging._target, []
+
+    def failing_target(buffer, entry):
+        calls.append(entry.name)
+        if len(calls) == 2:
+            raise RuntimeError("device lost")
+        return real_target(buffer, entry)
+
+    with CheckpointManager(str(tmp_path), compression="none", max_in_flight=1) as manager:
+        monkeypatch.setattr(staging, "_target", failing_target)
+        with pytest.raises(RuntimeError, match="device lost"):
+            manager.save({"a": torch.ones(1 << 16), "b": torch.ones(1 << 16)}, 1)
+        monkeypatch.setattr(staging, "_target", real_target)
+        manager.save({"a": torch.ones(4)}, 2).result(TIMEOUT)  # the slot came back
+        manager.flush_sync(TIMEOUT)  # the failure was raised to the caller: not raised again
+        assert manager.list_checkpoints_sync() == [2]
+    assert not glob.glob(str(tmp_path / "step-000000000001" / "*"))  # no part, no temp file
+
+
+def test_a_step_another_process_committed_fails_through_the_handle(tmp_path):
+    with CheckpointManager(str(tmp_path)) as first, CheckpointManager(str(tmp_path)) as second:
+        first.save({"w": torch.ones(8)}, 3).result(TIMEOUT)
+        handle = second.save({"w": torch.zeros(8)}, 3)
+        with pytest.raises(CheckpointError, match="already exists"):
+            handle.result(TIMEOUT)
+        assert first.load_state(3)["w"].sum().item() == 8.0
