@@ -174,6 +174,11 @@ def bench_save(size_mib: int, reps: int, workdir: Path) -> dict:
         "ours_mib_s": round(size / medians["ours_durable"], 1),
         "raw_fsync_mib_s": round(size / medians["raw_fsync"], 1),
         "throughput_vs_raw": round(medians["raw_fsync"] / medians["ours_durable"], 2),
+        # The part of the durable time after save() returned, against the same raw write.
+        "after_return_vs_raw": round(
+            median([d - s for d, s in zip(samples["ours_durable"], samples["ours_stall"])]) / medians["raw_fsync"], 2
+        ),
+        "load_avg_after": [round(x, 1) for x in os.getloadavg()],
     }
 
 

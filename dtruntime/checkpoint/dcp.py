@@ -10,8 +10,9 @@ layout as :class:`~dtruntime.checkpoint.CheckpointManager` (so ``list_checkpoint
 ``read_manifest`` and retention see DCP steps too):
 
 * each rank writes all its items as one part, ``step-S/part-<rank>-none-<crc32c>.bin``
-  (tensors as raw contiguous bytes, DCP's ``BytesIO`` items as they are: no pickle), at
-  its final key, durable when ``write_data`` returns; a rank with nothing to write
+  (tensors as raw contiguous bytes, DCP's ``BytesIO`` items as they are: no pickle),
+  checksummed as it is written (:meth:`.storage.Storage.write_part_as`), durable at its
+  final key when ``write_data`` returns; a rank with nothing to write
   writes an empty part, so every rank ``0..world_size-1`` has one;
 * DCP's coordinator rank (``finish``) is the leader: it checks that storage lists every
   rank's part as reported, writes DCP's ``Metadata`` pickle-free (:mod:`.dcp_metadata`)
@@ -59,7 +60,7 @@ from ..errors import CheckpointError, CheckpointNotFoundError
 from . import layout
 from .commit import PartReport, StepCommit, StorageView, recover_step, scan_listing
 from .dcp_metadata import ItemLocation, decode_metadata, encode_metadata
-from .integrity import crc32c, crc32c_of, format_checksum
+from .integrity import crc32c, format_checksum
 from .manifest import Manifest, decode_manifest, encode_manifest, verify_checksum
 from .retention import plan_retention
 from .storage import Storage, open_storage
@@ -150,13 +151,16 @@ class DtruntimeStorageWriter(StorageWriter):
             chunks.append(view)
             placed.append((item, location))
             offset += len(view)
-        checksum = crc32c_of(chunks)
-        key = layout.part_key(self.step, rank, "none", checksum)
+        directory = layout.step_dir(self.step)
         try:
-            self.storage.write_part(key, chunks)
+            _key, size, checksum = self.storage.write_part_as(
+                directory, lambda crc: layout.part_key(self.step, rank, "none", crc), chunks
+            )
         except OSError as exc:
-            raise CheckpointError(f"step {self.step}: writing {self.storage.describe(key)} failed: {exc}") from exc
-        part = _PartLocation(rank, offset, checksum)
+            raise CheckpointError(
+                f"step {self.step}: writing rank {rank}'s part under {self.storage.describe(directory)} failed: {exc}"
+            ) from exc
+        part = _PartLocation(rank, size, checksum)
         results = [
             WriteResult(index=item.index, size_in_bytes=location.length, storage_data=(location, part))
             for item, location in placed

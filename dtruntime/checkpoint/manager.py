@@ -53,6 +53,7 @@ import asyncio
 import concurrent.futures
 import io
 import logging
+import os
 import queue
 import threading
 import time
@@ -682,9 +683,10 @@ class CheckpointManager:
     def _write_part(self, job: _SaveJob) -> tuple[PartReport, int]:
         """Write ``job``'s part at its final key; return its report and raw size.
 
-        An uncompressed tensor part is streamed from the staging buffer while the caller
-        is still copying into it (``auto`` decides on the first 8 MiB of its body); any
-        other part is encoded whole, checksummed, then written.
+        An uncompressed tensor part is streamed from the staging buffer, while the caller
+        is still copying into it when a core is spare (:func:`_spare_core`), checksummed
+        as it is written (``auto`` decides on the first 8 MiB of its body); any other part
+        is encoded whole, checksummed, then written.
         """
         step, storage, staged = job.step, self._storage, job.staged
         if staged is not None and (
@@ -694,7 +696,8 @@ class CheckpointManager:
             directory = layout.step_dir(step)
             try:
                 key, size, checksum = storage.write_part_as(
-                    directory, lambda crc: layout.part_key(step, self.rank, "none", crc), staged.stream()
+                    directory, lambda crc: layout.part_key(step, self.rank, "none", crc),
+                    staged.stream(overlap=_spare_core()),
                 )
             except (OSError, CheckpointError) as exc:
                 if self._orchestrator is not None:
@@ -914,3 +917,21 @@ def _map_tensors(value: Any, function: Callable[[Any], Any]) -> Any:
     if isinstance(value, tuple):
         return tuple(_map_tensors(item, function) for item in value)
     return value
+
+
+def _spare_core() -> bool:
+    """Whether the machine likely has a core the training loop leaves idle: the 1-minute
+    load average is below the usable cores minus one.
+
+    The writer streams a tensor part while the caller is still copying into the staging
+    buffer only then; without a spare core the two would share one, the caller's stall
+    would grow and the part would be durable no sooner, so the writer waits for the copy.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    try:
+        return os.getloadavg()[0] < cores - 1
+    except OSError:
+        return cores > 2

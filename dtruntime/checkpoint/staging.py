@@ -4,9 +4,10 @@
 leaf checked, the small header serialised) and takes a staging buffer from the pool;
 :meth:`StagedPart.copy` then copies every tensor into its place in the part's body, in
 body order, publishing its progress. The manager queues the part *before* the copy, so
-the writer thread streams (checksums and writes) the bytes already copied while the
-caller copies the rest: the caller's time is the copy, and the part is durable about
-when the write of its last bytes is, not a copy later. The caller may change its tensors
+that, when a core is spare, the writer thread streams (checksums and writes) the bytes
+already copied while the caller copies the rest: the caller's time is the copy, and the
+part is durable about when the write of its last bytes is, not a copy later. (Without a
+spare core the writer waits for the copy, which then does not share its core.) The caller may change its tensors
 once ``copy`` returns. A failed copy (:meth:`StagedPart.abort`) fails the writer's stream
 with CheckpointError. The writer gives the buffer back with :meth:`StagedPart.release`.
 
@@ -88,8 +89,11 @@ class StagedPart:
             self._error = error
             self._progress.notify_all()
 
-    def stream(self) -> Iterator[memoryview]:
-        """The part's bytes, header first, then each body range as soon as it is copied."""
+    def stream(self, overlap: bool = True) -> Iterator[memoryview]:
+        """The part's bytes, header first, then each body range as soon as it is copied
+        (``overlap``) or, without ``overlap``, the whole body once all of it is copied."""
+        if not overlap:
+            self._wait_for(self.plan.body_size)
         yield memoryview(self.plan.header)
         body = self._body()
         written = 0
