@@ -3,6 +3,9 @@
     python benchmarks/checkpoint_crash_soak.py --kills 200 [--root DIR] [--seed N]
     python benchmarks/checkpoint_crash_soak.py --mode dcp --world 2 --kills 200 [--backend s3 --options JSON]
 
+``--mode tensor``: as the default loop, with state dicts saved by ``save`` (tensor-native
+parts) and checked with ``load_state``.
+
 ``--mode dcp``: each round starts a job of ``--world`` real processes (gloo on CPU) that
 resumes after the newest committed step and saves tensor-native multi-rank checkpoints
 back to back with ``torch.distributed.checkpoint.save`` through dtruntime's writer (a
@@ -49,7 +52,24 @@ def payload(step: int) -> bytes:
     return noise + bytes(size - len(noise))
 
 
-def child_main(root: str, backend: str | None, options: dict[str, Any]) -> None:
+def tensor_state(step: int) -> dict[str, Any]:
+    """The state dict ``--mode tensor`` saves for ``step``: the step's payload as a uint8
+    tensor, a float tensor and plain leaves."""
+    import torch
+
+    data = torch.frombuffer(bytearray(payload(step)), dtype=torch.uint8)
+    return {"w": data, "scale": torch.full((4,), float(step)), "meta": {"step": step, "tag": (step, "x")}}
+
+
+def same_state(loaded: Any, step: int) -> bool:
+    import torch
+
+    expected = tensor_state(step)
+    return (torch.equal(loaded["w"], expected["w"]) and torch.equal(loaded["scale"], expected["scale"])
+            and loaded["meta"] == expected["meta"])
+
+
+def child_main(root: str, backend: str | None, options: dict[str, Any], tensor: bool = False) -> None:
     from dtruntime import CheckpointManager
 
     manager = CheckpointManager(root, backend=backend, keep_last_n=KEEP_LAST_N, storage_options=options or None)
@@ -57,20 +77,28 @@ def child_main(root: str, backend: str | None, options: dict[str, Any]) -> None:
     step = steps[-1] + 1 if steps else 0
     print("ready", flush=True)
     while True:  # runs until killed
-        manager.save_bytes(payload(step), step)
+        if tensor:
+            manager.save(tensor_state(step), step)
+        else:
+            manager.save_bytes(payload(step), step)
         step += 1
 
 
-def check_store(root: str, backend: str | None, options: dict[str, Any]) -> list[str]:
+def check_store(root: str, backend: str | None, options: dict[str, Any], tensor: bool = False) -> list[str]:
     """Violations of the crash-atomicity invariants in the store at ``root`` (empty: none)."""
     from dtruntime import CheckpointManager
+
+    def holds(manager: Any, step: int | None, expected_step: int) -> bool:
+        if tensor:
+            return same_state(manager.load_state(step), expected_step)
+        return manager.load_bytes(step) == payload(expected_step)
 
     problems = []
     with CheckpointManager(root, backend=backend, storage_options=options or None) as manager:
         steps = manager.list_checkpoints_sync()
         for step in steps:
             try:
-                if manager.load_bytes(step) != payload(step):
+                if not holds(manager, step, step):
                     problems.append(f"step {step} loads other bytes than were saved")
             except FileNotFoundError as exc:
                 # On an object store the killed writer's last request (retention deleting an
@@ -82,7 +110,7 @@ def check_store(root: str, backend: str | None, options: dict[str, Any]) -> list
                 problems.append(f"listed step {step} fails to load: {exc!r}")
         if steps:
             try:
-                if manager.load_bytes() != payload(steps[-1]):
+                if not holds(manager, None, steps[-1]):
                     problems.append(f"load() did not return the newest committed step {steps[-1]}")
                 if manager.read_manifest().step != steps[-1]:
                     problems.append("read_manifest() did not resolve to the newest committed step")
@@ -243,8 +271,10 @@ def run_kill_loop(
     backend: str | None = None,
     options: dict[str, Any] | None = None,
     max_delay_s: float = 0.25,
+    tensor: bool = False,
 ) -> dict[str, Any]:
-    """Run ``kills`` kill-9 rounds against ``root``; return a summary with ``violations``."""
+    """Run ``kills`` kill-9 rounds against ``root``; return a summary with ``violations``.
+    ``tensor``: the child saves state dicts with ``save`` (tensor-native parts)."""
     rng = random.Random(seed)
     options = options or {}
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -254,11 +284,11 @@ def run_kill_loop(
     for round_index in range(kills):
         child = subprocess.Popen(
             [sys.executable, __file__, "child", "--root", root, "--backend", backend or "",
-             "--options", json.dumps(options)],
+             "--options", json.dumps(options)] + (["--mode", "tensor"] if tensor else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
         try:
-            line = _read_line(child, deadline_s=60)
+            line = _read_line(child, deadline_s=120)
             if line != "ready":
                 raise RuntimeError(f"child did not start: {line!r} {child.stderr.read().decode()[-2000:]}")
             time.sleep(rng.uniform(0, max_delay_s))  # the random kill moment is the point
@@ -267,7 +297,7 @@ def run_kill_loop(
             child.wait(timeout=30)
             child.stdout.close()
             child.stderr.close()
-        problems = check_store(root, backend, options)
+        problems = check_store(root, backend, options, tensor=tensor)
         violations.extend(f"round {round_index}: {p}" for p in problems)
         from dtruntime import CheckpointManager
 
@@ -275,6 +305,7 @@ def run_kill_loop(
             steps = manager.list_checkpoints_sync()
         newest_seen.append(steps[-1] if steps else -1)
     return {
+        "mode": "tensor" if tensor else "bytes",
         "kills": kills,
         "violations": violations,
         "newest_committed_after_last_kill": newest_seen[-1] if newest_seen else None,
@@ -296,8 +327,9 @@ def _read_line(child: subprocess.Popen, deadline_s: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="soak", choices=("soak", "child", "dcp-child"))
-    parser.add_argument("--mode", dest="kind", default="bytes", choices=("bytes", "dcp"),
-                        help="bytes: one process, save_bytes; dcp: --world ranks, DCP save through dtruntime")
+    parser.add_argument("--mode", dest="kind", default="bytes", choices=("bytes", "tensor", "dcp"),
+                        help="bytes: one process, save_bytes; tensor: one process, save(state_dict); "
+                             "dcp: --world ranks, DCP save through dtruntime")
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--max-delay", type=float, default=1.5, help="dcp mode: longest run before the kill (s)")
     parser.add_argument("--root", default=None)
@@ -310,7 +342,7 @@ def main() -> None:
         sys.path.insert(0, str(REPO))
     backend = args.backend or None
     if args.mode == "child":
-        child_main(args.root, backend, json.loads(args.options))
+        child_main(args.root, backend, json.loads(args.options), tensor=args.kind == "tensor")
         return
     if args.mode == "dcp-child":
         dcp_child_main(args.root, backend, json.loads(args.options))
@@ -320,7 +352,8 @@ def main() -> None:
         summary = run_dcp_kill_loop(root, args.kills, world=args.world, seed=args.seed, backend=backend,
                                     options=json.loads(args.options), max_delay_s=args.max_delay)
     else:
-        summary = run_kill_loop(root, args.kills, seed=args.seed, backend=backend, options=json.loads(args.options))
+        summary = run_kill_loop(root, args.kills, seed=args.seed, backend=backend, options=json.loads(args.options),
+                                tensor=args.kind == "tensor")
     summary["root"] = root
     print(json.dumps(summary, indent=1))
     sys.exit(1 if summary["violations"] else 0)

@@ -12,6 +12,12 @@ def test_kill_9_at_random_moments_never_lists_an_unloadable_step(tmp_path, crash
     assert summary["newest_committed_after_last_kill"] >= 30
 
 
+def test_kill_9_during_tensor_native_saves_never_lists_an_unloadable_step(tmp_path, crash_harness):
+    summary = crash_harness.run_kill_loop(str(tmp_path / "ckpt"), kills=10, seed=12, tensor=True)
+    assert summary["violations"] == []
+    assert summary["rounds_with_progress"] >= 5
+
+
 def test_kill_9_of_a_multi_rank_dcp_save_never_lists_an_unloadable_step(tmp_path, crash_harness):
     """Two real ranks saving through DCP and dtruntime, killed one by one at random moments."""
     summary = crash_harness.run_dcp_kill_loop(str(tmp_path / "ckpt"), kills=4, world=2, seed=5, max_delay_s=3.0)
