@@ -75,6 +75,10 @@ def child_main(root: str, backend: str | None, options: dict[str, Any], tensor: 
     manager = CheckpointManager(root, backend=backend, keep_last_n=KEEP_LAST_N, storage_options=options or None)
     steps = manager.list_checkpoints_sync()
     step = steps[-1] + 1 if steps else 0
+    if tensor:  # import torch and the staging code before the kill window opens
+        import dtruntime.checkpoint.staging  # noqa: F401
+
+        tensor_state(step)
     print("ready", flush=True)
     while True:  # runs until killed
         if tensor:
@@ -205,8 +209,10 @@ def run_dcp_kill_loop(
     backend: str | None = None,
     options: dict[str, Any] | None = None,
     max_delay_s: float = 1.5,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """``kills`` rounds of: start a ``world``-rank DCP saving job, kill -9 every rank, check."""
+    """``kills`` rounds of: start a ``world``-rank DCP saving job, kill -9 every rank, check.
+    With ``max_seconds``, no round starts after that long (the summary counts the rounds run)."""
     import socket
 
     rng = random.Random(seed)
@@ -214,7 +220,11 @@ def run_dcp_kill_loop(
     violations: list[str] = []
     newest_seen: list[int] = []
     started = time.perf_counter()
+    rounds = 0
     for round_index in range(kills):
+        if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            break
+        rounds += 1
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -252,11 +262,12 @@ def run_dcp_kill_loop(
         with CheckpointManager(root, backend=backend, storage_options=options or None) as manager:
             steps = manager.list_checkpoints_sync()
         newest_seen.append(steps[-1] if steps else -1)
+        _progress(round_index, newest_seen[-1], violations, started)
     return {
         "mode": "dcp",
         "world": world,
-        "kills": kills,
-        "processes_killed": kills * world,
+        "kills": rounds,
+        "processes_killed": rounds * world,
         "violations": violations,
         "newest_committed_after_last_kill": newest_seen[-1] if newest_seen else None,
         "rounds_with_progress": sum(1 for a, b in zip([-1] + newest_seen, newest_seen) if b > a),
@@ -272,6 +283,7 @@ def run_kill_loop(
     options: dict[str, Any] | None = None,
     max_delay_s: float = 0.25,
     tensor: bool = False,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Run ``kills`` kill-9 rounds against ``root``; return a summary with ``violations``.
     ``tensor``: the child saves state dicts with ``save`` (tensor-native parts)."""
@@ -281,7 +293,11 @@ def run_kill_loop(
     violations: list[str] = []
     newest_seen: list[int] = []
     started = time.perf_counter()
+    rounds = 0
     for round_index in range(kills):
+        if max_seconds is not None and time.perf_counter() - started > max_seconds:
+            break
+        rounds += 1
         child = subprocess.Popen(
             [sys.executable, __file__, "child", "--root", root, "--backend", backend or "",
              "--options", json.dumps(options)] + (["--mode", "tensor"] if tensor else []),
@@ -304,14 +320,21 @@ def run_kill_loop(
         with CheckpointManager(root, backend=backend, storage_options=options or None) as manager:
             steps = manager.list_checkpoints_sync()
         newest_seen.append(steps[-1] if steps else -1)
+        _progress(round_index, newest_seen[-1], violations, started)
     return {
         "mode": "tensor" if tensor else "bytes",
-        "kills": kills,
+        "kills": rounds,
         "violations": violations,
         "newest_committed_after_last_kill": newest_seen[-1] if newest_seen else None,
         "rounds_with_progress": sum(1 for a, b in zip([-1] + newest_seen, newest_seen) if b > a),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _progress(round_index: int, newest: int, violations: list[str], started: float) -> None:
+    """One line per round on stderr, so a long soak shows how far it got."""
+    print(json.dumps({"round": round_index, "newest": newest, "violations": len(violations),
+                      "seconds": round(time.perf_counter() - started, 1)}), file=sys.stderr, flush=True)
 
 
 def _read_line(child: subprocess.Popen, deadline_s: float) -> str:
@@ -332,6 +355,7 @@ def main() -> None:
                              "dcp: --world ranks, DCP save through dtruntime")
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--max-delay", type=float, default=1.5, help="dcp mode: longest run before the kill (s)")
+    parser.add_argument("--max-seconds", type=float, default=None, help="start no round after this long")
     parser.add_argument("--root", default=None)
     parser.add_argument("--backend", default="")
     parser.add_argument("--options", default="{}")
@@ -350,10 +374,11 @@ def main() -> None:
     root = args.root or tempfile.mkdtemp(prefix="dtruntime-crash-")
     if args.kind == "dcp":
         summary = run_dcp_kill_loop(root, args.kills, world=args.world, seed=args.seed, backend=backend,
-                                    options=json.loads(args.options), max_delay_s=args.max_delay)
+                                    options=json.loads(args.options), max_delay_s=args.max_delay,
+                                    max_seconds=args.max_seconds)
     else:
         summary = run_kill_loop(root, args.kills, seed=args.seed, backend=backend, options=json.loads(args.options),
-                                tensor=args.kind == "tensor")
+                                tensor=args.kind == "tensor", max_seconds=args.max_seconds)
     summary["root"] = root
     print(json.dumps(summary, indent=1))
     sys.exit(1 if summary["violations"] else 0)
