@@ -62,7 +62,7 @@ from .commit import PartReport, StepCommit, StorageView, recover_step, scan_list
 from .dcp_metadata import ItemLocation, decode_metadata, encode_metadata
 from .integrity import crc32c, format_checksum
 from .manifest import Manifest, decode_manifest, encode_manifest, verify_checksum
-from .retention import plan_retention
+from .retention import plan_retention, validate_keep_last_n
 from .storage import Storage, open_storage
 
 #: The key in a manifest's ``metadata`` that marks a DCP step and locates its metadata.
@@ -101,7 +101,7 @@ class DtruntimeStorageWriter(StorageWriter):
     ) -> None:
         super().__init__()
         settings = (config if config is not None else Config.load()).checkpoint
-        self.keep_last_n = settings.keep_last_n if keep_last_n is None else keep_last_n
+        self.keep_last_n = validate_keep_last_n(settings.keep_last_n if keep_last_n is None else keep_last_n)
         self.storage: Storage = open_storage(storage_path, backend, storage_options)
         self.step = layout.validate_step(step)
         self.rank = 0

@@ -205,3 +205,17 @@ def test_a_step_another_process_committed_fails_through_the_handle(tmp_path):
         with pytest.raises(CheckpointError, match="already exists"):
             handle.result(TIMEOUT)
         assert first.load_state(3)["w"].sum().item() == 8.0
+
+
+def test_dcp_classes_refuse_bad_arguments_with_clear_errors(tmp_path):
+    from dtruntime.checkpoint.dcp import DtruntimeStorageReader, DtruntimeStorageWriter
+    from dtruntime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="keep_last_n"):
+        DtruntimeStorageWriter(str(tmp_path), 1, keep_last_n=0)
+    with pytest.raises(CheckpointError, match="step must be >= 0"):
+        DtruntimeStorageWriter(str(tmp_path), -1)
+    with pytest.raises(CheckpointError, match="checkpoint_id must be a step number"):
+        DtruntimeStorageReader(str(tmp_path)).reset("/some/dir")
+    with pytest.raises(FileNotFoundError):
+        DtruntimeStorageReader(str(tmp_path)).read_metadata()
