@@ -179,6 +179,39 @@ class LocalStorage(Storage):
                 offset += got
         return buffer, checksum
 
+    def write_manifest(self, key: str, data: bytes) -> None:
+        """Temp file (own name per writer), fsync, then ``os.link`` to the final name:
+        atomic and create-only, so two leaders committing one step at once cannot both
+        win nor tear the file. Where hard links are unsupported, ``os.replace`` after an
+        existence check (create-only against anything but a simultaneous writer)."""
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        if os.path.exists(path):
+            raise FileExistsError(errno.EEXIST, "manifest already exists", path)
+        self._ensure_dir(directory)
+        temp = os.path.join(directory, f"{layout.MANIFEST_TEMP_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                raise FileExistsError(errno.EEXIST, "manifest already exists", path) from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                os.replace(temp, path)
+        finally:
+            try:
+                os.remove(temp)
+            except FileNotFoundError:
+                pass
+        _fsync_dir(directory)
+
     def read(self, key: str) -> bytes:
         with open(self._path(key), "rb") as handle:
             return handle.read()
