@@ -29,6 +29,7 @@ a violation. tests/checkpoint/test_ckpt_crash.py runs a short version of this lo
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import random
@@ -76,8 +77,7 @@ def child_main(root: str, backend: str | None, options: dict[str, Any], tensor: 
     steps = manager.list_checkpoints_sync()
     step = steps[-1] + 1 if steps else 0
     if tensor:  # import torch and the staging code before the kill window opens
-        import dtruntime.checkpoint.staging  # noqa: F401
-
+        importlib.import_module("dtruntime.checkpoint.staging")
         tensor_state(step)
     print("ready", flush=True)
     while True:  # runs until killed
@@ -152,6 +152,12 @@ def dcp_child_main(root: str, backend: str | None, options: dict[str, Any]) -> N
         newest = [steps[-1] if steps else -1]
     dist.broadcast_object_list(newest, src=0)
     step = newest[0] + 1
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as scratch:  # warm DCP and gloo up before the kill window
+        dcp.save({"warm": torch.zeros(1)}, checkpoint_id=scratch)
     print("ready", flush=True)
     while True:  # runs until killed
         state = dcp_expected(step)
