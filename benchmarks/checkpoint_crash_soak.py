@@ -33,6 +33,7 @@ import importlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -150,14 +151,18 @@ def dcp_child_main(root: str, backend: str | None, options: dict[str, Any]) -> N
         with CheckpointManager(root, backend=backend, storage_options=options or None) as manager:
             steps = manager.list_checkpoints_sync()
         newest = [steps[-1] if steps else -1]
-    dist.broadcast_object_list(newest, src=0)
-    step = newest[0] + 1
     import tempfile
 
     import torch
 
-    with tempfile.TemporaryDirectory() as scratch:  # warm DCP and gloo up before the kill window
-        dcp.save({"warm": torch.zeros(1)}, checkpoint_id=scratch)
+    scratch = [tempfile.mkdtemp(prefix="dtruntime-warm-") if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(newest, src=0)
+    dist.broadcast_object_list(scratch, src=0)
+    step = newest[0] + 1
+    dcp.save({"warm": torch.zeros(1)}, checkpoint_id=scratch[0])  # warm DCP and gloo up before the kill window
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.rmtree(scratch[0], ignore_errors=True)
     print("ready", flush=True)
     while True:  # runs until killed
         state = dcp_expected(step)
