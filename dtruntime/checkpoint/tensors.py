@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -115,7 +116,8 @@ def is_tensor_part(data: Any) -> bool:
 def load_state(buffer: np.ndarray, source: str) -> Any:
     """Rebuild the state dict of a part read into ``buffer`` (an aligned ``uint8`` array).
 
-    Every tensor is a view of ``buffer`` (it stays alive as long as any of them does);
+    Every tensor is its own storage over ``buffer``'s bytes, no copy (``buffer`` stays
+    alive as long as any of them does);
     CheckpointError naming ``source`` when the header is damaged or inconsistent.
     """
     total = len(buffer)
@@ -128,7 +130,6 @@ def load_state(buffer: np.ndarray, source: str) -> Any:
         if meta.get("format") != FORMAT_TAG:
             raise ValueError(f"format is {meta.get('format')!r}, expected {FORMAT_TAG!r}")
         body_start = 8 + size
-        whole = torch.from_numpy(buffer)
         refs = json.loads(meta["refs"])
         tensors = []
         for name in refs:
@@ -138,8 +139,16 @@ def load_state(buffer: np.ndarray, source: str) -> Any:
             shape = [int(n) for n in entry["shape"]]
             if not 0 <= begin <= end <= total - body_start:
                 raise ValueError(f"tensor {name!r} lies outside the file")
-            piece = whole[body_start + begin : body_start + end]
-            tensors.append(piece.view(dtype).view(shape))
+            count = math.prod(shape)
+            if count * dtype.itemsize != end - begin:
+                raise ValueError(f"tensor {name!r}: shape {shape} of {entry['dtype']} is not {end - begin} bytes")
+            if count == 0:
+                tensors.append(torch.empty(shape, dtype=dtype))
+                continue
+            # Its own storage over the buffer's bytes (no copy): APIs that read a tensor's
+            # storage rather than its data pointer (torch.set_rng_state) see just this tensor.
+            flat = torch.frombuffer(buffer, dtype=dtype, count=count, offset=body_start + begin)
+            tensors.append(flat.view(shape))
         return _decode(base64.b64decode(meta["tree"]), tensors)
     except CheckpointError:
         raise
