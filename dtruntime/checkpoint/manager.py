@@ -10,8 +10,8 @@ handle completes once the step is durable and committed.
 the state's tensors once into a reusable staging buffer (:mod:`.staging`; pinned and
 overlapped device-to-host copies where CUDA is present) and returns; the part is a
 pickle-free safetensors file (:mod:`.tensors`) whose header, checksum and write happen
-in the writer thread. ``load_state`` reads such a part into one aligned buffer while a
-helper thread checksums it, and returns tensors that are views of that buffer; parts
+in the writer thread. ``load_state`` reads such a part into one aligned buffer, checksumming
+each slice as it lands, and returns tensors whose memory is that buffer; parts
 saved by earlier versions (``torch.save`` pickles) still load, with ``weights_only``.
 
 Per save, the writer: refuses a step whose manifest exists; compresses per the setting;
@@ -406,8 +406,8 @@ class CheckpointManager:
         """The state dict :meth:`save` saved as ``step`` (chosen as in :meth:`load_bytes`).
 
         A tensor-native part is read into one aligned buffer, verified (size and CRC-32C,
-        checksummed while it is read) and its tensors are views of that buffer: no copy
-        after the read. (One tensor kept alive keeps the whole buffer alive; ``clone()``
+        checksummed while it is read) and each tensor is its own storage over that
+        buffer's bytes: no copy after the read. (One tensor kept alive keeps the whole buffer alive; ``clone()``
         what you keep of a partial load.) ``map_location`` other than ``"cpu"`` moves the
         tensors there (a copy). Parts saved by earlier versions are ``torch.save``
         pickles: they load with ``torch.load(weights_only=weights_only)``.
