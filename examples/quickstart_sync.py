@@ -30,6 +30,6 @@ for epoch in range(start_epoch, epochs):
     samples = 0
     for record in registry.get_assignment("synthetic", worker_rank=orch.rank, epoch=epoch):
         samples += record.num_samples  # and record.file_paths, record.start_sample, record.end_sample
-    checkpoints.save({"model": model.state_dict(), "epoch": epoch}, step=epoch)  # serialised now, written in the background
+    checkpoints.save({"model": model.state_dict(), "epoch": epoch}, step=epoch)  # tensors copied now, written in the background
     print(f"rank {orch.rank}: epoch {epoch}, {samples} samples", flush=True)
 orch.close_sync()  # commits the last step on every rank first

@@ -47,7 +47,7 @@ def compress(data: Buffer, setting: str) -> tuple[str, Buffer]:
         return "gzip", gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
     if setting == "zstd":
         return "zstd", _zstd(data)
-    if _sample_ratio(data) > 1 - MIN_SAVING:
+    if not worth_compressing(data):
         return "none", data
     packed = _zstd(data)
     if len(packed) > (1 - MIN_SAVING) * len(data):
@@ -67,6 +67,11 @@ def decompress(codec: str, data: bytes) -> bytes:
     except (OSError, EOFError, zstandard.ZstdError) as exc:
         raise CheckpointError(f"cannot decompress {codec} part: {exc}") from exc
     raise CheckpointError(f"unknown codec {codec!r}")
+
+
+def worth_compressing(data: Buffer) -> bool:
+    """``auto``'s first test: does a sample of ``data`` shrink by at least MIN_SAVING?"""
+    return len(data) > 0 and _sample_ratio(data) <= 1 - MIN_SAVING
 
 
 def _zstd(data: Buffer) -> bytes:

@@ -3,6 +3,7 @@
 ::
 
     <root>/step-000000001000/part-00000-none-1a2b3c4d.bin   one per rank, final key
+    <root>/step-000000001000/DCP_METADATA                    DCP steps only (see .dcp)
     <root>/step-000000001000/MANIFEST                        written last: the commit
 
 Step directories are zero-padded to 12 digits so they sort by name. A part's name
@@ -25,6 +26,7 @@ MAX_STEP = 10**12 - 1
 MAX_RANK = 10**5 - 1
 MANIFEST_NAME = "MANIFEST"
 MANIFEST_TEMP_NAME = ".MANIFEST.tmp"
+DCP_METADATA_NAME = "DCP_METADATA"
 
 _STEP_DIR = re.compile(r"step-(\d{12})")
 _PART = re.compile(r"part-(\d{5})-(" + "|".join(CODEC_NAMES) + r")-([0-9a-f]{8})\.bin")
@@ -75,6 +77,10 @@ def parse_part_name(name: str) -> tuple[int, str, int] | None:
 
 def manifest_key(step: int) -> str:
     return f"{step_dir(step)}/{MANIFEST_NAME}"
+
+
+def dcp_metadata_key(step: int) -> str:
+    return f"{step_dir(step)}/{DCP_METADATA_NAME}"
 
 
 def manifest_temp_key(step: int) -> str:

@@ -6,7 +6,13 @@ commit in the order they were queued; a janitor thread applies retention.
 ``max_in_flight`` slots (the memory bound: a queued save holds a reference to its
 payload until it is written), queue the job and return a :class:`SaveHandle`; the
 handle completes once the step is durable and committed.
-``bytes`` payloads are never copied by the caller's thread.
+``bytes`` payloads are never copied by the caller's thread. ``save(state_dict)`` copies
+the state's tensors once into a reusable staging buffer (:mod:`.staging`; pinned and
+overlapped device-to-host copies where CUDA is present) and returns; the part is a
+pickle-free safetensors file (:mod:`.tensors`) whose header, checksum and write happen
+in the writer thread. ``load_state`` reads such a part into one aligned buffer, checksumming
+each slice as it lands, and returns tensors whose memory is that buffer; parts
+saved by earlier versions (``torch.save`` pickles) still load, with ``weights_only``.
 
 Per save, the writer: refuses a step whose manifest exists; compresses per the setting;
 writes the part to its final key (size and CRC-32C in its name); writes the manifest
@@ -47,6 +53,7 @@ import asyncio
 import concurrent.futures
 import io
 import logging
+import os
 import queue
 import threading
 import time
@@ -59,15 +66,25 @@ from ..config import Config
 from ..errors import ArgumentTypeError, CheckpointError, CheckpointNotFoundError, CheckpointTimeout, ConfigError, DtruntimeError
 from . import layout, shutdown
 from .commit import PartReport, StepCommit, StorageView, scan_listing
-from .compression import compress, decompress
+from .compression import compress, decompress, worth_compressing
 from .leader import LeaderCommitter
 from .integrity import Buffer, crc32c
-from .manifest import Manifest, PartRecord, check_metadata, decode_manifest, encode_manifest, verify_part
+from .manifest import (
+    Manifest,
+    PartRecord,
+    check_metadata,
+    decode_manifest,
+    encode_manifest,
+    verify_checksum,
+    verify_part,
+)
 from .retention import plan_retention
 from .slots import InFlightSlots
 from .storage import Storage, open_storage
 
 log = logging.getLogger("dtruntime.checkpoint")
+
+_AUTO_SAMPLE = 8 << 20  # ``auto`` compression samples this much of a tensor part's body
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,8 @@ class _SaveJob:
     data: Buffer | None
     metadata: dict[str, Any]
     future: concurrent.futures.Future[SaveResult]
+    staged: Any = None  # a staging.StagedPart for a tensor-native save (then data is None)
+    caller_saw_failure: bool = False
     # Set once the part is written, for the SaveResult of a leader-committed step.
     raw_size: int = 0
     stored_size: int = 0
@@ -200,6 +219,7 @@ class CheckpointManager:
         self._metrics = getattr(orchestrator, "metrics", None)  # dtruntime.http.Metrics, if any
         self._metadata: dict[int, dict[str, Any]] = {}  # this rank's metadata per step, for the leader
         self._slots = InFlightSlots(max_in_flight)
+        self._staging: Any = None  # a staging.StagingPool, made by the first save(state)
         self._queue: queue.SimpleQueue[_SaveJob | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending: set[int] = set()
@@ -282,22 +302,42 @@ class CheckpointManager:
         return self._enqueue(job)
 
     def save(self, state: Any, step: int, *, timeout: float | None = None, **metadata: Any) -> SaveHandle:
-        """Serialise ``state`` (e.g. a state dict) with ``torch.save`` now, write it in the background.
+        """Copy ``state``'s tensors into a staging buffer now; write the part in the background.
 
-        The serialised buffer is handed to the writer without a copy. ``metadata`` (JSON
-        values) is stored in the manifest; read it back with :meth:`read_manifest`.
+        ``state`` is a state dict: nested dicts, lists and tuples of tensors, numpy arrays
+        and plain values (see :mod:`.tensors`); an unsupported leaf raises CheckpointError
+        naming its path before anything is copied. The caller's time is a wait for a free
+        slot (``max_in_flight`` saves in flight, up to ``timeout`` s) plus one copy of the
+        tensors; the caller may modify them as soon as this returns. The part is a
+        pickle-free safetensors file; ``metadata`` (JSON values) goes into the manifest.
+        Read it back with :meth:`load_state`.
         """
-        import torch
+        from .staging import StagingPool
 
         layout.validate_step(step)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        job = self._admit(buffer.getbuffer(), step, metadata, owned=True)
+        checked = check_metadata(metadata)
+        with self._lock:
+            self._check_acceptable(step)
+            if self._staging is None:
+                self._staging = StagingPool(self.max_in_flight)
         if not self._slots.acquire(timeout):
             raise CheckpointError(
                 f"step {step}: no save slot free after {timeout} s ({self.max_in_flight} saves in flight)"
             )
-        return self._enqueue(job)
+        try:
+            staged = self._staging.prepare(state)
+        except BaseException:
+            self._slots.release()
+            raise
+        job = _SaveJob(step, None, checked, concurrent.futures.Future(), staged=staged)
+        handle = self._enqueue(job)  # the writer streams what is copied while we copy the rest
+        try:
+            staged.copy()
+        except BaseException as exc:
+            job.caller_saw_failure = True  # raised here: not reported again by flush/close
+            staged.abort(exc)
+            raise
+        return handle
 
     def should_save(self, step: int) -> bool:
         """True when ``step`` is a positive multiple of ``interval_steps`` (``[checkpoint]
@@ -354,26 +394,14 @@ class CheckpointManager:
         and file when the part is missing, the wrong size or fails its CRC, when the
         manifest has no such rank or is damaged, or, with no step, when no step verifies.
         """
-        wanted = self.rank if rank is None else layout.validate_rank(rank)
-        started = time.perf_counter()
-        if step is None:
-            newest, data = self._load_newest(wanted)
-            return self._loaded(newest, data, started)
-        try:
-            return self._loaded(step, self._check_step(layout.validate_step(step), wanted, verify_all=False), started)
-        except CheckpointNotFoundError:
-            if step != 0:
-                raise
-        newest, data = self._load_newest(wanted)
-        self._loaded(newest, data, started)
-        log.info("checkpoint step 0 is not committed under %s: load(step=0) loaded the newest step, %d, "
-                 "as the original API's 'load latest' did", self._storage.url, newest)
-        return data
+        return bytes(self._load(step, rank, as_buffer=False))
 
-    def _loaded(self, step: int, data: bytes, started: float) -> bytes:
-        """Record a verified load in the orchestrator's metrics, if any; returns ``data``."""
+    def _loaded(self, step: int, data: Any, started: float) -> Any:
+        """Record a verified load in the orchestrator's metrics, if any; returns ``data``
+        (bytes, or a buffer with ``as_buffer``)."""
         if self._metrics is not None:
-            self._metrics.checkpoint_done("load", step, len(data), time.perf_counter() - started, self._storage.url)
+            size = data.nbytes if isinstance(data, memoryview) else len(data)
+            self._metrics.checkpoint_done("load", step, size, time.perf_counter() - started, self._storage.url)
         return data
 
     def load_state(
@@ -384,11 +412,43 @@ class CheckpointManager:
         map_location: Any = "cpu",
         weights_only: bool = True,
     ) -> Any:
-        """``torch.load`` of :meth:`load_bytes` (``weights_only=True``: tensors and plain containers)."""
+        """The state dict :meth:`save` saved as ``step`` (chosen as in :meth:`load_bytes`).
+
+        A tensor-native part is read into one aligned buffer, verified (size and CRC-32C,
+        checksummed while it is read) and each tensor is its own storage over that
+        buffer's bytes: no copy after the read. (One tensor kept alive keeps the whole buffer alive; ``clone()``
+        what you keep of a partial load.) ``map_location`` other than ``"cpu"`` moves the
+        tensors there (a copy). Parts saved by earlier versions are ``torch.save``
+        pickles: they load with ``torch.load(weights_only=weights_only)``.
+        """
         import torch
 
-        data = self.load_bytes(step, rank)
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=weights_only)
+        from .tensors import is_tensor_part, load_state
+
+        buffer = self._load(step, rank, as_buffer=True)
+        if not is_tensor_part(buffer):
+            return torch.load(io.BytesIO(buffer), map_location=map_location, weights_only=weights_only)
+        state = load_state(buffer, f"checkpoint step {step if step is not None else 'newest'} under {self._storage.url}")
+        if map_location in (None, "cpu") or (isinstance(map_location, torch.device) and map_location.type == "cpu"):
+            return state
+        return _map_tensors(state, lambda tensor: tensor.to(map_location))
+
+    def _load(self, step: int | None, rank: int | None, as_buffer: bool) -> Any:
+        wanted = self.rank if rank is None else layout.validate_rank(rank)
+        started = time.perf_counter()
+        if step is None:
+            newest, data = self._load_newest(wanted, as_buffer)
+            return self._loaded(newest, data, started)
+        try:
+            checked = self._check_step(layout.validate_step(step), wanted, verify_all=False, as_buffer=as_buffer)
+            return self._loaded(step, checked, started)
+        except CheckpointNotFoundError:
+            if step != 0:
+                raise
+        newest, data = self._load_newest(wanted, as_buffer)
+        log.info("checkpoint step 0 is not committed under %s: load(step=0) loaded the newest step, %d, "
+                 "as the original API's 'load latest' did", self._storage.url, newest)
+        return self._loaded(newest, data, started)
 
     def list_checkpoints_sync(self, verify: bool = False) -> list[int]:
         """Committed steps, ascending: those whose manifest exists and decodes.
@@ -537,6 +597,8 @@ class CheckpointManager:
                 self._check_acceptable(job.step)
             except CheckpointError:
                 self._slots.release()
+                if job.staged is not None:
+                    job.staged.release()
                 raise
             self._pending.add(job.step)
             if self._orchestrator is not None:
@@ -557,6 +619,9 @@ class CheckpointManager:
                 outcome = CheckpointError(f"saving step {job.step} to {self._storage.url} failed: {exc!r}")
                 outcome.__cause__ = exc
             job.data = None  # free the payload before a new save can take the slot
+            if job.staged is not None:
+                job.staged.release()
+                job.staged = None
             if isinstance(outcome, concurrent.futures.Future):
                 # The part is durable and reported; the leader's verdict completes the job.
                 self._slots.release()
@@ -578,7 +643,7 @@ class CheckpointManager:
         with self._lock:
             self._pending.discard(job.step)
             self._metadata.pop(job.step, None)
-            if isinstance(outcome, CheckpointError):
+            if isinstance(outcome, CheckpointError) and not job.caller_saw_failure:
                 self._unreported[job.future] = (job.step, outcome)
             else:
                 self._known_committed.add(job.step)
@@ -604,7 +669,6 @@ class CheckpointManager:
     def _write_step(self, job: _SaveJob, started: float) -> SaveResult | concurrent.futures.Future[None]:
         """Write this rank's part; then commit it (alone) or report it (to the leader)."""
         step, storage = job.step, self._storage
-        assert job.data is not None
         manifest_key = layout.manifest_key(step)
         try:
             existing = storage.read_if_exists(manifest_key)
@@ -613,19 +677,11 @@ class CheckpointManager:
         if existing is not None:
             raise CheckpointError(f"step {step} already exists (committed) at {storage.describe(manifest_key)}")
 
-        codec, stored = compress(job.data, self.compression)
-        report = PartReport(step, self.rank, len(stored), crc32c(stored), codec)
-        part_key = layout.part_key(step, self.rank, codec, report.checksum)
-        try:
-            storage.write_part(part_key, stored)
-        except OSError as exc:
-            self._discard_part(part_key)
-            if self._orchestrator is not None:
-                self._report(report, ok=False)  # the other ranks' saves of this step fail at once
-            raise CheckpointError(f"step {step}: writing {storage.describe(part_key)} failed: {exc}") from exc
+        report, raw_size = self._write_part(job)
+        stored_size, codec = report.size, report.codec
 
         if self._orchestrator is not None:
-            job.raw_size, job.stored_size, job.codec, job.started = len(job.data), len(stored), codec, started
+            job.raw_size, job.stored_size, job.codec, job.started = raw_size, stored_size, codec, started
             return self._report(report, ok=True)
         commit = StepCommit(step, 1)
         commit.add(report)
@@ -637,7 +693,49 @@ class CheckpointManager:
         except OSError as exc:
             # The part stays: if the write did land after all, a manifest names it.
             raise CheckpointError(f"step {step}: committing {storage.describe(manifest_key)} failed: {exc}") from exc
-        return SaveResult(step, len(job.data), len(stored), codec, time.perf_counter() - started)
+        return SaveResult(step, raw_size, stored_size, codec, time.perf_counter() - started)
+
+    def _write_part(self, job: _SaveJob) -> tuple[PartReport, int]:
+        """Write ``job``'s part at its final key; return its report and raw size.
+
+        An uncompressed tensor part is streamed from the staging buffer, while the caller
+        is still copying into it when a core is spare (:func:`_spare_core`), checksummed
+        as it is written (``auto`` decides on the first 8 MiB of its body); any other part
+        is encoded whole, checksummed, then written.
+        """
+        step, storage, staged = job.step, self._storage, job.staged
+        if staged is not None and (
+            self.compression == "none"
+            or (self.compression == "auto" and not worth_compressing(staged.prefix(_AUTO_SAMPLE)))
+        ):
+            directory = layout.step_dir(step)
+            try:
+                key, size, checksum = storage.write_part_as(
+                    directory, lambda crc: layout.part_key(step, self.rank, "none", crc),
+                    staged.stream(overlap=_spare_core()),
+                )
+            except (OSError, CheckpointError) as exc:
+                if self._orchestrator is not None:
+                    self._report(PartReport(step, self.rank, 0, 0, "none"), ok=False)
+                raise CheckpointError(f"step {step}: writing a part under {storage.describe(directory)} failed: {exc}") from exc
+            return PartReport(step, self.rank, size, checksum, "none"), staged.size
+        if staged is not None:
+            raw_size = staged.size
+            codec, stored = compress(b"".join(staged.chunks()), self.compression)
+        else:
+            assert job.data is not None
+            raw_size = len(job.data)
+            codec, stored = compress(job.data, self.compression)
+        report = PartReport(step, self.rank, len(stored), crc32c(stored), codec)
+        part_key = layout.part_key(step, self.rank, codec, report.checksum)
+        try:
+            storage.write_part(part_key, stored)
+        except OSError as exc:
+            self._discard_part(part_key)
+            if self._orchestrator is not None:
+                self._report(report, ok=False)  # the other ranks' saves of this step fail at once
+            raise CheckpointError(f"step {step}: writing {storage.describe(part_key)} failed: {exc}") from exc
+        return report, raw_size
 
     def _report(self, report: PartReport, ok: bool) -> concurrent.futures.Future[None]:
         try:
@@ -714,7 +812,7 @@ class CheckpointManager:
             raise CheckpointNotFoundError(f"no committed checkpoint under {self._storage.url}")
         return newest
 
-    def _load_newest(self, rank: int) -> tuple[int, bytes]:
+    def _load_newest(self, rank: int, as_buffer: bool = False) -> tuple[int, Any]:
         """The newest committed step whose every part verifies, and ``rank``'s part of it."""
         committed = self._scan().committed
         if not committed:
@@ -722,7 +820,7 @@ class CheckpointManager:
         skipped: list[str] = []
         for step in reversed(committed):
             try:
-                data = self._check_step(step, rank, verify_all=True)
+                data = self._check_step(step, rank, verify_all=True, as_buffer=as_buffer)
             except CheckpointError as exc:
                 log.warning("skipping checkpoint step %d under %s, it does not verify: %s", step, self._storage.url, exc)
                 skipped.append(f"step {step}: {exc}")
@@ -732,10 +830,11 @@ class CheckpointManager:
             return step, data
         raise CheckpointError(f"no committed checkpoint under {self._storage.url} verifies: {'; '.join(skipped)}")
 
-    def _check_step(self, step: int, rank: int | None, verify_all: bool) -> bytes:
+    def _check_step(self, step: int, rank: int | None, verify_all: bool, as_buffer: bool = False) -> Any:
         """Read ``step``'s manifest and verify its parts: ``rank``'s, and every other one
         too when ``verify_all`` (read and dropped, one at a time). Returns ``rank``'s
-        decompressed bytes (empty when ``rank`` is None)."""
+        decompressed bytes (empty when ``rank`` is None), as an aligned writable numpy
+        ``uint8`` array when ``as_buffer``."""
         manifest = self._read_manifest(step)
         records = {record.rank: record for record in manifest.parts}
         if rank is not None and rank not in records:
@@ -746,7 +845,11 @@ class CheckpointManager:
             for record in manifest.parts:
                 if record.rank != rank:
                     self._read_stored(manifest, record)
-        return b"" if rank is None else self._read_part(manifest, records[rank])
+        if rank is None:
+            return b""
+        if as_buffer:
+            return self._read_part_buffer(manifest, records[rank])
+        return self._read_part(manifest, records[rank])
 
     def _read_manifest(self, step: int) -> Manifest:
         key = layout.manifest_key(step)
@@ -766,6 +869,29 @@ class CheckpointManager:
             return decompress(record.codec, stored)
         except CheckpointError as exc:
             raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source}: {exc}") from exc
+
+    def _read_part_buffer(self, manifest: Manifest, record: PartRecord) -> Any:
+        """The part of ``record`` in an aligned writable array, verified; uncompressed
+        parts are read into it directly and checksummed while they are read."""
+        import numpy as np
+
+        from .storage import aligned_empty
+
+        if record.codec != "none":
+            data = self._read_part(manifest, record)
+            buffer = aligned_empty(len(data))
+            buffer[:] = np.frombuffer(data, dtype=np.uint8)
+            return buffer
+        key = layout.part_key(manifest.step, record.rank, record.codec, record.checksum)
+        source = self._storage.describe(key)
+        try:
+            buffer, checksum = self._storage.read_buffer(key)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source} is missing") from None
+        except OSError as exc:
+            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: cannot read {source}: {exc}") from exc
+        verify_checksum(manifest.step, record, len(buffer), checksum, source)
+        return buffer
 
     def _read_stored(self, manifest: Manifest, record: PartRecord) -> tuple[bytes, str]:
         """The stored (compressed) bytes of ``record``'s part once they verify, and their source."""
@@ -791,3 +917,36 @@ class CheckpointManager:
         if failures:
             summary = "; ".join(f"step {step}: {error}" for step, error in failures)
             raise CheckpointError(f"{len(failures)} checkpoint save(s) failed: {summary}") from failures[0][1]
+
+
+def _map_tensors(value: Any, function: Callable[[Any], Any]) -> Any:
+    """``value`` with ``function`` applied to every tensor in its nested containers."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return function(value)
+    if isinstance(value, dict):
+        return {key: _map_tensors(item, function) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_map_tensors(item, function) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(item, function) for item in value)
+    return value
+
+
+def _spare_core() -> bool:
+    """Whether the machine likely has a core the training loop leaves idle: the 1-minute
+    load average is below the usable cores minus one.
+
+    The writer streams a tensor part while the caller is still copying into the staging
+    buffer only then; without a spare core the two would share one, the caller's stall
+    would grow and the part would be durable no sooner, so the writer waits for the copy.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    try:
+        return os.getloadavg()[0] < cores - 1
+    except OSError:
+        return cores > 2

@@ -128,14 +128,20 @@ def decode_manifest(data: bytes, *, expected_step: int | None = None, source: st
 def verify_part(step: int, record: PartRecord, data: Buffer, source: str) -> None:
     """Raise CheckpointError naming step, rank and ``source`` unless size and CRC match."""
     if len(data) != record.size:
+        verify_checksum(step, record, len(data), 0, source)
+    verify_checksum(step, record, len(data), crc32c(data), source)
+
+
+def verify_checksum(step: int, record: PartRecord, size: int, checksum: int, source: str) -> None:
+    """:func:`verify_part` for a part already read and checksummed (``size`` bytes, CRC ``checksum``)."""
+    if size != record.size:
         raise CheckpointError(
-            f"checkpoint step {step} rank {record.rank}: {source} has {len(data)} bytes, "
+            f"checkpoint step {step} rank {record.rank}: {source} has {size} bytes, "
             f"manifest says {record.size} (truncated or corrupt)"
         )
-    actual = crc32c(data)
-    if actual != record.checksum:
+    if checksum != record.checksum:
         raise CheckpointError(
-            f"checkpoint step {step} rank {record.rank}: {source} crc32c {format_checksum(actual)} "
+            f"checkpoint step {step} rank {record.rank}: {source} crc32c {format_checksum(checksum)} "
             f"!= manifest {format_checksum(record.checksum)} (corrupt)"
         )
 

@@ -1,0 +1,219 @@
+"""Staging: the one copy a tensor-native save makes in the caller's thread.
+
+:meth:`StagingPool.prepare` lays a state dict out (:func:`.tensors.plan_state`: every
+leaf checked, the small header serialised) and takes a staging buffer from the pool;
+:meth:`StagedPart.copy` then copies every tensor into its place in the part's body, in
+body order, publishing its progress. The manager queues the part *before* the copy, so
+that, when a core is spare, the writer thread streams (checksums and writes) the bytes
+already copied while the caller copies the rest: the caller's time is the copy, and the
+part is durable about when the write of its last bytes is, not a copy later. (Without a
+spare core the writer waits for the copy, which then does not share its core.) The caller may change its tensors
+once ``copy`` returns. A failed copy (:meth:`StagedPart.abort`) fails the writer's stream
+with CheckpointError. The writer gives the buffer back with :meth:`StagedPart.release`.
+
+Buffers are reused: a released buffer serves the next save that fits in it (the first
+save of a size pays for the page faults of a fresh allocation, later ones only for the
+copy). At most one buffer per save in flight exists, so memory is bounded by
+``max_in_flight`` x the largest part. A buffer larger than twice the need is not reused
+for a small save; the pool keeps at most ``keep`` free buffers, the largest.
+
+CUDA (written for, not exercised on this CPU-only machine): when any tensor is on a GPU
+and CUDA is available, buffers are pinned and each device's tensors are copied with
+``non_blocking=True`` on a dedicated copy stream that first waits for the caller's
+current stream; the caller's stream then waits for the copy stream (a GPU-side wait, the
+caller's thread does not block), so the caller's later kernels cannot change a tensor
+before its copy is done. The writer waits for the copies' events, then streams the body.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from .tensors import StatePlan, plan_state
+
+
+class StagedPart:
+    """A staged part: ``plan.header`` + the first ``plan.body_size`` bytes of ``buffer``.
+
+    Progress invariant: body bytes ``[0, copied)`` hold their final values (the copy
+    goes in body order); ``copied`` only grows.
+    """
+
+    def __init__(self, plan: StatePlan, buffer: torch.Tensor, pool: "StagingPool") -> None:
+        self.plan = plan
+        self.buffer = buffer
+        self._pool = pool
+        self._events: list[Any] = []
+        self._copied = 0
+        self._error: BaseException | None = None
+        self._copying = False
+        self._progress = threading.Condition()
+
+    @property
+    def size(self) -> int:
+        return len(self.plan.header) + self.plan.body_size
+
+    def copy(self) -> None:
+        """Copy every source tensor into the buffer (the caller's thread); see the module.
+        Nothing is copied when the writer has already given the part up (released it)."""
+        with self._progress:
+            if self.buffer is None:
+                return
+            self._copying = True
+        try:
+            pairs = sorted(zip(self.plan.entries, self.plan.sources), key=lambda pair: pair[0].offset)
+            if any(source.device.type == "cuda" for _, source in pairs):
+                events = self._pool._copy_from_gpus(pairs, self.buffer)
+                with self._progress:
+                    self._events = events
+                    self._progress.notify_all()
+                return
+            for entry, source in pairs:
+                _target(self.buffer, entry).copy_(source)
+                with self._progress:
+                    self._copied = entry.offset + entry.nbytes
+                    self._progress.notify_all()
+        finally:
+            with self._progress:
+                self._copying = False
+                self._progress.notify_all()
+
+    def abort(self, error: BaseException) -> None:
+        """The copy failed: the stream fails too (CheckpointError naming ``error``)."""
+        with self._progress:
+            self._error = error
+            self._progress.notify_all()
+
+    def stream(self, overlap: bool = True) -> Iterator[memoryview]:
+        """The part's bytes, header first, then each body range as soon as it is copied
+        (``overlap``) or, without ``overlap``, the whole body once all of it is copied."""
+        if not overlap:
+            self._wait_for(self.plan.body_size)
+        yield memoryview(self.plan.header)
+        body = self._body()
+        written = 0
+        while written < self.plan.body_size:
+            ready = self._wait_for(written + 1)
+            yield body[written:ready]
+            written = ready
+
+    def prefix(self, size: int) -> memoryview:
+        """The first ``size`` body bytes (fewer if the body is shorter), once copied."""
+        size = min(size, self.plan.body_size)
+        self._wait_for(size)
+        return self._body()[:size]
+
+    def chunks(self) -> list[memoryview]:
+        """The whole part as two buffers (header, body), once all of it is copied."""
+        self._wait_for(self.plan.body_size)
+        return [memoryview(self.plan.header), self._body()]
+
+    def release(self) -> None:
+        """Give the buffer back to the pool (idempotent) once no copy into it is running
+        (nor, on GPU, pending); nothing of it may be used after."""
+        with self._progress:
+            while self._copying:
+                self._progress.wait()
+            buffer, self.buffer = self.buffer, None  # type: ignore[assignment]
+            events, self._events = self._events, []
+        for event in events:
+            event.synchronize()
+        if buffer is not None:
+            self._pool._give_back(buffer)
+
+    def _body(self) -> memoryview:
+        return memoryview(self.buffer.numpy()).cast("B")[: self.plan.body_size]
+
+    def _wait_for(self, size: int) -> int:
+        """Wait until at least ``size`` body bytes are copied; return how many are.
+        (Only the writer thread calls this.)"""
+        with self._progress:
+            while self._copied < size and self._error is None and not self._events:
+                self._progress.wait()
+            events, self._events = self._events, []
+        for event in events:  # GPU copies: the whole body lands when its events complete
+            event.synchronize()
+        with self._progress:
+            if events:
+                self._copied = self.plan.body_size
+            if self._error is not None:
+                raise CheckpointError(f"copying the state into the staging buffer failed: {self._error!r}")
+            return self._copied
+
+
+class StagingPool:
+    """Reusable staging buffers for one manager; thread-safe."""
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep  # buffers kept free: the manager's max_in_flight
+        self._free: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+        self._streams: dict[torch.device, Any] = {}
+
+    def prepare(self, state: Any) -> StagedPart:
+        """Lay ``state`` out and take a buffer for it (no tensor data read yet);
+        CheckpointError for an unsupported leaf."""
+        plan = plan_state(state)
+        on_gpu = any(t.device.type == "cuda" for t in plan.sources)
+        return StagedPart(plan, self._take(plan.body_size, pinned=on_gpu and torch.cuda.is_available()), self)
+
+    def stage(self, state: Any) -> StagedPart:
+        """:meth:`prepare` and copy at once (the buffer goes back to the pool on a failure)."""
+        staged = self.prepare(state)
+        try:
+            staged.copy()
+        except BaseException:
+            staged.release()
+            raise
+        return staged
+
+    def _copy_from_gpus(self, pairs: list[tuple[Any, torch.Tensor]], buffer: torch.Tensor) -> list[Any]:
+        devices: list[torch.device] = []
+        for entry, source in pairs:
+            target = _target(buffer, entry)
+            if source.device.type != "cuda":
+                target.copy_(source)
+                continue
+            device = source.device
+            stream = self._streams.get(device)
+            if stream is None:
+                stream = self._streams[device] = torch.cuda.Stream(device)
+            if device not in devices:
+                stream.wait_stream(torch.cuda.current_stream(device))
+                devices.append(device)
+            with torch.cuda.stream(stream):
+                target.copy_(source, non_blocking=True)
+            source.record_stream(stream)
+        events = []
+        for device in devices:
+            stream = self._streams[device]
+            event = torch.cuda.Event()
+            event.record(stream)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            events.append(event)
+        return events
+
+    def _take(self, size: int, pinned: bool) -> torch.Tensor:
+        with self._lock:
+            fitting = [b for b in self._free if size <= b.numel() <= max(2 * size, 1 << 20) and b.is_pinned() == pinned]
+            if fitting:
+                best = min(fitting, key=lambda b: b.numel())
+                self._free.remove(best)
+                return best
+        return torch.empty(size, dtype=torch.uint8, pin_memory=pinned)
+
+    def _give_back(self, buffer: torch.Tensor) -> None:
+        with self._lock:
+            self._free.append(buffer)
+            if len(self._free) > self._keep:  # keep the largest ones
+                self._free.sort(key=lambda b: b.numel())
+                del self._free[0]
+
+
+def _target(buffer: torch.Tensor, entry: Any) -> torch.Tensor:
+    return buffer[entry.offset : entry.offset + entry.nbytes].view(entry.dtype).view(entry.shape)

@@ -1,0 +1,67 @@
+"""A torchrun worker for the DCP tests: save or load a resharded state through dtruntime.
+
+    torchrun --nproc-per-node N tests/checkpoint/dcp_worker.py save|load|async ROOT STEP [OPTIONS_JSON]
+
+The state: ``w``, a DTensor of ROWS x 3 sharded by rows over all ranks (uneven for 3 and
+4 ranks), ``b``, a replicated plain tensor, and ``extra``, a non-tensor value (a DCP
+bytes item). Values are a pure function of the step. ``load`` checks every rank's
+shard against the full tensor and prints ``ok <rank> <step>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.distributed.checkpoint as dcp  # noqa: E402
+from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
+from torch.distributed.tensor import Shard, distribute_tensor  # noqa: E402
+
+from dtruntime.checkpoint.dcp import DtruntimeStorageReader, DtruntimeStorageWriter  # noqa: E402
+
+ROWS = 10
+
+
+def full(step: int) -> torch.Tensor:
+    return torch.arange(ROWS * 3, dtype=torch.float32).reshape(ROWS, 3) + 1000 * step
+
+
+def main() -> None:
+    mode, root, step = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else None
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,))
+    if mode in ("save", "async"):
+        state = {"w": distribute_tensor(full(step), mesh, [Shard(0)]), "b": torch.full((4,), float(step)),
+                 "extra": {"step": step, "lr": 0.5}}
+        writer = DtruntimeStorageWriter(root, step, storage_options=options, keep_last_n=2)
+        if mode == "save":
+            dcp.save(state, storage_writer=writer)
+        else:
+            dcp.async_save(state, storage_writer=writer).result(timeout=300)
+        print(f"saved {rank} {step}", flush=True)
+    else:
+        state = {"w": distribute_tensor(torch.zeros(ROWS, 3), mesh, [Shard(0)]), "b": torch.zeros(4),
+                 "extra": {"step": -1, "lr": 0.0}}
+        dcp.load(state, storage_reader=DtruntimeStorageReader(root, None if step < 0 else step,
+                                                               storage_options=options))
+        loaded = state["extra"]["step"]
+        expected = full(loaded)
+        chunk = -(-ROWS // world)
+        mine = expected[rank * chunk : (rank + 1) * chunk]
+        assert torch.equal(state["w"].to_local(), mine), (state["w"].to_local(), mine)
+        assert torch.equal(state["b"], torch.full((4,), float(loaded)))
+        assert state["extra"] == {"step": loaded, "lr": 0.5}
+        print(f"ok {rank} {loaded}", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
