@@ -91,6 +91,11 @@ class CheckpointError(DtruntimeError):
     """A checkpoint could not be written, committed, or verified."""
 
 
+class CorruptCheckpoint(CheckpointError, ValueError):
+    """A checkpoint file's bytes do not parse as what they claim to be (the message says
+    which file and what); a ``ValueError`` too, for the parsers that raise it."""
+
+
 class CheckpointTimeout(CheckpointError, TimeoutError):
     """A bounded wait for the checkpoint writer (``flush``, ``close``) ran out."""
 

@@ -184,3 +184,12 @@ def test_the_run_control_loop_stops_every_rank_at_one_committed_step_on_sigterm_
     for rank, output in enumerate(again):
         assert f"rank {rank}: resumed from step {step}" in output and f"finished step {step + 5}" in output, output
 
+
+
+def test_the_dcp_example_saves_and_loads_through_dtruntime(tmp_path):
+    store = tmp_path / "dcp"
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "dcp_checkpoint.py"), str(store)], cwd=tmp_path,
+                          env=env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and "equal" in done.stdout, done.stdout + done.stderr
+    with CheckpointManager(str(store)) as checkpoints:
+        assert checkpoints.list_checkpoints_sync() == [1000]

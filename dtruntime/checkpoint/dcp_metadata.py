@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CorruptCheckpoint
 from .tensors import pack_plain, unpack_plain
 
 FORMAT = "dtruntime-dcp-metadata/1"
@@ -74,7 +74,7 @@ def decode_metadata(raw: bytes, source: str) -> tuple[Metadata, dict[MetadataInd
     try:
         document = msgpack.unpackb(raw, raw=False, strict_map_key=True)
         if document.get("format") != FORMAT:
-            raise ValueError(f"format is {document.get('format')!r}, expected {FORMAT!r}")
+            raise CorruptCheckpoint(f"format is {document.get('format')!r}, expected {FORMAT!r}")
         state: dict[str, Any] = {}
         for fqn, dtype, layout, grad, memory, pin, size, chunks in document["tensors"]:
             properties = TensorProperties(

@@ -38,7 +38,7 @@ import msgpack
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CorruptCheckpoint
 
 FORMAT_TAG = "dtruntime-state/1"
 
@@ -124,11 +124,11 @@ def load_state(buffer: np.ndarray, source: str) -> Any:
     try:
         (size,) = struct.unpack_from("<Q", buffer, 0)
         if size > min(_MAX_HEADER, total - 8):
-            raise ValueError(f"header size {size} exceeds the file ({total} bytes)")
+            raise CorruptCheckpoint(f"header size {size} exceeds the file ({total} bytes)")
         header = json.loads(buffer[8 : 8 + size].tobytes())
         meta = header.pop("__metadata__")
         if meta.get("format") != FORMAT_TAG:
-            raise ValueError(f"format is {meta.get('format')!r}, expected {FORMAT_TAG!r}")
+            raise CorruptCheckpoint(f"format is {meta.get('format')!r}, expected {FORMAT_TAG!r}")
         body_start = 8 + size
         refs = json.loads(meta["refs"])
         tensors = []
@@ -138,10 +138,10 @@ def load_state(buffer: np.ndarray, source: str) -> Any:
             dtype = _BY_NAME[entry["dtype"]]
             shape = [int(n) for n in entry["shape"]]
             if not 0 <= begin <= end <= total - body_start:
-                raise ValueError(f"tensor {name!r} lies outside the file")
+                raise CorruptCheckpoint(f"tensor {name!r} lies outside the file")
             count = math.prod(shape)
             if count * dtype.itemsize != end - begin:
-                raise ValueError(f"tensor {name!r}: shape {shape} of {entry['dtype']} is not {end - begin} bytes")
+                raise CorruptCheckpoint(f"tensor {name!r}: shape {shape} of {entry['dtype']} is not {end - begin} bytes")
             if count == 0:
                 tensors.append(torch.empty(shape, dtype=dtype))
                 continue
@@ -252,7 +252,7 @@ def _decode(raw: bytes, tensors: list[torch.Tensor]) -> Any:
             return tuple(msgpack.unpackb(data, ext_hook=hook, strict_map_key=False, raw=False))
         if code == _EXT_BIGINT:
             return int(data.decode("ascii"))
-        raise ValueError(f"unknown extension type {code}")
+        raise CorruptCheckpoint(f"unknown extension type {code}")
 
     return msgpack.unpackb(raw, ext_hook=hook, strict_map_key=False, raw=False)
 
