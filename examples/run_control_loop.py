@@ -56,6 +56,8 @@ def main() -> None:
         for step in range(start + 1, steps + 1):
             train_one_step()
             orch.step_boundary(step, save=lambda s: manager.save(state(), s))  # one driver call when no command is due
+            if step == start + 10:
+                print(f"rank {orch.rank}: at step {step}", flush=True)
     except RunStopped as stopped:
         print(f"rank {orch.rank}: stopped at step {stopped.step} (exit {stopped.code})", flush=True)
         raise

@@ -38,7 +38,13 @@ def get(url: str, timeout: float = 10.0) -> tuple[int, bytes, str]:
 
 
 def get_json(url: str) -> dict:
-    status, body, _ = get(url)
+    """GET and decode, backing off (bounded) when the server's per-client rate limit
+    answers 429: a poll loop over several ranks can exceed 20 requests/s to one of them."""
+    for _ in range(40):
+        status, body, _ = get(url)
+        if status != 429:
+            break
+        time.sleep(0.05)
     assert status == 200, (url, status, body[:300])
     return json.loads(body)
 

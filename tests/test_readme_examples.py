@@ -164,8 +164,8 @@ def test_the_run_control_loop_stops_every_rank_at_one_committed_step_on_sigterm_
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
     try:
         assert ranks[1].stdout is not None
-        started = ranks[1].stdout.readline()
-        assert "training from step 1" in started, started
+        started = ranks[1].stdout.readline() + ranks[1].stdout.readline()
+        assert "training from step 1" in started and "at step 10" in started, started  # steps published
         ranks[1].send_signal(signal.SIGTERM)  # one rank only: the stop spreads to the other
         outputs = [started + ranks[1].communicate(timeout=120)[0], ranks[0].communicate(timeout=120)[0]]
     finally:
