@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,8 @@ def torchrun(nproc: int, mode: str, root: str, step: int, options: dict | None =
 
 def loaded_ranks(run: subprocess.CompletedProcess) -> list[tuple[int, int]]:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return sorted((int(r), int(s)) for _, r, s in (line.split() for line in run.stdout.splitlines() if line.startswith("ok ")))
+    # The ranks share torchrun's stdout, so two "ok RANK STEP" lines can run together.
+    return sorted((int(r), int(s)) for r, s in re.findall(r"ok (\d+) (\d+)", run.stdout))
 
 
 @pytest.mark.timeout(900)
