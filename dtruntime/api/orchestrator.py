@@ -221,8 +221,8 @@ class TrainingOrchestrator:
         self.metrics = _new_metrics(self._observation, self._take_release_latencies)
         self.run_control = RunControl(self)
         self.watchdog = Watchdog(self)
-        self._preemption = Preemption(self.run_control, self.config.preemption.sigterm,
-                                      float(self.config.preemption.grace_s))
+        self._preemption = Preemption(self.run_control, self.config.preemption.sigterm_action(env),
+                                      float(self.config.preemption.grace_s), self.close_sync)
 
     # -- properties -----------------------------------------------------------------
 
