@@ -463,7 +463,7 @@ class DatasetRegistry:
         if not decision.lost:
             return []
         assignment = self._assignment(dataset, epoch_members, epoch)
-        extra = sharding.take_over_cursors(assignment, decision.cursors, decision.survivors)
+        extra = sharding.take_over_cursors(assignment, decision.credited, decision.survivors)
         return self._records(dataset, extra[rounds.me], epoch)
 
     def assignment(self, dataset_id: str, epoch: int) -> sharding.Assignment:

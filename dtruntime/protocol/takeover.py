@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import DatasetError
@@ -87,11 +87,17 @@ class Round:
 @dataclass(frozen=True, slots=True)
 class TakeOverDecision:
     """What every survivor agreed: the lost members (sorted), the survivors in the epoch's
-    order, and how many samples of its epoch stream each lost member is credited with."""
+    order, and ``cursors[i]``, how many samples of its epoch stream ``lost[i]`` is credited
+    with (empty when nobody is lost)."""
 
     lost: tuple[str, ...]
     survivors: tuple[str, ...]
-    cursors: Mapping[str, int] = field(default_factory=dict)
+    cursors: tuple[int, ...] = ()
+
+    @property
+    def credited(self) -> dict[str, int]:
+        """Each lost member's cursor, by id."""
+        return dict(zip(self.lost, self.cursors))
 
 
 class TakeOverRounds:
@@ -181,7 +187,7 @@ class TakeOverRounds:
             self._round = 0
             if self._chunk_start >= len(self._lost):
                 survivors = tuple(m for m in self.epoch_members if m not in self._lost)
-                self.decision = TakeOverDecision(self._lost, survivors, dict(self._cursors))
+                self.decision = TakeOverDecision(self._lost, survivors, tuple(self._cursors[m] for m in self._lost))
             return
         for seen in (result.reference_value, result.differing_value):
             for member, value in zip(chunk, self._parse(seen, len(chunk))):
