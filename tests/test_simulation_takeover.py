@@ -12,7 +12,8 @@ def test_survivors_of_losses_mid_epoch_decide_one_split_covering_the_epoch_exact
     results = [take_over(workers, seed) for seed in seeds]
     for result in results:
         assert result.ok, (result.seed, result.violations)
-        assert result.metrics["decided_after_s"] is not None and result.metrics["decided_after_s"] < 2.0
+        # bound: a crash just before the last read is detected (about 1.5 s here), then a round or two
+        assert result.metrics["decided_after_s"] is not None and result.metrics["decided_after_s"] < 3.0
         assert result.metrics["barrier_passes_checked"] > 0
     # A crash while survivors already wait takes another round on who is lost.
     assert any(r.metrics["lost_rounds_max"] >= 2 for r in results)

@@ -29,10 +29,12 @@ When workers are lost mid-epoch, every survivor calls :meth:`DatasetRegistry.tak
 the survivors agree on who is lost and on how far each lost worker got (the furthest any
 survivor heard, by rounds of agreement barriers, so all of them use the same numbers) and
 split exactly the lost workers' unfinished samples among themselves, on the membership
-the epoch started with (:func:`dtruntime.sharding.take_over_cursors`). The rounds are the
-pure state machine :class:`dtruntime.protocol.takeover.TakeOverRounds` (the simulator runs
-it too); this module only arrives at the barriers it names and waits. Samples a lost worker read after its last
-report that reached anybody are read again by a survivor: they count as unfinished.
+the epoch started with (:func:`dtruntime.sharding.take_over_cursors`). Samples a lost
+worker read after its last report that reached anybody are read again by a survivor:
+they count as unfinished. The rounds are the pure state machine
+:class:`dtruntime.protocol.takeover.TakeOverRounds`, which the simulator runs too
+(``python -m simulations take-over``); this module only arrives at the barriers it names,
+waits, and reads the split off the decision.
 """
 
 from __future__ import annotations
@@ -438,8 +440,8 @@ class DatasetRegistry:
         still a loss). The workers first agree on who is lost (views can differ for a
         heartbeat or two after a loss: they retry until they agree), so all of them take
         the same path (the rounds: :mod:`dtruntime.protocol.takeover`). Returns records
-        to read on top of this worker's own; empty when no
-        worker of the epoch's membership is lost. The epoch's membership is the one
+        to read on top of this worker's own; empty when no worker of the epoch's
+        membership is lost. The epoch's membership is the one
         :meth:`get_assignment` first used for ``(dataset_id, epoch)`` on this worker.
         A worker lost while the survivors read the returned records is not covered.
         """

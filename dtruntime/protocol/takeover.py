@@ -170,7 +170,7 @@ class TakeOverRounds:
             self.decision = TakeOverDecision((), survivors)
             return
         if self.me not in survivors:
-            raise DatasetError(f"this worker ({self.me}) was not a member of epoch {self.key!r}")
+            raise DatasetError(f"this worker ({self.me}) was not a member of epoch {self.key} (dataset@epoch)")
         self._lost, self._round, self.not_before = lost, 0, float("-inf")
 
     # -- phase 2: the lost members' cursors ------------------------------------------------
