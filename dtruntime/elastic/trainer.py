@@ -236,19 +236,19 @@ class ElasticTrainer:
     def _running_generation(self) -> int:
         """The generation a running job is in, as heard by gossip; -1 when none is heard.
 
-        Listens for ``JOIN_LISTEN_PERIODS`` heartbeats: a running job publishes its
-        position every step, so a replacement hears it well within that; at the start
-        of a job nobody has, and every worker waits that long once.
+        Listens for ``JOIN_LISTEN_PERIODS`` heartbeats and takes the largest position
+        heard from a live member: members publish every step, and re-spread their
+        position to every worker that joins (so a job paused between steps is heard
+        too). The whole window, not the first entry heard: an entry can be stale (a
+        dead incarnation's, under the same worker id), never ahead. At the start of a
+        job nobody has a position, and every worker waits that long once.
         """
         deadline = time.monotonic() + JOIN_LISTEN_PERIODS * self._period_s
-        while True:
-            heard = self.orchestrator.progress(POSITION_KEY)
-            heard.pop(self.orchestrator.worker_id, None)
-            if heard:
-                return max(heard.values()) >> 40
-            if time.monotonic() >= deadline:
-                return -1
+        while time.monotonic() < deadline:
             time.sleep(self._period_s / 2)
+        live = set(live_ids(self.orchestrator)) - {self.orchestrator.worker_id}
+        heard = [value for worker, value in self.orchestrator.progress(POSITION_KEY).items() if worker in live]
+        return max(heard) >> 40 if heard else -1
 
     def _recover(self, reason: str, error: BaseException | None = None) -> None:
         """Form the next generation after a lost member or a failed step.

@@ -136,6 +136,7 @@ class Membership:
         self._next_probe_at = now + rng.random() * settings.probe_period
         self.changed = False  # set when any member's liveness changed; cleared by the node
         self.declared_dead = False  # set when this node learned it was declared DEAD
+        self.joins = 0  # members that became live here (new, or back at a new incarnation)
         self.version = 0  # bumped on every liveness change and new member, for caches of derived facts
         self.revision = 0  # bumped on every change of any entry (suspicions and refutations too)
         self.heard: dict[str, float] = {}  # member -> when a message from it last arrived here
@@ -234,6 +235,7 @@ class Membership:
         was_live = current is not None and current.is_live
         if entry.is_live and not was_live:
             self.live_count += 1
+            self.joins += 1
             self._dead.pop(entry.worker_id, None)
             self.dead_since.pop(entry.worker_id, None)
             self._add_to_probe_order(entry.worker_id, bulk=not news)

@@ -116,6 +116,7 @@ class Node:
         self._refused: OrderedDict[tuple[str, str, int], None] = OrderedDict()  # joiners refused, reported once
         self._has_quorum = 1 >= self.membership.quorum
         self._left = False
+        self._joins_seen = 0  # membership.joins when this node last re-spread its progress counters
         self.dropped: Counter[str] = Counter()  # messages ignored, by reason
         self._after(now)
 
@@ -594,6 +595,9 @@ class Node:
         view_changed = membership.changed
         if view_changed:
             membership.changed = False
+            if membership.joins != self._joins_seen:  # a joiner must hear counters that stopped changing
+                self._joins_seen = membership.joins
+                self.progress.spread_own_again()
         if view_changed or leader_before is None or was_leader:
             election.evaluate(now, membership)
         self._check_quorum()
