@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 import time
 from collections.abc import Mapping
 from torch.futures import Future
@@ -61,15 +60,14 @@ from . import layout
 from .commit import PartReport, StepCommit, StorageView, recover_step, scan_listing
 from .dcp_metadata import ItemLocation, decode_metadata, encode_metadata
 from .integrity import crc32c, format_checksum
-from .manifest import Manifest, decode_manifest, encode_manifest, verify_checksum
-from .retention import plan_retention, validate_keep_last_n
+from .manifest import Manifest, decode_manifest, verify_checksum
+from .publish import publish_manifest, sweep
+from .retention import validate_keep_last_n
 from .storage import Storage, open_storage
 
 #: The key in a manifest's ``metadata`` that marks a DCP step and locates its metadata.
 MANIFEST_KEY = "dtruntime.dcp"
 DCP_VERSION = "1.0.0"
-
-log = logging.getLogger("dtruntime.checkpoint")
 
 
 @dataclass(frozen=True)
@@ -195,13 +193,11 @@ class DtruntimeStorageWriter(StorageWriter):
             commit.add(report)
         record = {"size": len(encoded), "crc32c": format_checksum(crc32c(encoded)), "version": DCP_VERSION}
         manifest = commit.manifest(created_unix=time.time(), metadata={MANIFEST_KEY: record})
-        key = layout.manifest_key(step)
-        try:
-            self.storage.write_manifest(key, encode_manifest(manifest))
-        except FileExistsError:
-            raise CheckpointError(f"step {step} already exists (committed) at {self.storage.describe(key)}") from None
-        except OSError as exc:
-            raise CheckpointError(f"step {step}: committing {self.storage.describe(key)} failed: {exc}") from exc
+        if publish_manifest(self.storage, manifest).metadata.get(MANIFEST_KEY) != record:
+            # Another coordinator committed these very parts with other DCP metadata.
+            key = layout.manifest_key(step)
+            raise CheckpointError(f"step {step} already exists (committed) at {self.storage.describe(key)}, "
+                                  "with other DCP metadata")
         self._retain(view)
 
     def _listing(self) -> StorageView:
@@ -224,12 +220,7 @@ class DtruntimeStorageWriter(StorageWriter):
             in_flight={s: p for s, p in before.in_flight.items() if s != self.step},
             files=before.files,
         )
-        try:
-            plan = plan_retention(view, self.keep_last_n, protected={self.step})
-            for old in plan.delete_committed + plan.delete_orphans:
-                self.storage.delete_step(old, view.files.get(old, ()))
-        except OSError as exc:
-            log.warning("retention under %s failed (retried after the next commit): %s", self.storage.url, exc)
+        sweep(self.storage, view, self.keep_last_n, protected={self.step})
 
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=f"{self.storage.url}#step={self.step}")

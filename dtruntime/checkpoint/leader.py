@@ -12,7 +12,7 @@ Decision for a step (:meth:`LeaderCommitter.decide`):
 * a rank reported that its write failed: ABANDONED naming it (nothing is written);
 * every rank's part is in the listing, one per rank, as reported: write the manifest,
   COMMITTED (FAILED if the write fails; a manifest already there with the same parts
-  is a commit by another leader);
+  is a commit by another leader, see :mod:`.publish`);
 * otherwise ABANDONED, naming the ranks the leader gave up on and any reported part
   that storage does not hold. Nothing is deleted then: retention removes the parts once
   a newer step commits (deleting now could race with a late writer's manifest).
@@ -42,8 +42,8 @@ from ..errors import CheckpointError
 from ..protocol.messages import CommitOutcome, PartDone
 from . import layout
 from .commit import PartReport, StepCommit, StorageView, recover_step, scan_listing
-from .manifest import decode_manifest, encode_manifest
-from .retention import plan_retention
+from .manifest import decode_manifest
+from .publish import publish_manifest, sweep
 from .storage import Storage
 
 log = logging.getLogger("dtruntime.checkpoint")
@@ -110,22 +110,14 @@ class LeaderCommitter:
         return sorted(set(view.committed) | set(finished))
 
     def _finish(self, commit: StepCommit) -> tuple[CommitOutcome, tuple[int, ...]]:
+        """Publish ``commit``'s manifest (:func:`~.publish.publish_manifest`: one already
+        there naming the same parts is a commit by another leader): COMMITTED, else FAILED."""
         step = commit.step
         manifest = commit.manifest(created_unix=time.time(), metadata=self._metadata_for(step))
-        key = layout.manifest_key(step)
         try:
-            self.storage.write_manifest(key, encode_manifest(manifest))
-        except FileExistsError:
-            try:
-                existing = decode_manifest(self.storage.read(key), expected_step=step, source=self.storage.describe(key))
-            except (CheckpointError, OSError) as exc:
-                log.error("checkpoint step %d: the manifest another leader wrote is unreadable: %s", step, exc)
-                return CommitOutcome.FAILED, ()
-            if existing.parts != manifest.parts:
-                log.error("checkpoint step %d: another leader committed other parts", step)
-                return CommitOutcome.FAILED, ()
-        except OSError as exc:
-            log.error("checkpoint step %d: writing %s failed: %s", step, self.storage.describe(key), exc)
+            publish_manifest(self.storage, manifest)
+        except CheckpointError as exc:
+            log.error("checkpoint step %d: %s", step, exc)
             return CommitOutcome.FAILED, ()
         self._committed(step)
         return CommitOutcome.COMMITTED, ()
@@ -138,14 +130,13 @@ class LeaderCommitter:
         """Apply retention (keep_last_n, incomplete orphans); a failure is retried after the next commit."""
         try:
             view = self._scan()
-            protected = {step for step in view.in_flight if self._is_complete(view, step)}
-            if just_committed is not None:
-                protected.add(just_committed)
-            plan = plan_retention(view, self.keep_last_n, protected=protected)
-            for step in plan.delete_committed + plan.delete_orphans:
-                self.storage.delete_step(step, view.files.get(step, ()))
-        except (OSError, CheckpointError) as exc:
+        except CheckpointError as exc:
             log.warning("retention under %s failed: %s", self.storage.url, exc)
+            return
+        protected = {step for step in view.in_flight if self._is_complete(view, step)}
+        if just_committed is not None:
+            protected.add(just_committed)
+        sweep(self.storage, view, self.keep_last_n, protected)
 
     def _is_complete(self, view: StorageView, step: int) -> bool:
         try:

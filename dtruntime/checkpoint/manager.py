@@ -74,11 +74,10 @@ from .manifest import (
     PartRecord,
     check_metadata,
     decode_manifest,
-    encode_manifest,
     verify_checksum,
     verify_part,
 )
-from .retention import plan_retention
+from .publish import publish_manifest, sweep
 from .slots import InFlightSlots
 from .storage import Storage, open_storage
 
@@ -685,14 +684,7 @@ class CheckpointManager:
             return self._report(report, ok=True)
         commit = StepCommit(step, 1)
         commit.add(report)
-        manifest = commit.manifest(created_unix=time.time(), metadata=job.metadata)
-        try:
-            storage.write_manifest(manifest_key, encode_manifest(manifest))
-        except FileExistsError as exc:
-            raise CheckpointError(f"step {step} already exists (committed) at {storage.describe(manifest_key)}") from exc
-        except OSError as exc:
-            # The part stays: if the write did land after all, a manifest names it.
-            raise CheckpointError(f"step {step}: committing {storage.describe(manifest_key)} failed: {exc}") from exc
+        publish_manifest(storage, commit.manifest(created_unix=time.time(), metadata=job.metadata))
         return SaveResult(step, raw_size, stored_size, codec, time.perf_counter() - started)
 
     def _write_part(self, job: _SaveJob) -> tuple[PartReport, int]:
@@ -783,11 +775,11 @@ class CheckpointManager:
             protected = {just_committed} | self._pending
         try:
             view = scan_listing(self._storage.list_files())
-            plan = plan_retention(view, self.keep_last_n, protected=protected)
-            for step in plan.delete_committed + plan.delete_orphans:
-                self._storage.delete_step(step, view.files.get(step, ()))
         except OSError as exc:
             log.warning("retention under %s failed (will retry after the next save): %s", self._storage.url, exc)
+            return
+        plan = sweep(self._storage, view, self.keep_last_n, protected)
+        if plan is None:
             return
         with self._lock:
             self._known_committed = (self._known_committed | set(view.committed)) - set(plan.delete_committed)
