@@ -40,10 +40,9 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..protocol.messages import CommitOutcome, PartDone
-from . import layout
-from .commit import PartReport, StepCommit, StorageView, recover_step, scan_listing
-from .manifest import decode_manifest
+from .commit import PartReport, StepCommit, StorageView, recover_step
 from .publish import publish_manifest, sweep
+from .reads import read_manifest, scan
 from .storage import Storage
 
 log = logging.getLogger("dtruntime.checkpoint")
@@ -73,7 +72,7 @@ class LeaderCommitter:
     def decide(
         self, step: int, reports: tuple[PartDone, ...], missing_ranks: tuple[int, ...]
     ) -> tuple[CommitOutcome, tuple[int, ...]]:
-        view = self._scan()
+        view = scan(self.storage)
         if step in view.committed and self._manifest_readable(step):
             self._committed(step)
             return CommitOutcome.COMMITTED, ()
@@ -92,7 +91,7 @@ class LeaderCommitter:
         return CommitOutcome.ABANDONED, tuple(sorted(set(missing_ranks) | absent))
 
     def recover(self) -> list[int]:
-        view = self._scan()
+        view = scan(self.storage)
         newest = view.newest_committed
         finished = []
         for step in sorted(view.in_flight):
@@ -129,7 +128,7 @@ class LeaderCommitter:
     def _retain(self, just_committed: int | None) -> None:
         """Apply retention (keep_last_n, incomplete orphans); a failure is retried after the next commit."""
         try:
-            view = self._scan()
+            view = scan(self.storage)
         except CheckpointError as exc:
             log.warning("retention under %s failed: %s", self.storage.url, exc)
             return
@@ -151,16 +150,9 @@ class LeaderCommitter:
             log.warning("cannot delete orphaned checkpoint step %d: %s", step, exc)
 
     def _manifest_readable(self, step: int) -> bool:
-        key = layout.manifest_key(step)
         try:
-            decode_manifest(self.storage.read(key), expected_step=step, source=self.storage.describe(key))
-        except (CheckpointError, OSError):
+            read_manifest(self.storage, step)
+        except CheckpointError:
             return False
         return True
-
-    def _scan(self) -> StorageView:
-        try:
-            return scan_listing(self.storage.list_files())
-        except OSError as exc:
-            raise CheckpointError(f"cannot list checkpoints under {self.storage.url}: {exc}") from exc
 
