@@ -130,7 +130,7 @@ class LeaderCommitter:
         try:
             view = scan(self.storage)
         except CheckpointError as exc:
-            log.warning("retention under %s failed: %s", self.storage.url, exc)
+            log.warning("retention under %s failed (retried after the next commit): %s", self.storage.url, exc)
             return
         protected = {step for step in view.in_flight if self._is_complete(view, step)}
         if just_committed is not None:

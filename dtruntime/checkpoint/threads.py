@@ -31,7 +31,7 @@ class QueueThread(Generic[T]):
         raise NotImplementedError
 
     def stop(self) -> None:
-        """Stop once the items already put are handled; call once."""
+        """Stop once the items already put are handled (a second call changes nothing)."""
         self._queue.put(None)
 
     def join(self, timeout: float | None) -> bool:

@@ -145,3 +145,39 @@ def test_the_leader_commits_over_the_same_parts_and_fails_over_other_parts(stora
     assert leader._finish(commit_of(other)) == (CommitOutcome.FAILED, ())
     assert leader.decide(5, done, ()) == (CommitOutcome.COMMITTED, ())  # storage says so
 
+
+
+@pytest.mark.parametrize("same_dcp_metadata", [True, False])
+def test_dcp_commit_over_a_concurrent_one_of_the_same_parts_succeeds_only_with_the_same_dcp_metadata(
+    tmp_path, monkeypatch, same_dcp_metadata
+):
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex
+    from torch.distributed.checkpoint.storage import WriteResult
+
+    from dtruntime.checkpoint import dcp
+    from dtruntime.checkpoint.dcp_metadata import ItemLocation, encode_metadata
+    from dtruntime.checkpoint.integrity import format_checksum
+
+    writer = dcp.DtruntimeStorageWriter(str(tmp_path), step=7, keep_last_n=5)
+    report = part(writer.storage, 7, 0, b"item")
+    index, location = MetadataIndex("item"), ItemLocation(0, 0, 4, None, ())
+    metadata = Metadata(state_dict_metadata={"item": BytesStorageMetadata()})
+    result = WriteResult(index=index, size_in_bytes=4, storage_data=(location, dcp._PartLocation(0, 4, report.checksum)))
+    encoded = encode_metadata(metadata, {index: location}, dcp.DCP_VERSION)
+    if not same_dcp_metadata:
+        encoded += b"\0"
+    record = {"size": len(encoded), "crc32c": format_checksum(crc32c(encoded)), "version": dcp.DCP_VERSION}
+    listed = dcp.scan
+
+    def scan_then_race(storage):
+        view = listed(storage)  # another coordinator commits right after this listing
+        publish_manifest(storage, manifest_of(7, report, **{dcp.MANIFEST_KEY: record}))
+        return view
+
+    monkeypatch.setattr(dcp, "scan", scan_then_race)
+    if same_dcp_metadata:
+        writer.finish(metadata, [[result]])
+    else:
+        with pytest.raises(CheckpointError, match="step 7 already exists .*other DCP metadata"):
+            writer.finish(metadata, [[result]])
+    assert stored(writer.storage, 7).metadata == {dcp.MANIFEST_KEY: record}
