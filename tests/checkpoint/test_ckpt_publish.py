@@ -4,8 +4,6 @@ the same for the single-rank writer, the multi-rank leader and DCP's coordinator
 from __future__ import annotations
 
 import logging
-import uuid
-
 import pytest
 
 from dtruntime.checkpoint import CheckpointManager, layout
@@ -14,18 +12,10 @@ from dtruntime.checkpoint.integrity import crc32c
 from dtruntime.checkpoint.leader import LeaderCommitter
 from dtruntime.checkpoint.manifest import decode_manifest
 from dtruntime.checkpoint.publish import publish_manifest, sweep
-from dtruntime.checkpoint.storage import open_storage
 from dtruntime.errors import CheckpointError
 from dtruntime.protocol.messages import CommitOutcome, PartDone
 
 TIMEOUT = 30
-
-
-@pytest.fixture(params=["local", "memory"])
-def storage(request, tmp_path):
-    if request.param == "local":
-        return open_storage(str(tmp_path), None, None)
-    return open_storage(f"memory://publish-{uuid.uuid4().hex}", None, None)
 
 
 def part(storage, step: int, rank: int, data: bytes) -> PartReport:
