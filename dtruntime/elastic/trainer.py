@@ -55,6 +55,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from types import TracebackType
@@ -76,6 +77,7 @@ MAX_FORM_ATTEMPTS = 10
 POSITION_KEY = "dtruntime.elastic.position"  # gossiped (generation << 40) | steps applied
 JOIN_LISTEN_PERIODS = 5  # heartbeats a new trainer listens for a running job before it starts one
 MAX_RETRIES_WITHOUT_LOSS = 3
+NCCL_CLEAN_UP_ONLY = "2"  # TORCH_NCCL_ASYNC_ERROR_HANDLING: abort the communicators, raise, keep the process
 
 
 class Step:
@@ -141,6 +143,11 @@ class ElasticTrainer:
         self.model, self.optimizer = model, optimizer
         self.num_samples, self.batch_size, self.seed, self.shuffle = num_samples, batch_size, seed, shuffle
         self.backend = backend
+        if backend == "nccl":
+            # A timed-out NCCL collective must abort its communicators and raise in this
+            # process (CleanUpOnly), not tear the process down (the default, SkipCleanUp):
+            # the survivors go on. Read when each NCCL group is created.
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", NCCL_CLEAN_UP_ONLY)
         self.checkpoints = checkpoints  # a CheckpointManager: what run-control checkpoints go to
         self._ddp_options = dict(ddp_options or {})
         self.steps_applied = 0
@@ -296,7 +303,7 @@ class ElasticTrainer:
         left out was declared dead: that error is the caller's.
         """
         for _attempt in range(MAX_FORM_ATTEMPTS):
-            _discard_process_group(self.ddp)
+            _discard_process_group(self.ddp, self.backend)
             self.ddp, self._hosted = None, None
             try:
                 generation, self._hosted = agree_generation(
@@ -325,23 +332,36 @@ class ElasticTrainer:
         raise DtruntimeError(f"no process group formed after {MAX_FORM_ATTEMPTS} attempts")
 
 
-def _discard_process_group(ddp: nn.parallel.DistributedDataParallel | None) -> None:
-    """Retire a failed default group and the DDP wrapper over it, never shutting them down.
+def _discard_process_group(ddp: nn.parallel.DistributedDataParallel | None, backend: str) -> None:
+    """Retire a failed default group and the DDP wrapper over it without waiting on it.
 
-    A collective that a lost peer left half done keeps the group's gloo threads blocked
-    on live survivors' sockets until the collective timeout; ``shutdown()`` (called by
-    ``destroy_process_group``) and the C++ destructor both wait for those threads, and
-    every survivor would wait for the others' (``abort()`` is no way out: it blocks
-    holding the GIL, which freezes the control plane's heartbeats). So the group is
-    taken out of torch.distributed's registry with its shutdown skipped (the registry
-    of names is emptied first, which is the loop that calls ``shutdown``), and its last
-    references are leaked on purpose, one small object per recovery; its threads end
-    when their sockets close or time out.
+    gloo: a collective that a lost peer left half done keeps the group's threads
+    blocked on live survivors' sockets until the collective timeout; ``shutdown()``
+    (called by ``destroy_process_group``) and the C++ destructor both wait for those
+    threads, and every survivor would wait for the others' (``abort()`` is no way out:
+    it blocks holding the GIL, which freezes the control plane's heartbeats). So the
+    group is taken out of torch.distributed's registry with its shutdown skipped (the
+    registry of names is emptied first, which is the loop that calls ``shutdown``), and
+    its last references are leaked on purpose, one small object per recovery; its
+    threads end when their sockets close or time out.
+
+    NCCL: aborting ends the communicators' pending kernels and returns, so every group
+    is aborted and dropped from the registry. (Written for GPUs and not run here: the
+    tests run gloo on CPU.)
     """
     if not dist.is_initialized():
         return
+    group = dist.distributed_c10d._get_default_group()
+    if backend == "nccl":
+        try:
+            dist.distributed_c10d._abort_process_group()  # every group, then out of the registry
+        except (RuntimeError, ValueError) as exc:  # its watchdog aborted it already
+            log.debug("elastic: NCCL abort: %s", exc)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return
     world = dist.distributed_c10d._world
-    for retired in (dist.distributed_c10d._get_default_group(), ddp):
+    for retired in (group, ddp):
         if retired is not None:
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(retired))
     world.pg_names.clear()
