@@ -157,18 +157,31 @@ class WatchdogConfig:
 class PreemptionConfig:
     """What SIGTERM does once the training loop calls a step boundary.
 
-    ``sigterm = "stop"`` (default): a coordinated stop (every rank saves the same step,
-    the leader commits it, every process exits 0) that must finish within ``grace_s``
-    seconds; ``"default"``: dtruntime installs no handler.
+    ``sigterm = "stop"``: a coordinated stop (every rank saves the same step, the leader
+    commits it, every process exits 0) that must finish within ``grace_s`` seconds.
+    ``"leave"``: this worker leaves the job cleanly and ends as SIGTERM would end it;
+    the other workers go on without it (what a per-host launcher's restart needs: it
+    SIGTERMs the host's other workers when one dies). ``"auto"`` (default): ``leave``
+    when a launcher runs only part of the job (``DTRUNTIME_WORLD_SIZE`` is set, see
+    :func:`launcher_world`), ``stop`` otherwise. ``"default"``: no handler.
     """
 
-    sigterm: str = "stop"
+    sigterm: str = "auto"
     grace_s: int = 30
 
     def validate(self) -> None:
-        if self.sigterm not in ("stop", "default"):
-            raise ConfigError("preemption.sigterm", f"must be stop or default, not {self.sigterm!r}")
+        if self.sigterm not in SIGTERM_MODES:
+            raise ConfigError("preemption.sigterm", f"must be one of {', '.join(SIGTERM_MODES)}, not {self.sigterm!r}")
         _positive("preemption.grace_s", self.grace_s)
+
+    def sigterm_action(self, env: Mapping[str, str]) -> str:
+        """``sigterm`` with ``auto`` resolved against the launcher's environment."""
+        if self.sigterm != "auto":
+            return self.sigterm
+        return "leave" if env.get("DTRUNTIME_WORLD_SIZE") else "stop"
+
+
+SIGTERM_MODES = ("auto", "stop", "leave", "default")
 
 
 @dataclass(frozen=True)

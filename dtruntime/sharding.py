@@ -702,6 +702,19 @@ def take_over(
     return split_ranges(orphaned, alive, assignment.shard_offsets, assignment.seed)
 
 
+def take_over_cursors(
+    assignment: Assignment, cursors: Mapping[str, int], survivors: Iterable[str]
+) -> dict[str, MemberAssignment]:
+    """:func:`take_over`, each lost member credited with the first ``cursors[member]``
+    samples of its epoch stream (capped at the stream's length; padding counts, as it is
+    read last). What the survivors of a take-over agreement compute from its decision."""
+    completed = {
+        member: completed_ranges(assignment, member, min(cursor, assignment[member].num_samples))
+        for member, cursor in cursors.items()
+    }
+    return take_over(assignment, completed, survivors)
+
+
 def resume(assignment: Assignment, cursor: int, member_ids: Iterable[str]) -> dict[str, MemberAssignment]:
     """Work for a new world after a restart from the saved position ``(assignment.epoch, cursor)``.
 

@@ -33,6 +33,8 @@ from .report import plot_timeline, summary_table
 from .scenarios import FIGURES, detection, flapping_link, leader_crash, loss_storm, partition, rolling_crashes, slow_worker
 from .swarm import FIGURES as SWARM_FIGURES
 from .swarm import swarm
+from .takeover import FIGURES as TAKE_OVER_FIGURES
+from .takeover import take_over
 
 if TYPE_CHECKING:
     from .serve import SimDashboard
@@ -45,9 +47,10 @@ SCENARIOS: dict[str, Callable[..., ScenarioResult]] = {
     "slow-worker": slow_worker,
     "loss-storm": loss_storm,
     "detection": detection,
+    "take-over": take_over,
     "swarm": swarm,
 }
-SCENARIO_FIGURES: dict[str, dict[str, str]] = {**FIGURES, "swarm": SWARM_FIGURES}
+SCENARIO_FIGURES: dict[str, dict[str, str]] = {**FIGURES, "take-over": TAKE_OVER_FIGURES, "swarm": SWARM_FIGURES}
 
 COLUMNS = (
     "p50 and p99 are nearest-rank percentiles over the runs that produced the figure, max the largest, "

@@ -120,7 +120,10 @@ def test_watchdog_and_preemption_keys_default_and_come_from_file_and_environment
     config = Config.load(env={})
     assert (config.watchdog.progress_timeout_s, config.watchdog.min_progress_timeout_s) == (0, 30)
     assert (config.watchdog.still_waiting_first_s, config.watchdog.still_waiting_every_s) == (10, 30)
-    assert (config.preemption.sigterm, config.preemption.grace_s) == ("stop", 30)
+    assert (config.preemption.sigterm, config.preemption.grace_s) == ("auto", 30)
+    assert config.preemption.sigterm_action({}) == "stop"  # one launcher for the whole job
+    assert config.preemption.sigterm_action({"DTRUNTIME_WORLD_SIZE": "4"}) == "leave"  # one launcher per host
+    assert Config.load(env={"DTRUNTIME_SIGTERM": "stop"}).preemption.sigterm_action({"DTRUNTIME_WORLD_SIZE": "4"}) == "stop"
     path = write(tmp_path, "[watchdog]\nprogress_timeout_s = 90\n[preemption]\ngrace_s = 60\nsigterm = 'default'\n")
     config = Config.load(path, env={"DTRUNTIME_PREEMPTION_GRACE_S": "45", "DTRUNTIME_STILL_WAITING_FIRST_S": "5"})
     assert (config.watchdog.progress_timeout_s, config.watchdog.still_waiting_first_s) == (90, 5)

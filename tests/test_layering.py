@@ -5,7 +5,8 @@
     runtime             <- protocol
     control             <- runtime, protocol (run control, watchdog, preemption)
     api                 <- control, runtime, protocol (and http, imported lazily when the API is on)
-    checkpoint, data    <- their own layer, protocol's messages (checkpoint), sharding (data)
+    checkpoint, data    <- their own layer, protocol's messages (checkpoint), sharding and the
+                           dataset agreement rounds of protocol (data)
     elastic             <- api, runtime
     testing             <- protocol, checkpoint (the simulator drives the real core and committer)
     http                <- api, runtime, protocol, checkpoint, data
@@ -33,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "api": {"runtime", "protocol", "control"} | FOUNDATION,
     "control": {"runtime", "protocol"} | FOUNDATION,
     "checkpoint": {"protocol.messages"} | FOUNDATION,
-    "data": FOUNDATION,
+    "data": {"protocol.takeover", "protocol.spec_check"} | FOUNDATION,
     "elastic": {"api", "runtime", "protocol"} | FOUNDATION,
     "testing": {"protocol", "checkpoint"},
     "http": {"api", "runtime", "protocol", "checkpoint", "data"} | FOUNDATION,

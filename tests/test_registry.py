@@ -11,7 +11,8 @@ from .datasets_helpers import memory_root, write_csv_files, write_parquet_files,
 
 from dtruntime import DatasetRegistry, sharding
 from dtruntime.data import DatasetSpec, MembershipView, check_same_spec, spec_summary
-from dtruntime.data.registry import ControlPlane, summary_difference
+from dtruntime.data.registry import ControlPlane
+from dtruntime.protocol.spec_check import summary_difference
 from dtruntime.errors import DatasetError
 
 

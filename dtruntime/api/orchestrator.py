@@ -109,7 +109,9 @@ class Agreement:
 
     ``reference`` is the lowest-ranked worker and ``reference_value`` its value;
     ``differing`` names every worker whose value differs from it, and
-    ``differing_value`` is the first one's value. Every worker gets the same record.
+    ``differing_value`` is the first one's value. ``excluded`` names the members the
+    barrier released without, as dead (an elastic one: those that died while it was
+    open among them). Every worker gets the same record.
     """
 
     barrier_id: str
@@ -117,6 +119,7 @@ class Agreement:
     reference_value: str
     differing: tuple[str, ...]
     differing_value: str
+    excluded: tuple[str, ...] = ()
 
     @property
     def agreed(self) -> bool:
@@ -221,8 +224,8 @@ class TrainingOrchestrator:
         self.metrics = _new_metrics(self._observation, self._take_release_latencies)
         self.run_control = RunControl(self)
         self.watchdog = Watchdog(self)
-        self._preemption = Preemption(self.run_control, self.config.preemption.sigterm,
-                                      float(self.config.preemption.grace_s))
+        self._preemption = Preemption(self.run_control, self.config.preemption.sigterm_action(env),
+                                      float(self.config.preemption.grace_s), self.close_sync)
 
     # -- properties -----------------------------------------------------------------
 
@@ -733,7 +736,8 @@ class TrainingOrchestrator:
             self.run_control.on_event(event)
         elif isinstance(event, BarrierReleased):
             agreement = Agreement(
-                event.barrier_id, event.reference, event.reference_value, event.differing, event.differing_value
+                event.barrier_id, event.reference, event.reference_value, event.differing, event.differing_value,
+                event.excluded,
             )
             self._settle(event.barrier_id, None, agreement)
         elif isinstance(event, BarrierFailed):

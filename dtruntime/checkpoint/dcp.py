@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
 import time
 from collections.abc import Mapping
 from torch.futures import Future
@@ -56,20 +55,20 @@ from torch.distributed.checkpoint.planner import (
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 
 from ..config import Config
-from ..errors import CheckpointError, CheckpointNotFoundError
+from ..errors import CheckpointError
 from . import layout
-from .commit import PartReport, StepCommit, StorageView, recover_step, scan_listing
+from .commit import PartReport, StepCommit, StorageView, recover_step
 from .dcp_metadata import ItemLocation, decode_metadata, encode_metadata
 from .integrity import crc32c, format_checksum
-from .manifest import Manifest, decode_manifest, encode_manifest, verify_checksum
-from .retention import plan_retention, validate_keep_last_n
+from .manifest import Manifest
+from .publish import publish_manifest, sweep
+from .reads import newest_that_verifies, read_key, read_manifest, read_part_buffer, scan
+from .retention import validate_keep_last_n
 from .storage import Storage, open_storage
 
 #: The key in a manifest's ``metadata`` that marks a DCP step and locates its metadata.
 MANIFEST_KEY = "dtruntime.dcp"
 DCP_VERSION = "1.0.0"
-
-log = logging.getLogger("dtruntime.checkpoint")
 
 
 @dataclass(frozen=True)
@@ -179,7 +178,7 @@ class DtruntimeStorageWriter(StorageWriter):
                 location, part = result.storage_data
                 parts[part.rank] = PartReport(step, part.rank, part.part_size, part.part_crc32c, "none")
                 locations[result.index] = location
-        view = self._listing()
+        view = scan(self.storage)
         stored = {report.rank: report for report in recover_step(view, step, world_size).reports}
         wrong = sorted(rank for rank, report in parts.items() if stored.get(rank) != report)
         if wrong:
@@ -195,20 +194,12 @@ class DtruntimeStorageWriter(StorageWriter):
             commit.add(report)
         record = {"size": len(encoded), "crc32c": format_checksum(crc32c(encoded)), "version": DCP_VERSION}
         manifest = commit.manifest(created_unix=time.time(), metadata={MANIFEST_KEY: record})
-        key = layout.manifest_key(step)
-        try:
-            self.storage.write_manifest(key, encode_manifest(manifest))
-        except FileExistsError:
-            raise CheckpointError(f"step {step} already exists (committed) at {self.storage.describe(key)}") from None
-        except OSError as exc:
-            raise CheckpointError(f"step {step}: committing {self.storage.describe(key)} failed: {exc}") from exc
+        if publish_manifest(self.storage, manifest).metadata.get(MANIFEST_KEY) != record:
+            # Another coordinator committed these very parts with other DCP metadata.
+            key = layout.manifest_key(step)
+            raise CheckpointError(f"step {step} already exists (committed) at {self.storage.describe(key)}, "
+                                  "with other DCP metadata")
         self._retain(view)
-
-    def _listing(self) -> StorageView:
-        try:
-            return scan_listing(self.storage.list_files())
-        except OSError as exc:
-            raise CheckpointError(f"cannot list checkpoints under {self.storage.url}: {exc}") from exc
 
     def _retain(self, before: StorageView) -> None:
         """``keep_last_n`` on the listing taken before the commit, plus the step just committed.
@@ -224,12 +215,7 @@ class DtruntimeStorageWriter(StorageWriter):
             in_flight={s: p for s, p in before.in_flight.items() if s != self.step},
             files=before.files,
         )
-        try:
-            plan = plan_retention(view, self.keep_last_n, protected={self.step})
-            for old in plan.delete_committed + plan.delete_orphans:
-                self.storage.delete_step(old, view.files.get(old, ()))
-        except OSError as exc:
-            log.warning("retention under %s failed (retried after the next commit): %s", self.storage.url, exc)
+        sweep(self.storage, view, self.keep_last_n, protected={self.step})
 
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=f"{self.storage.url}#step={self.step}")
@@ -268,7 +254,7 @@ class DtruntimeStorageReader(StorageReader):
         if self.step is not None:
             manifest, metadata, locations = self._read_step(self.step)
         else:
-            manifest, metadata, locations = self._read_newest()
+            _newest, (manifest, metadata, locations) = newest_that_verifies(self.storage, self._read_step)
         self.step, self._manifest, self._locations = manifest.step, manifest, locations
         return metadata
 
@@ -327,40 +313,15 @@ class DtruntimeStorageReader(StorageReader):
             raise CheckpointError(f"checkpoint step {self.step} has no stored item {index.fqn!r} at {index.offset}")
         return location
 
-    def _read_newest(self) -> tuple[Manifest, Metadata, dict[MetadataIndex, ItemLocation]]:
-        try:
-            steps = scan_listing(self.storage.list_files()).committed
-        except OSError as exc:
-            raise CheckpointError(f"cannot list checkpoints under {self.storage.url}: {exc}") from exc
-        skipped = []
-        for step in reversed(steps):
-            try:
-                return self._read_step(step)
-            except CheckpointError as exc:
-                skipped.append(f"step {step}: {exc}")
-        if not skipped:
-            raise CheckpointNotFoundError(f"no committed checkpoint under {self.storage.url}")
-        raise CheckpointError(f"no committed DCP checkpoint under {self.storage.url} verifies: {'; '.join(skipped)}")
-
     def _read_step(self, step: int) -> tuple[Manifest, Metadata, dict[MetadataIndex, ItemLocation]]:
-        key = layout.manifest_key(step)
-        source = self.storage.describe(key)
-        try:
-            raw = self.storage.read(key)
-        except FileNotFoundError:
-            raise CheckpointNotFoundError(f"checkpoint step {step} is not committed under {self.storage.url}") from None
-        except OSError as exc:
-            raise CheckpointError(f"cannot read {source}: {exc}") from exc
-        manifest = decode_manifest(raw, expected_step=step, source=source)
+        manifest = read_manifest(self.storage, step)
+        source = self.storage.describe(layout.manifest_key(step))
         record = manifest.metadata.get(MANIFEST_KEY)
         if not isinstance(record, dict):
             raise CheckpointError(f"checkpoint step {step} was not saved through DCP (no {MANIFEST_KEY!r} in {source})")
         meta_key = layout.dcp_metadata_key(step)
         meta_source = self.storage.describe(meta_key)
-        try:
-            encoded = self.storage.read(meta_key)
-        except OSError as exc:
-            raise CheckpointError(f"checkpoint step {step}: cannot read {meta_source}: {exc}") from exc
+        encoded = read_key(self.storage.read, self.storage, meta_key, f"checkpoint step {step}: ")
         if len(encoded) != record.get("size") or format_checksum(crc32c(encoded)) != record.get("crc32c"):
             raise CheckpointError(f"checkpoint step {step}: {meta_source} does not match its manifest (corrupt)")
         metadata, locations = decode_metadata(encoded, meta_source)
@@ -372,17 +333,7 @@ class DtruntimeStorageReader(StorageReader):
     def _read_part(self, manifest: Manifest, rank: int) -> Any:
         if not 0 <= rank < manifest.world_size:
             raise CheckpointError(f"checkpoint step {manifest.step} has no part of rank {rank}")
-        record = manifest.parts[rank]
-        key = layout.part_key(manifest.step, rank, record.codec, record.checksum)
-        source = self.storage.describe(key)
-        try:
-            buffer, checksum = self.storage.read_buffer(key)
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint step {manifest.step} rank {rank}: {source} is missing") from None
-        except OSError as exc:
-            raise CheckpointError(f"checkpoint step {manifest.step} rank {rank}: cannot read {source}: {exc}") from exc
-        verify_checksum(manifest.step, record, len(buffer), checksum, source)
-        return buffer
+        return read_part_buffer(self.storage, manifest, manifest.parts[rank])
 
 
 def _step_of(checkpoint_id: Any) -> int:

@@ -12,7 +12,7 @@ Decision for a step (:meth:`LeaderCommitter.decide`):
 * a rank reported that its write failed: ABANDONED naming it (nothing is written);
 * every rank's part is in the listing, one per rank, as reported: write the manifest,
   COMMITTED (FAILED if the write fails; a manifest already there with the same parts
-  is a commit by another leader);
+  is a commit by another leader, see :mod:`.publish`);
 * otherwise ABANDONED, naming the ranks the leader gave up on and any reported part
   that storage does not hold. Nothing is deleted then: retention removes the parts once
   a newer step commits (deleting now could race with a late writer's manifest).
@@ -40,10 +40,9 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..protocol.messages import CommitOutcome, PartDone
-from . import layout
-from .commit import PartReport, StepCommit, StorageView, recover_step, scan_listing
-from .manifest import decode_manifest, encode_manifest
-from .retention import plan_retention
+from .commit import PartReport, StepCommit, StorageView, recover_step
+from .publish import publish_manifest, sweep
+from .reads import read_manifest, scan
 from .storage import Storage
 
 log = logging.getLogger("dtruntime.checkpoint")
@@ -73,7 +72,7 @@ class LeaderCommitter:
     def decide(
         self, step: int, reports: tuple[PartDone, ...], missing_ranks: tuple[int, ...]
     ) -> tuple[CommitOutcome, tuple[int, ...]]:
-        view = self._scan()
+        view = scan(self.storage)
         if step in view.committed and self._manifest_readable(step):
             self._committed(step)
             return CommitOutcome.COMMITTED, ()
@@ -92,7 +91,7 @@ class LeaderCommitter:
         return CommitOutcome.ABANDONED, tuple(sorted(set(missing_ranks) | absent))
 
     def recover(self) -> list[int]:
-        view = self._scan()
+        view = scan(self.storage)
         newest = view.newest_committed
         finished = []
         for step in sorted(view.in_flight):
@@ -110,22 +109,14 @@ class LeaderCommitter:
         return sorted(set(view.committed) | set(finished))
 
     def _finish(self, commit: StepCommit) -> tuple[CommitOutcome, tuple[int, ...]]:
+        """Publish ``commit``'s manifest (:func:`~.publish.publish_manifest`: one already
+        there naming the same parts is a commit by another leader): COMMITTED, else FAILED."""
         step = commit.step
         manifest = commit.manifest(created_unix=time.time(), metadata=self._metadata_for(step))
-        key = layout.manifest_key(step)
         try:
-            self.storage.write_manifest(key, encode_manifest(manifest))
-        except FileExistsError:
-            try:
-                existing = decode_manifest(self.storage.read(key), expected_step=step, source=self.storage.describe(key))
-            except (CheckpointError, OSError) as exc:
-                log.error("checkpoint step %d: the manifest another leader wrote is unreadable: %s", step, exc)
-                return CommitOutcome.FAILED, ()
-            if existing.parts != manifest.parts:
-                log.error("checkpoint step %d: another leader committed other parts", step)
-                return CommitOutcome.FAILED, ()
-        except OSError as exc:
-            log.error("checkpoint step %d: writing %s failed: %s", step, self.storage.describe(key), exc)
+            publish_manifest(self.storage, manifest)
+        except CheckpointError as exc:
+            log.error("checkpoint step %d: %s", step, exc)
             return CommitOutcome.FAILED, ()
         self._committed(step)
         return CommitOutcome.COMMITTED, ()
@@ -137,15 +128,14 @@ class LeaderCommitter:
     def _retain(self, just_committed: int | None) -> None:
         """Apply retention (keep_last_n, incomplete orphans); a failure is retried after the next commit."""
         try:
-            view = self._scan()
-            protected = {step for step in view.in_flight if self._is_complete(view, step)}
-            if just_committed is not None:
-                protected.add(just_committed)
-            plan = plan_retention(view, self.keep_last_n, protected=protected)
-            for step in plan.delete_committed + plan.delete_orphans:
-                self.storage.delete_step(step, view.files.get(step, ()))
-        except (OSError, CheckpointError) as exc:
-            log.warning("retention under %s failed: %s", self.storage.url, exc)
+            view = scan(self.storage)
+        except CheckpointError as exc:
+            log.warning("retention under %s failed (retried after the next commit): %s", self.storage.url, exc)
+            return
+        protected = {step for step in view.in_flight if self._is_complete(view, step)}
+        if just_committed is not None:
+            protected.add(just_committed)
+        sweep(self.storage, view, self.keep_last_n, protected)
 
     def _is_complete(self, view: StorageView, step: int) -> bool:
         try:
@@ -160,16 +150,9 @@ class LeaderCommitter:
             log.warning("cannot delete orphaned checkpoint step %d: %s", step, exc)
 
     def _manifest_readable(self, step: int) -> bool:
-        key = layout.manifest_key(step)
         try:
-            decode_manifest(self.storage.read(key), expected_step=step, source=self.storage.describe(key))
-        except (CheckpointError, OSError):
+            read_manifest(self.storage, step)
+        except CheckpointError:
             return False
         return True
-
-    def _scan(self) -> StorageView:
-        try:
-            return scan_listing(self.storage.list_files())
-        except OSError as exc:
-            raise CheckpointError(f"cannot list checkpoints under {self.storage.url}: {exc}") from exc
 

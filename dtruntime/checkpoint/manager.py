@@ -1,29 +1,28 @@
 """CheckpointManager: asynchronous, verified checkpoints on local disk, S3 or any fsspec store.
 
-Threads: one writer thread per manager takes save jobs from a FIFO queue, so saves
-commit in the order they were queued; a janitor thread applies retention.
+This module is the API and the bookkeeping of saves in flight; the work is elsewhere:
+:mod:`.writer` (the writer thread: parts, then the commit or the report to the leader),
+:mod:`.janitor` (the retention thread), :mod:`.publish` (the one commit path),
+:mod:`.reads` (verified reads), :mod:`.results` (handles and results).
+
 ``save_async``/``save_bytes``/``save`` validate their input, wait for one of
 ``max_in_flight`` slots (the memory bound: a queued save holds a reference to its
-payload until it is written), queue the job and return a :class:`SaveHandle`; the
-handle completes once the step is durable and committed.
-``bytes`` payloads are never copied by the caller's thread. ``save(state_dict)`` copies
-the state's tensors once into a reusable staging buffer (:mod:`.staging`; pinned and
-overlapped device-to-host copies where CUDA is present) and returns; the part is a
-pickle-free safetensors file (:mod:`.tensors`) whose header, checksum and write happen
-in the writer thread. ``load_state`` reads such a part into one aligned buffer, checksumming
-each slice as it lands, and returns tensors whose memory is that buffer; parts
-saved by earlier versions (``torch.save`` pickles) still load, with ``weights_only``.
+payload until it is written), queue the job for the writer, which commits saves in the
+order they were queued, and return a :class:`SaveHandle`; the handle completes once the
+step is durable and committed. ``bytes`` payloads are never copied by the caller's
+thread. ``save(state_dict)`` copies the state's tensors once into a reusable staging
+buffer (:mod:`.staging`; pinned and overlapped device-to-host copies where CUDA is
+present) and returns; the part is a pickle-free safetensors file (:mod:`.tensors`) whose
+header, checksum and write happen in the writer thread. ``load_state`` reads such a part
+into one aligned buffer, checksumming each slice as it lands, and returns tensors whose
+memory is that buffer; parts saved by earlier versions (``torch.save`` pickles) still
+load, with ``weights_only``.
 
-Per save, the writer: refuses a step whose manifest exists; compresses per the setting;
-writes the part to its final key (size and CRC-32C in its name); writes the manifest
-(the commit), completes the handle and asks the janitor for retention. The janitor
-deletes old steps while the writer goes on with the next save (deleting a large step
-takes 0.2 s, which a save should not wait for); it never deletes a step that is queued
-or being written (it reads the queued steps before it lists storage, so a step queued
-later is not in its listing either). ``flush`` waits for retention too. A failure
-before the commit deletes only the part it wrote itself, so an earlier checkpoint is
-never touched; a failed manifest write leaves the part for orphan cleanup rather than
-risk deleting a part a manifest names.
+A step is refused at once when it is queued already or known to be committed (by this
+manager, or seen in storage by a retention sweep), and by the writer when its manifest
+exists. After a single-rank commit the janitor applies retention while the writer goes
+on; it never deletes a step that is queued or being written. ``flush`` waits for
+retention too. A failed save never touches an earlier checkpoint.
 
 Nothing queued is dropped silently: every open manager is closed at interpreter exit
 (also an exit by an uncaught exception), waiting up to ``exit_timeout_s`` for pending
@@ -53,113 +52,29 @@ import asyncio
 import concurrent.futures
 import io
 import logging
-import os
-import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from ..config import Config
-from ..errors import ArgumentTypeError, CheckpointError, CheckpointNotFoundError, CheckpointTimeout, ConfigError, DtruntimeError
-from . import layout, shutdown
-from .commit import PartReport, StepCommit, StorageView, scan_listing
-from .compression import compress, decompress, worth_compressing
+from ..errors import ArgumentTypeError, CheckpointError, CheckpointNotFoundError, CheckpointTimeout, ConfigError
+from . import layout, reads, shutdown
+from .commit import StorageView
+from .integrity import Buffer
+from .janitor import Janitor
 from .leader import LeaderCommitter
-from .integrity import Buffer, crc32c
-from .manifest import (
-    Manifest,
-    PartRecord,
-    check_metadata,
-    decode_manifest,
-    encode_manifest,
-    verify_checksum,
-    verify_part,
-)
-from .retention import plan_retention
+from .manifest import Manifest, check_metadata
+from .results import SaveHandle, SaveResult
+from .retention import RetentionPlan
 from .slots import InFlightSlots
 from .storage import Storage, open_storage
+from .threads import wait_for_progress
+from .writer import Outcome, SaveJob, Writer
 
 log = logging.getLogger("dtruntime.checkpoint")
-
-_AUTO_SAMPLE = 8 << 20  # ``auto`` compression samples this much of a tensor part's body
-
-
-@dataclass(frozen=True)
-class SaveResult:
-    """A committed save. ``seconds`` is the writer's time from start to commit."""
-
-    step: int
-    raw_size: int
-    stored_size: int
-    codec: str
-    seconds: float
-
-    @property
-    def throughput_mib_s(self) -> float:
-        """Effective throughput: uncompressed MiB per second of writer time."""
-        return self.raw_size / 2**20 / self.seconds if self.seconds > 0 else float("inf")
-
-
-class SaveHandle:
-    """A queued save. ``result()`` / ``await handle`` return :class:`SaveResult` once the
-    step is durable and committed, or raise :class:`CheckpointError`. A failure seen
-    here counts as reported: :meth:`CheckpointManager.flush` and ``close`` raise only
-    for failures nobody has seen through a handle."""
-
-    __slots__ = ("step", "_future", "_on_failure_seen")
-
-    def __init__(
-        self,
-        step: int,
-        future: concurrent.futures.Future[SaveResult],
-        on_failure_seen: Callable[[concurrent.futures.Future[SaveResult]], None],
-    ) -> None:
-        self.step = step
-        self._future = future
-        self._on_failure_seen = on_failure_seen
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def result(self, timeout: float | None = None) -> SaveResult:
-        """Wait up to ``timeout`` seconds (``concurrent.futures.TimeoutError`` after that)."""
-        try:
-            return self._future.result(timeout)
-        except CheckpointError:
-            self._on_failure_seen(self._future)
-            raise
-
-    def __await__(self) -> Generator[Any, None, SaveResult]:
-        return self._wait().__await__()
-
-    async def _wait(self) -> SaveResult:
-        try:
-            return await asyncio.wrap_future(self._future)
-        except CheckpointError:
-            self._on_failure_seen(self._future)
-            raise
-
-    def __repr__(self) -> str:
-        state = "done" if self.done() else "pending"
-        return f"<SaveHandle step={self.step} {state}>"
-
-
-@dataclass
-class _SaveJob:
-    step: int
-    data: Buffer | None
-    metadata: dict[str, Any]
-    future: concurrent.futures.Future[SaveResult]
-    staged: Any = None  # a staging.StagedPart for a tensor-native save (then data is None)
-    caller_saw_failure: bool = False
-    # Set once the part is written, for the SaveResult of a leader-committed step.
-    raw_size: int = 0
-    stored_size: int = 0
-    codec: str = ""
-    started: float = 0.0
 
 
 class CheckpointManager:
@@ -220,7 +135,6 @@ class CheckpointManager:
         self._metadata: dict[int, dict[str, Any]] = {}  # this rank's metadata per step, for the leader
         self._slots = InFlightSlots(max_in_flight)
         self._staging: Any = None  # a staging.StagingPool, made by the first save(state)
-        self._queue: queue.SimpleQueue[_SaveJob | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pending: set[int] = set()
         self._known_committed: set[int] = set()
@@ -228,18 +142,12 @@ class CheckpointManager:
         self._unreported: dict[concurrent.futures.Future[SaveResult], tuple[int, CheckpointError]] = {}
         self._idle = threading.Condition(self._lock)
         self._closed = False
-        # Retention requests (committed steps) for the janitor; the counters let flush wait.
-        self._retention_queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        self._retention_requested = 0
-        self._retention_done = 0
         if self._orchestrator is not None:  # one manager per orchestrator: it owns the manifests
             self._orchestrator.set_commit_handler(
                 LeaderCommitter(self._storage, self.world_size, self.keep_last_n, self._metadata_for, self._committed)
             )
-        self._writer = threading.Thread(target=self._run_writer, name="dtruntime-checkpoint-writer", daemon=True)
-        self._writer.start()
-        self._janitor = threading.Thread(target=self._run_janitor, name="dtruntime-checkpoint-janitor", daemon=True)
-        self._janitor.start()
+        self._writer = Writer(self._storage, self.rank, self.compression, self._orchestrator, self._written)
+        self._janitor = Janitor(self._storage, self.keep_last_n, self._protected, self._swept)
         shutdown.register(self)
         if orchestrator is not None:
             orchestrator.before_close(lambda: self.close_before_exit(self.exit_timeout_s))
@@ -281,7 +189,7 @@ class CheckpointManager:
         Raises CheckpointError at once for a bad step, a step already queued or known to
         be committed; other failures surface through the handle and :meth:`flush`.
         """
-        job = self._admit(data, step, metadata, owned=False)
+        job = self._admit(data, step, metadata)
         slot = self._slots.request()
         if not slot.done():
             try:
@@ -294,7 +202,7 @@ class CheckpointManager:
     def save_bytes(self, data: bytes, step: int, *, timeout: float | None = None, **metadata: Any) -> SaveHandle:
         """Synchronous :meth:`save_async`: blocks only while ``max_in_flight`` saves are busy
         (up to ``timeout`` seconds, then CheckpointError); returns a :class:`SaveHandle`."""
-        job = self._admit(data, step, metadata, owned=False)
+        job = self._admit(data, step, metadata)
         if not self._slots.acquire(timeout):
             raise CheckpointError(
                 f"step {step}: no save slot free after {timeout} s ({self.max_in_flight} saves in flight)"
@@ -329,7 +237,7 @@ class CheckpointManager:
         except BaseException:
             self._slots.release()
             raise
-        job = _SaveJob(step, None, checked, concurrent.futures.Future(), staged=staged)
+        job = SaveJob(step, None, checked, concurrent.futures.Future(), staged=staged)
         handle = self._enqueue(job)  # the writer streams what is copied while we copy the rest
         try:
             staged.copy()
@@ -362,10 +270,9 @@ class CheckpointManager:
         with self._lock:
             snapshot = set(self._outstanding)
             while snapshot & self._outstanding:
-                self._wait_idle(deadline, f"{len(snapshot & self._outstanding)} checkpoint saves still running")
-            requested = self._retention_requested
-            while self._retention_done < requested:
-                self._wait_idle(deadline, "checkpoint retention still running")
+                busy = f"{len(snapshot & self._outstanding)} checkpoint saves still running"
+                wait_for_progress(self._idle, deadline, busy)
+        self._janitor.wait(deadline)
         self._raise_unreported()
 
     # ---------------------------------------------------------------- loading
@@ -440,7 +347,7 @@ class CheckpointManager:
             newest, data = self._load_newest(wanted, as_buffer)
             return self._loaded(newest, data, started)
         try:
-            checked = self._check_step(layout.validate_step(step), wanted, verify_all=False, as_buffer=as_buffer)
+            checked = reads.read_step(self._storage, layout.validate_step(step), wanted, verify_all=False, as_buffer=as_buffer)
             return self._loaded(step, checked, started)
         except CheckpointNotFoundError:
             if step != 0:
@@ -457,12 +364,12 @@ class CheckpointManager:
         every part of every step). A step listed without ``verify`` may fail to load.
         """
         steps = []
-        for step in self._scan().committed:
+        for step in reads.scan(self._storage).committed:
             try:
                 if verify:
-                    self._check_step(step, None, verify_all=True)
+                    reads.read_step(self._storage, step, None, verify_all=True)
                 else:
-                    self._read_manifest(step)
+                    reads.read_manifest(self._storage, step)
             except CheckpointError:
                 continue
             steps.append(step)
@@ -470,13 +377,13 @@ class CheckpointManager:
 
     def read_manifest(self, step: int | None = None) -> Manifest:
         """The decoded manifest of ``step`` (None: newest): parts, ``metadata``, ``created_unix``."""
-        return self._read_manifest(self._resolve(step))
+        return reads.read_manifest(self._storage, self._resolve(step))
 
     def newest_valid_step(self) -> int | None:
         """The newest committed step whose every part verifies, or None. Reads the data."""
-        for step in reversed(self._scan().committed):
+        for step in reversed(reads.scan(self._storage).committed):
             try:
-                self._check_step(step, None, verify_all=True)
+                reads.read_step(self._storage, step, None, verify_all=True)
             except CheckpointError as exc:
                 log.warning("checkpoint step %d does not verify: %s", step, exc)
                 continue
@@ -490,17 +397,15 @@ class CheckpointManager:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._queue.put(None)
+                self._writer.stop()
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._writer.join(timeout)
-        if self._writer.is_alive():
+        if not self._writer.join(timeout):
             raise CheckpointTimeout(f"checkpoint writer still busy after {timeout} s")
         with self._lock:  # with an orchestrator, written parts may still await their commit
             while self._outstanding:
-                self._wait_idle(deadline, f"{len(self._outstanding)} checkpoint steps still uncommitted")
-        self._retention_queue.put(None)  # after every request: the janitor finishes them first
-        self._janitor.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        if self._janitor.is_alive():
+                wait_for_progress(self._idle, deadline, f"{len(self._outstanding)} checkpoint steps still uncommitted")
+        self._janitor.stop()  # after every request: the janitor finishes them first
+        if not self._janitor.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
             raise CheckpointTimeout(f"checkpoint retention still running after {timeout} s")
         shutdown.unregister(self)
         self._raise_unreported()
@@ -517,7 +422,8 @@ class CheckpointManager:
             self.close(timeout)
         except TimeoutError:
             with self._lock:
-                lost, retaining = sorted(self._pending), self._retention_done < self._retention_requested
+                lost = sorted(self._pending)
+            retaining = self._janitor.busy
             if lost:
                 log.error(
                     "checkpoint step(s) %s under %s were not durable %s s after exit began and will not exist "
@@ -548,13 +454,6 @@ class CheckpointManager:
     def __repr__(self) -> str:
         return f"CheckpointManager({self._storage.url!r}, keep_last_n={self.keep_last_n}, compression={self.compression!r})"
 
-    def _wait_idle(self, deadline: float | None, busy: str) -> None:
-        """Wait (holding ``self._lock``) for the next progress; CheckpointTimeout past ``deadline``."""
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise CheckpointTimeout(f"{busy} after the timeout")
-        self._idle.wait(remaining)
-
     def _close_on_exit(self, unwinding: bool) -> None:
         if not unwinding:
             self.close()
@@ -566,18 +465,16 @@ class CheckpointManager:
 
     # ------------------------------------------------------------- internals
 
-    def _admit(self, data: Any, step: Any, metadata: Mapping[str, Any], owned: bool) -> _SaveJob:
+    def _admit(self, data: Any, step: Any, metadata: Mapping[str, Any]) -> SaveJob:
         """Validate a save request in the caller's thread (no IO, no copy of ``bytes``)."""
         layout.validate_step(step)
         if isinstance(data, bytes):
             payload: Buffer = data
-        elif owned:
-            payload = data
         elif isinstance(data, (bytearray, memoryview)):
             payload = bytes(data)  # the caller may mutate it after we return
         else:
             raise ArgumentTypeError(f"checkpoint data must be bytes, bytearray or memoryview, not {type(data).__name__}")
-        job = _SaveJob(step, payload, check_metadata(metadata), concurrent.futures.Future())
+        job = SaveJob(step, payload, check_metadata(metadata), concurrent.futures.Future())
         with self._lock:
             self._check_acceptable(step)
         return job
@@ -590,7 +487,7 @@ class CheckpointManager:
         if step in self._known_committed:
             raise CheckpointError(f"step {step} already exists (committed) under {self._storage.url}")
 
-    def _enqueue(self, job: _SaveJob) -> SaveHandle:
+    def _enqueue(self, job: SaveJob) -> SaveHandle:
         """Queue ``job``; the caller holds a slot, which is given back if the job is refused."""
         with self._lock:
             try:
@@ -604,32 +501,19 @@ class CheckpointManager:
             if self._orchestrator is not None:
                 self._metadata[job.step] = job.metadata
             self._outstanding.add(job.future)
-            self._queue.put(job)
+            self._writer.submit(job)
         return SaveHandle(job.step, job.future, self._failure_seen)
 
-    def _run_writer(self) -> None:
-        while (job := self._queue.get()) is not None:
-            started = time.perf_counter()
-            outcome: SaveResult | CheckpointError | concurrent.futures.Future[None]
-            try:
-                outcome = self._write_step(job, started)
-            except CheckpointError as exc:
-                outcome = exc
-            except Exception as exc:  # noqa: BLE001 - reported through the handle, never lost
-                outcome = CheckpointError(f"saving step {job.step} to {self._storage.url} failed: {exc!r}")
-                outcome.__cause__ = exc
-            job.data = None  # free the payload before a new save can take the slot
-            if job.staged is not None:
-                job.staged.release()
-                job.staged = None
-            if isinstance(outcome, concurrent.futures.Future):
-                # The part is durable and reported; the leader's verdict completes the job.
-                self._slots.release()
-                outcome.add_done_callback(lambda verdict, job=job: self._on_verdict(job, verdict))
-            else:
-                self._finish(job, outcome, release_slot=True)
+    def _written(self, job: SaveJob, outcome: Outcome) -> None:
+        """The writer is done with ``job`` (called in the writer thread)."""
+        if isinstance(outcome, concurrent.futures.Future):
+            # The part is durable and reported; the leader's verdict completes the job.
+            self._slots.release()
+            outcome.add_done_callback(lambda verdict, job=job: self._on_verdict(job, verdict))
+        else:
+            self._finish(job, outcome, release_slot=True)
 
-    def _on_verdict(self, job: _SaveJob, verdict: concurrent.futures.Future[None]) -> None:
+    def _on_verdict(self, job: SaveJob, verdict: concurrent.futures.Future[None]) -> None:
         """Runs where the orchestrator settles the commit (its driver thread): no IO here."""
         error = verdict.exception()
         if error is None:
@@ -639,7 +523,7 @@ class CheckpointManager:
             wrapped = error if isinstance(error, CheckpointError) else CheckpointError(f"step {job.step}: {error}")
             self._finish(job, wrapped)
 
-    def _finish(self, job: _SaveJob, outcome: SaveResult | CheckpointError, release_slot: bool = False) -> None:
+    def _finish(self, job: SaveJob, outcome: SaveResult | CheckpointError, release_slot: bool = False) -> None:
         with self._lock:
             self._pending.discard(job.step)
             self._metadata.pop(job.step, None)
@@ -658,90 +542,11 @@ class CheckpointManager:
             # The handle completes at the commit; the janitor deletes old steps meanwhile.
             # With an orchestrator, retention is the leader's, after each commit.
             if self._orchestrator is None:
-                with self._lock:
-                    self._retention_requested += 1
-                self._retention_queue.put(job.step)
+                self._janitor.request(job.step)
             job.future.set_result(outcome)
         with self._lock:
             self._outstanding.discard(job.future)
             self._idle.notify_all()
-
-    def _write_step(self, job: _SaveJob, started: float) -> SaveResult | concurrent.futures.Future[None]:
-        """Write this rank's part; then commit it (alone) or report it (to the leader)."""
-        step, storage = job.step, self._storage
-        manifest_key = layout.manifest_key(step)
-        try:
-            existing = storage.read_if_exists(manifest_key)
-        except OSError as exc:
-            raise CheckpointError(f"step {step}: cannot reach {storage.describe(manifest_key)}: {exc}") from exc
-        if existing is not None:
-            raise CheckpointError(f"step {step} already exists (committed) at {storage.describe(manifest_key)}")
-
-        report, raw_size = self._write_part(job)
-        stored_size, codec = report.size, report.codec
-
-        if self._orchestrator is not None:
-            job.raw_size, job.stored_size, job.codec, job.started = raw_size, stored_size, codec, started
-            return self._report(report, ok=True)
-        commit = StepCommit(step, 1)
-        commit.add(report)
-        manifest = commit.manifest(created_unix=time.time(), metadata=job.metadata)
-        try:
-            storage.write_manifest(manifest_key, encode_manifest(manifest))
-        except FileExistsError as exc:
-            raise CheckpointError(f"step {step} already exists (committed) at {storage.describe(manifest_key)}") from exc
-        except OSError as exc:
-            # The part stays: if the write did land after all, a manifest names it.
-            raise CheckpointError(f"step {step}: committing {storage.describe(manifest_key)} failed: {exc}") from exc
-        return SaveResult(step, raw_size, stored_size, codec, time.perf_counter() - started)
-
-    def _write_part(self, job: _SaveJob) -> tuple[PartReport, int]:
-        """Write ``job``'s part at its final key; return its report and raw size.
-
-        An uncompressed tensor part is streamed from the staging buffer, while the caller
-        is still copying into it when a core is spare (:func:`_spare_core`), checksummed
-        as it is written (``auto`` decides on the first 8 MiB of its body); any other part
-        is encoded whole, checksummed, then written.
-        """
-        step, storage, staged = job.step, self._storage, job.staged
-        if staged is not None and (
-            self.compression == "none"
-            or (self.compression == "auto" and not worth_compressing(staged.prefix(_AUTO_SAMPLE)))
-        ):
-            directory = layout.step_dir(step)
-            try:
-                key, size, checksum = storage.write_part_as(
-                    directory, lambda crc: layout.part_key(step, self.rank, "none", crc),
-                    staged.stream(overlap=_spare_core()),
-                )
-            except (OSError, CheckpointError) as exc:
-                if self._orchestrator is not None:
-                    self._report(PartReport(step, self.rank, 0, 0, "none"), ok=False)
-                raise CheckpointError(f"step {step}: writing a part under {storage.describe(directory)} failed: {exc}") from exc
-            return PartReport(step, self.rank, size, checksum, "none"), staged.size
-        if staged is not None:
-            raw_size = staged.size
-            codec, stored = compress(b"".join(staged.chunks()), self.compression)
-        else:
-            assert job.data is not None
-            raw_size = len(job.data)
-            codec, stored = compress(job.data, self.compression)
-        report = PartReport(step, self.rank, len(stored), crc32c(stored), codec)
-        part_key = layout.part_key(step, self.rank, codec, report.checksum)
-        try:
-            storage.write_part(part_key, stored)
-        except OSError as exc:
-            self._discard_part(part_key)
-            if self._orchestrator is not None:
-                self._report(report, ok=False)  # the other ranks' saves of this step fail at once
-            raise CheckpointError(f"step {step}: writing {storage.describe(part_key)} failed: {exc}") from exc
-        return report, raw_size
-
-    def _report(self, report: PartReport, ok: bool) -> concurrent.futures.Future[None]:
-        try:
-            return self._orchestrator.report_part(report.step, report.size, report.checksum, report.codec, ok=ok)
-        except DtruntimeError as exc:
-            raise CheckpointError(f"step {report.step}: cannot report the part to the leader: {exc}") from exc
 
     def _metadata_for(self, step: int) -> dict[str, Any]:
         with self._lock:
@@ -752,159 +557,29 @@ class CheckpointManager:
         with self._lock:
             self._known_committed.add(step)
 
-    def _run_janitor(self) -> None:
-        """Apply retention after commits. Requests queued meanwhile are handled in one pass
-        that protects only the latest commit, which leaves what one pass per commit would."""
-        while (step := self._retention_queue.get()) is not None:
-            latest, handled, stopping = step, 1, False
-            while not self._retention_queue.empty():
-                more = self._retention_queue.get()
-                if more is None:
-                    stopping = True
-                    break
-                latest, handled = more, handled + 1
-            try:
-                self._apply_retention(latest)
-            except Exception:  # noqa: BLE001 - a bug here must not stop later retention
-                log.exception("retention under %s failed", self._storage.url)
-            with self._lock:
-                self._retention_done += handled
-                self._idle.notify_all()
-            if stopping:
-                return
-
-    def _apply_retention(self, just_committed: int) -> None:
-        """Delete old committed steps and orphans; a failure here does not fail the save.
-
-        The queued steps are read *before* listing storage: a step queued afterwards
-        cannot be in the listing, so no step being written is ever deleted.
-        """
+    def _protected(self, just_committed: int) -> set[int]:
+        """What the janitor must not delete: ``just_committed`` and every step queued or being written."""
         with self._lock:
-            protected = {just_committed} | self._pending
-        try:
-            view = scan_listing(self._storage.list_files())
-            plan = plan_retention(view, self.keep_last_n, protected=protected)
-            for step in plan.delete_committed + plan.delete_orphans:
-                self._storage.delete_step(step, view.files.get(step, ()))
-        except OSError as exc:
-            log.warning("retention under %s failed (will retry after the next save): %s", self._storage.url, exc)
-            return
+            return {just_committed} | self._pending
+
+    def _swept(self, view: StorageView, plan: RetentionPlan) -> None:
+        """The janitor applied ``plan`` to ``view``: the steps known committed follow."""
         with self._lock:
             self._known_committed = (self._known_committed | set(view.committed)) - set(plan.delete_committed)
 
-    def _discard_part(self, key: str) -> None:
-        try:
-            self._storage.remove(key)
-        except OSError:
-            pass  # orphan cleanup removes it after the next commit
-
-    def _scan(self) -> StorageView:
-        try:
-            return scan_listing(self._storage.list_files())
-        except OSError as exc:
-            raise CheckpointError(f"cannot list checkpoints under {self._storage.url}: {exc}") from exc
+    def _load_newest(self, rank: int, as_buffer: bool) -> tuple[int, Any]:
+        """The newest committed step whose every part verifies, and ``rank``'s part of it."""
+        return reads.newest_that_verifies(
+            self._storage, lambda step: reads.read_step(self._storage, step, rank, verify_all=True, as_buffer=as_buffer)
+        )
 
     def _resolve(self, step: int | None) -> int:
         if step is not None:
             return layout.validate_step(step)
-        newest = self._scan().newest_committed
+        newest = reads.scan(self._storage).newest_committed
         if newest is None:
             raise CheckpointNotFoundError(f"no committed checkpoint under {self._storage.url}")
         return newest
-
-    def _load_newest(self, rank: int, as_buffer: bool = False) -> tuple[int, Any]:
-        """The newest committed step whose every part verifies, and ``rank``'s part of it."""
-        committed = self._scan().committed
-        if not committed:
-            raise CheckpointNotFoundError(f"no committed checkpoint under {self._storage.url}")
-        skipped: list[str] = []
-        for step in reversed(committed):
-            try:
-                data = self._check_step(step, rank, verify_all=True, as_buffer=as_buffer)
-            except CheckpointError as exc:
-                log.warning("skipping checkpoint step %d under %s, it does not verify: %s", step, self._storage.url, exc)
-                skipped.append(f"step {step}: {exc}")
-                continue
-            if skipped:
-                log.warning("loading checkpoint step %d under %s, the newest that verifies", step, self._storage.url)
-            return step, data
-        raise CheckpointError(f"no committed checkpoint under {self._storage.url} verifies: {'; '.join(skipped)}")
-
-    def _check_step(self, step: int, rank: int | None, verify_all: bool, as_buffer: bool = False) -> Any:
-        """Read ``step``'s manifest and verify its parts: ``rank``'s, and every other one
-        too when ``verify_all`` (read and dropped, one at a time). Returns ``rank``'s
-        decompressed bytes (empty when ``rank`` is None), as an aligned writable numpy
-        ``uint8`` array when ``as_buffer``."""
-        manifest = self._read_manifest(step)
-        records = {record.rank: record for record in manifest.parts}
-        if rank is not None and rank not in records:
-            raise CheckpointError(
-                f"checkpoint step {step} has no part of rank {rank} (world of {manifest.world_size})"
-            )
-        if verify_all:
-            for record in manifest.parts:
-                if record.rank != rank:
-                    self._read_stored(manifest, record)
-        if rank is None:
-            return b""
-        if as_buffer:
-            return self._read_part_buffer(manifest, records[rank])
-        return self._read_part(manifest, records[rank])
-
-    def _read_manifest(self, step: int) -> Manifest:
-        key = layout.manifest_key(step)
-        source = self._storage.describe(key)
-        try:
-            raw = self._storage.read(key)
-        except FileNotFoundError:
-            raise CheckpointNotFoundError(f"checkpoint step {step} is not committed under {self._storage.url}") from None
-        except OSError as exc:
-            raise CheckpointError(f"cannot read {source}: {exc}") from exc
-        return decode_manifest(raw, expected_step=step, source=source)
-
-    def _read_part(self, manifest: Manifest, record: PartRecord) -> bytes:
-        """The part of ``record``, verified and decompressed."""
-        stored, source = self._read_stored(manifest, record)
-        try:
-            return decompress(record.codec, stored)
-        except CheckpointError as exc:
-            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source}: {exc}") from exc
-
-    def _read_part_buffer(self, manifest: Manifest, record: PartRecord) -> Any:
-        """The part of ``record`` in an aligned writable array, verified; uncompressed
-        parts are read into it directly and checksummed while they are read."""
-        import numpy as np
-
-        from .storage import aligned_empty
-
-        if record.codec != "none":
-            data = self._read_part(manifest, record)
-            buffer = aligned_empty(len(data))
-            buffer[:] = np.frombuffer(data, dtype=np.uint8)
-            return buffer
-        key = layout.part_key(manifest.step, record.rank, record.codec, record.checksum)
-        source = self._storage.describe(key)
-        try:
-            buffer, checksum = self._storage.read_buffer(key)
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source} is missing") from None
-        except OSError as exc:
-            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: cannot read {source}: {exc}") from exc
-        verify_checksum(manifest.step, record, len(buffer), checksum, source)
-        return buffer
-
-    def _read_stored(self, manifest: Manifest, record: PartRecord) -> tuple[bytes, str]:
-        """The stored (compressed) bytes of ``record``'s part once they verify, and their source."""
-        key = layout.part_key(manifest.step, record.rank, record.codec, record.checksum)
-        source = self._storage.describe(key)
-        try:
-            stored = self._storage.read(key)
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: {source} is missing") from None
-        except OSError as exc:
-            raise CheckpointError(f"checkpoint step {manifest.step} rank {record.rank}: cannot read {source}: {exc}") from exc
-        verify_part(manifest.step, record, stored, source)
-        return stored, source
 
     def _failure_seen(self, future: concurrent.futures.Future[SaveResult]) -> None:
         with self._lock:
@@ -932,21 +607,3 @@ def _map_tensors(value: Any, function: Callable[[Any], Any]) -> Any:
     if isinstance(value, tuple):
         return tuple(_map_tensors(item, function) for item in value)
     return value
-
-
-def _spare_core() -> bool:
-    """Whether the machine likely has a core the training loop leaves idle: the 1-minute
-    load average is below the usable cores minus one.
-
-    The writer streams a tensor part while the caller is still copying into the staging
-    buffer only then; without a spare core the two would share one, the caller's stall
-    would grow and the part would be durable no sooner, so the writer waits for the copy.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    try:
-        return os.getloadavg()[0] < cores - 1
-    except OSError:
-        return cores > 2

@@ -15,21 +15,26 @@ A registration is summarised by a :class:`DatasetSpec`, a pure value with a stab
 :meth:`~DatasetSpec.fingerprint`; :func:`check_same_spec` compares two specs and names the
 first differing field.
 
-Cross-worker check: with an orchestrator that offers ``agree_sync`` (the real one does),
+Cross-worker check: with a :class:`ControlPlane` (the real orchestrator is one),
 :meth:`DatasetRegistry.register` is collective, like a barrier: every worker brings a
 per-field summary of its spec (:func:`spec_summary`) to an agreement barrier named after
-the dataset, and a worker whose spec differs from the lowest-ranked worker's makes every
-worker raise a DatasetError naming the field and the workers. Only the first
-registration of a dataset on a worker takes part; repeating it is a local no-op.
+the dataset (:mod:`dtruntime.protocol.spec_check`), and a worker whose spec differs from
+the lowest-ranked worker's makes every worker raise a DatasetError naming the field and
+the workers. Only the first registration of a dataset on a worker takes part; repeating
+it is a local no-op.
 
 Elastic epochs (with an orchestrator): each worker publishes how far it got through its
 epoch stream (:meth:`DatasetRegistry.report_progress`, a counter the orchestrator gossips).
 When workers are lost mid-epoch, every survivor calls :meth:`DatasetRegistry.take_over`:
-the survivors agree on how far each lost worker got (the furthest any survivor heard, by
-rounds of agreement barriers, so all of them use the same numbers) and split exactly the
-lost workers' unfinished samples among themselves, on the membership the epoch started
-with (:func:`dtruntime.sharding.take_over`). Samples a lost worker read after its last
-report that reached anybody are read again by a survivor: they count as unfinished.
+the survivors agree on who is lost and on how far each lost worker got (the furthest any
+survivor heard, by rounds of agreement barriers, so all of them use the same numbers) and
+split exactly the lost workers' unfinished samples among themselves, on the membership
+the epoch started with (:func:`dtruntime.sharding.take_over_cursors`). Samples a lost
+worker read after its last report that reached anybody are read again by a survivor:
+they count as unfinished. The rounds are the pure state machine
+:class:`dtruntime.protocol.takeover.TakeOverRounds`, which the simulator runs too
+(``python -m simulations take-over``); this module only arrives at the barriers it names,
+waits, and reads the split off the decision.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ import numpy as np
 from .. import sharding
 from ..config import Config, DatasetConfig, launcher_world
 from ..errors import ConfigError, DatasetError
+from ..protocol.spec_check import spec_barrier_id, spec_mismatch
+from ..protocol.takeover import AgreementResult, TakeOverRounds
 from . import files as dataset_files
 from .files import FileSlice
 from .readers.tfrecord import DEFAULT_MAX_RECORD_BYTES
@@ -84,16 +91,6 @@ class MembershipView(Protocol):
     """Anything that lists the live members (the orchestrator does)."""
 
     def members(self) -> Sequence[LiveMember]: ...
-
-
-class AgreementResult(Protocol):
-    """What an agreement barrier tells every worker (``dtruntime.Agreement`` is one)."""
-
-    agreed: bool
-    reference: str
-    reference_value: str
-    differing: tuple[str, ...]
-    differing_value: str
 
 
 @runtime_checkable
@@ -182,16 +179,6 @@ def spec_summary(spec: DatasetSpec) -> str:
             text = "#" + hashlib.blake2b(text.encode("utf-8"), digest_size=6).hexdigest()
         tokens.append(f"{field.name}={text}")
     return ";".join(tokens)
-
-
-def summary_difference(mine: str, theirs: str) -> tuple[str, str, str] | None:
-    """The first ``(field, my token, their token)`` where two summaries differ, or None."""
-    own = dict(token.split("=", 1) for token in mine.split(";"))
-    other = dict(token.split("=", 1) for token in theirs.split(";") if "=" in token)
-    for name, token in own.items():
-        if other.get(name) != token:
-            return name, token, other.get(name, "?")
-    return None
 
 
 _SUMMARY_LITERAL_MAX = 32
@@ -377,19 +364,14 @@ class DatasetRegistry:
         if self._plane is None:
             return
         mine = spec_summary(spec)
-        agreement = self._plane.agree_sync(f"dtruntime.dataset:{_short_name(spec.dataset_id)}", mine, timeout=self.spec_check_timeout)
-        if agreement.agreed:
+        barrier_id = spec_barrier_id(_short_name(spec.dataset_id))
+        mismatch = spec_mismatch(mine, self._plane.agree_sync(barrier_id, mine, timeout=self.spec_check_timeout))
+        if mismatch is None:
             return
-        other_worker, other = (
-            (agreement.differing[0], agreement.differing_value) if mine == agreement.reference_value
-            else (agreement.reference, agreement.reference_value)
-        )
-        difference = summary_difference(mine, other)
-        field, own_token, other_token = difference if difference is not None else ("?", "?", "?")
         raise DatasetError(
-            f"dataset {spec.dataset_id!r}: workers registered different specs: {field} is "
-            f"{_shown(other_token)} on worker {other_worker} and {_shown(own_token)} here; workers that differ from "
-            f"{agreement.reference} (lowest rank): {', '.join(agreement.differing)}"
+            f"dataset {spec.dataset_id!r}: workers registered different specs: {mismatch.field} is "
+            f"{_shown(mismatch.other_token)} on worker {mismatch.other_worker} and {_shown(mismatch.own_token)} "
+            f"here; workers that differ from {mismatch.reference} (lowest rank): {', '.join(mismatch.differing)}"
         )
 
     def spec(self, dataset_id: str) -> DatasetSpec:
@@ -457,8 +439,9 @@ class DatasetRegistry:
         whether or not it has seen a loss (a loss seen before the end of the epoch is
         still a loss). The workers first agree on who is lost (views can differ for a
         heartbeat or two after a loss: they retry until they agree), so all of them take
-        the same path. Returns records to read on top of this worker's own; empty when no
-        worker of the epoch's membership is lost. The epoch's membership is the one
+        the same path (the rounds: :mod:`dtruntime.protocol.takeover`). Returns records
+        to read on top of this worker's own; empty when no worker of the epoch's
+        membership is lost. The epoch's membership is the one
         :meth:`get_assignment` first used for ``(dataset_id, epoch)`` on this worker.
         A worker lost while the survivors read the returned records is not covered.
         """
@@ -471,83 +454,19 @@ class DatasetRegistry:
             epoch_members = self._epoch_members.get((dataset_id, epoch))
         if epoch_members is None:
             raise DatasetError(f"dataset {dataset_id!r} epoch {epoch}: get_assignment was never called for it here")
-        me = str(plane.worker_id)
-        lost = self._agree_on_lost(plane, dataset_id, epoch, epoch_members, timeout)
-        survivors = [m for m in epoch_members if m not in lost]
-        if not lost:
+        rounds = TakeOverRounds(_progress_key(dataset_id, epoch), epoch_members, str(plane.worker_id),
+                                retry_pause=plane.heartbeat_period_s)
+        while rounds.decision is None:
+            time.sleep(max(0.0, rounds.not_before - time.monotonic()))
+            proposal = rounds.propose(self._live_ids(), plane.progress(rounds.key))
+            result = plane.agree_sync(proposal.barrier_id, proposal.value, timeout=timeout, elastic=proposal.elastic)
+            rounds.on_result(result, time.monotonic())
+        decision = rounds.decision
+        if not decision.lost:
             return []
-        if me not in survivors:
-            raise DatasetError(f"this worker ({me}) was not a member of epoch {epoch} of {dataset_id!r}")
-        key = _progress_key(dataset_id, epoch)
-        cursors = self._agree_on_cursors(plane, key, epoch_members, lost, timeout)
         assignment = self._assignment(dataset, epoch_members, epoch)
-        completed = {
-            member: sharding.completed_ranges(assignment, member, min(cursor, assignment[member].num_samples))
-            for member, cursor in cursors.items()
-        }
-        extra = sharding.take_over(assignment, completed, survivors)
-        return self._records(dataset, extra[me], epoch)
-
-    def _agree_on_lost(
-        self, plane: ControlPlane, dataset_id: str, epoch: int, epoch_members: list[str], timeout: float | None
-    ) -> list[str]:
-        """The epoch's members every live worker agrees are lost.
-
-        Rounds of an elastic agreement on the lost set as each worker sees it. A round
-        counts only if it agreed and nobody was excluded at it: a worker that died
-        unseen until the barrier excluded it is in every survivor's view once the
-        release arrives (the release carries the leader's verdicts), so every survivor
-        sees the change and goes to the next round together.
-        """
-        key = _progress_key(dataset_id, epoch)
-        for round_index in range(_LOST_AGREEMENT_ROUNDS):
-            lost = self._lost_of(epoch_members)
-            digest = hashlib.blake2b("\n".join(lost).encode("utf-8"), digest_size=8).hexdigest()
-            agreement = plane.agree_sync(f"dtruntime.lost:{key}:{round_index}", f"{len(lost)}:{digest}", timeout=timeout,
-                              elastic=True)
-            if agreement.agreed and self._lost_of(epoch_members) == lost:
-                return lost
-            time.sleep(plane.heartbeat_period_s)  # the next round after the views had a gossip period
-        raise DatasetError(f"{key}: the workers did not agree on who is lost in {_LOST_AGREEMENT_ROUNDS} rounds")
-
-    def _lost_of(self, epoch_members: list[str]) -> list[str]:
-        live = {str(m.worker_id) for m in self._live_members()}
-        return sorted(m for m in epoch_members if m not in live)
-
-    def _agree_on_cursors(
-        self, plane: ControlPlane, key: str, epoch_members: list[str], lost: list[str], timeout: float | None
-    ) -> dict[str, int]:
-        """The cursor of each lost worker that every survivor settles on: the largest any heard.
-
-        Each round is an agreement barrier on the epoch's membership fingerprint and the
-        comma-joined cursors (a membership mismatch is an error); a survivor that
-        differs takes the element-wise maximum with the values the release shows, so the
-        largest value spreads and the rounds end within (number of survivors) rounds.
-        """
-        heard = plane.progress(key)
-        cursors = {member: heard.get(member, 0) for member in lost}
-        fingerprint = hashlib.blake2b(",".join(epoch_members).encode("utf-8"), digest_size=6).hexdigest()
-        for start in range(0, len(lost), _CURSORS_PER_AGREEMENT):
-            chunk = lost[start : start + _CURSORS_PER_AGREEMENT]
-            rounds = len(self._live_members()) + 2
-            for round_index in range(rounds):
-                mine = fingerprint + ":" + ",".join(str(cursors[m]) for m in chunk)
-                chunk_id = hashlib.blake2b("\n".join([key, *chunk]).encode("utf-8"), digest_size=8).hexdigest()
-                agreement = plane.agree_sync(f"dtruntime.takeover:{chunk_id}:{round_index}", mine, timeout=timeout)
-                if agreement.agreed:
-                    break
-                for seen in (agreement.reference_value, agreement.differing_value):
-                    their_fingerprint, _, values = seen.partition(":")
-                    if their_fingerprint != fingerprint:
-                        raise DatasetError(
-                            f"{key}: the survivors started this epoch with different memberships (a worker "
-                            "called get_assignment after a loss); take-over cannot be exact"
-                        )
-                    for member, value in zip(chunk, values.split(",")):
-                        cursors[member] = max(cursors[member], int(value))
-            else:
-                raise DatasetError(f"survivors did not settle the cursors of {chunk} in {rounds} rounds")
-        return cursors
+        extra = sharding.take_over_cursors(assignment, decision.credited, decision.survivors)
+        return self._records(dataset, extra[rounds.me], epoch)
 
     def assignment(self, dataset_id: str, epoch: int) -> sharding.Assignment:
         """The whole epoch's assignment over the current members (for take-over and resume)."""
@@ -611,6 +530,9 @@ class DatasetRegistry:
     def _member_ids(self) -> list[str]:
         if self._orchestrator is None:
             return [f"rank-{r}" for r in range(self._world_size)]
+        return self._live_ids()
+
+    def _live_ids(self) -> list[str]:
         return [str(m.worker_id) for m in self._live_members()]
 
     def _live_members(self) -> list[LiveMember]:
@@ -691,10 +613,6 @@ FILE_IMBALANCE_WARNING = 1.25  # get_shard warns above this max/mean sample rati
 def _display_path(fs: Any, file_path: str, url: str) -> str:
     """Local datasets keep plain paths; others keep their protocol (``s3://b/k``)."""
     return fs.unstrip_protocol(file_path) if "://" in url else file_path
-
-
-_CURSORS_PER_AGREEMENT = 40  # 40 cursors of up to 19 digits fit a 1024-character barrier value
-_LOST_AGREEMENT_ROUNDS = 50  # rounds of "who is lost" before giving up (views settle within a few heartbeats)
 
 
 def _short_name(dataset_id: str) -> str:

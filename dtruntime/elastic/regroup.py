@@ -9,8 +9,11 @@ start. Forming generation ``g`` takes three agreement barriers of the control pl
    moment after a loss (gossip is still spreading the verdict); a round whose values
    differ is retried, after a heartbeat, under a new round number. Every worker gets
    the same agreement record, so every worker retries the same rounds. A round also
-   does not count if a member died during it: the release carries the leader's
-   verdict, so every survivor sees that and retries too.
+   does not count if a member died during it: the release names the members the
+   leader excluded as dead, so every survivor sees that and retries too. The decision
+   reads the release alone, never the local view after it (which can change between
+   survivors' reads); a member that dies just after an agreed round fails the
+   rendezvous instead, and every survivor forms the next generation.
 2. **steps**: each worker brings how many optimizer steps it has applied. Training is
    lock-step, so the values differ by at most one (a worker lost at the end of an
    all-reduce can leave some survivors with the step applied and others without);
@@ -82,10 +85,11 @@ def agree_generation(
         digest = hashlib.blake2b("\n".join(members).encode("utf-8"), digest_size=8).hexdigest()
         agreement = orchestrator.agree_sync(f"{tag}/members", f"{len(members)}:{digest}", timeout=timeout,
                                             elastic=True)
-        if agreement.agreed and tuple(live_ids(orchestrator)) == members:
-            break  # (a member the barrier excluded as dead is out of every survivor's view by now)
+        if agreement.agreed and not set(agreement.excluded) & set(members):
+            break  # decided on the release alone: the same record, so the same decision, everywhere
         log.info("generation %d round %d: views differ (%d members here; %s); retrying", number, round_number,
-                 len(members), f"{agreement.differing[0]} differs" if agreement.differing else "the view changed since")
+                 len(members), f"{agreement.differing[0]} differs" if agreement.differing
+                 else f"{', '.join(agreement.excluded)} died meanwhile")
         time.sleep(settle_s)
     else:
         raise DtruntimeError(f"generation {number}: no agreed membership after {MAX_MEMBER_ROUNDS} rounds")
@@ -112,6 +116,8 @@ def agree_generation(
                               wait_for_workers=False)
         offer = f"{host}:{store.port}"
     hosted = orchestrator.agree_sync(f"{tag}/store", offer, timeout=timeout, elastic=True)
+    if not hosted.reference_value:
+        raise DtruntimeError(f"generation {number}: the store's host {members[0]} was lost before offering it")
     generation = Generation(number, members, dense_rank, source, source_steps, not steps.agreed,
                             hosted.reference_value)
     return generation, store

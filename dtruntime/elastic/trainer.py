@@ -236,19 +236,19 @@ class ElasticTrainer:
     def _running_generation(self) -> int:
         """The generation a running job is in, as heard by gossip; -1 when none is heard.
 
-        Listens for ``JOIN_LISTEN_PERIODS`` heartbeats: a running job publishes its
-        position every step, so a replacement hears it well within that; at the start
-        of a job nobody has, and every worker waits that long once.
+        Listens for ``JOIN_LISTEN_PERIODS`` heartbeats and takes the largest position
+        heard from a live member: members publish every step, and re-spread their
+        position to every worker that joins (so a job paused between steps is heard
+        too). The whole window, not the first entry heard: an entry can be stale (a
+        dead incarnation's, under the same worker id), never ahead. At the start of a
+        job nobody has a position, and every worker waits that long once.
         """
         deadline = time.monotonic() + JOIN_LISTEN_PERIODS * self._period_s
-        while True:
-            heard = self.orchestrator.progress(POSITION_KEY)
-            heard.pop(self.orchestrator.worker_id, None)
-            if heard:
-                return max(heard.values()) >> 40
-            if time.monotonic() >= deadline:
-                return -1
+        while time.monotonic() < deadline:
             time.sleep(self._period_s / 2)
+        live = set(live_ids(self.orchestrator)) - {self.orchestrator.worker_id}
+        heard = [value for worker, value in self.orchestrator.progress(POSITION_KEY).items() if worker in live]
+        return max(heard) >> 40 if heard else -1
 
     def _recover(self, reason: str, error: BaseException | None = None) -> None:
         """Form the next generation after a lost member or a failed step.
@@ -274,8 +274,10 @@ class ElasticTrainer:
                 raise error
         log.warning("elastic: %s; lost %s; forming generation %d", reason, lost or "nobody",
                     self.generation.number + 1)
+        before = self.generation.members
         self._form_next()
-        record = {"generation": self.generation.number, "lost": lost, "members": list(self.generation.members),
+        gone = [member for member in before if member not in self.generation.members]  # lost while forming too
+        record = {"generation": self.generation.number, "lost": gone, "members": list(self.generation.members),
                   "steps_applied": self.steps_applied, "seconds": time.monotonic() - started}
         self.recoveries.append(record)
         log.warning("elastic: generation %d of %d workers formed in %.2f s; continuing at step %d",
@@ -285,13 +287,20 @@ class ElasticTrainer:
         self._form(self.generation.number + 1)
 
     def _form(self, number: int) -> None:
-        """Tear down the current group and form generation ``number`` (bounded retries)."""
-        for attempt in range(MAX_FORM_ATTEMPTS):
+        """Tear down the current group and form generation ``number`` (bounded retries).
+
+        A new trainer that heard a stale position (gossip from a dead incarnation, or
+        none in time) can arrive at a generation the running job already formed
+        without it; it is told so (``WorkerLostError``), listens again and tries the
+        generation after the one it hears. A member of a running generation that is
+        left out was declared dead: that error is the caller's.
+        """
+        for _attempt in range(MAX_FORM_ATTEMPTS):
             _discard_process_group(self.ddp)
             self.ddp, self._hosted = None, None
             try:
                 generation, self._hosted = agree_generation(
-                    self.orchestrator, number + attempt, self.steps_applied,
+                    self.orchestrator, number, self.steps_applied,
                     settle_s=self._period_s, timeout=self._detect_s * 4,
                 )
                 init_generation_group(generation, self._hosted, self.backend, self.collective_timeout_s)
@@ -299,10 +308,16 @@ class ElasticTrainer:
                     source_state = self.state() if generation.dense_rank == generation.source else None
                     self.load(broadcast_state(source_state, generation.source))
                 self.ddp = nn.parallel.DistributedDataParallel(self.model, **self._ddp_options)
-            except WorkerLostError:
-                raise
+            except WorkerLostError as exc:
+                if self._generation is not None:
+                    raise
+                number = max(number, self._running_generation()) + 1
+                log.warning("elastic: the running job formed a generation without this new worker (%s); "
+                            "joining generation %d", exc, number)
+                continue
             except (RuntimeError, DtruntimeError) as exc:
-                log.warning("elastic: generation %d did not form (%s); trying the next", number + attempt, exc)
+                log.warning("elastic: generation %d did not form (%s); trying the next", number, exc)
+                number += 1
                 continue
             self._generation = generation
             self._publish_position()

@@ -112,9 +112,8 @@ class Decision:
 class BarrierBook:
     """Leader-side state of every open barrier. Cleared when leadership is lost."""
 
-    def __init__(self, world_size: int, quorum: int, settings: ProtocolSettings) -> None:
+    def __init__(self, world_size: int, settings: ProtocolSettings) -> None:
         self.world_size = world_size
-        self.quorum = quorum
         self.settings = settings
         self._open: dict[BarrierKey, _Open] = {}
         self._decided: OrderedDict[BarrierKey, BarrierResult] = OrderedDict()
@@ -252,7 +251,7 @@ class BarrierBook:
             barrier.scanned = (view.version, barrier.opened_at)
         if len(view.members) < self.world_size or barrier.waiting:
             return
-        if barrier.elastic and view.live_count < self.quorum:
+        if barrier.elastic and view.live_count < view.quorum:
             return
         excluded = tuple(w for w in view.members if w not in expected)
         self._close(key, barrier, view, Outcome.RELEASED, excluded, _agreement(barrier, view))

@@ -7,7 +7,9 @@ lives and losing one host never loses every candidate.
 Rules (Raft's voting, without a log):
 
 * A node campaigns only when it knows no live leader, it is the best live candidate in
-  its own view, and it sees a quorum (``world_size // 2 + 1``) of live members. It asks
+  its own view, and it sees a quorum (a majority of the voting world,
+  :attr:`Membership.quorum`: ``world_size // 2 + 1`` until ranks leave cleanly) of live
+  members. It asks
   every live member for a vote in ``term = highest term seen + 1``.
 * A voter grants at most one candidate per term, only for a term above the last leader
   term it knows, only while no other leader is ALIVE in its view (a SUSPECT leader
@@ -26,7 +28,12 @@ Rules (Raft's voting, without a log):
   of any newer term steps down, even when it cannot see that term's leader.
 
 Invariant: at most one leader per term, because two quorums of the same world share a
-voter and a voter grants one candidate per term. A restarted process has forgotten its
+voter and a voter grants one candidate per term. A clean leave shrinks the voting world
+(:attr:`Membership.quorum`); views differ only in how many leaves they have heard, and
+one that has heard fewer demands the larger quorum, so quorums still intersect. One rank
+that left and restarted on the far side of a partition is safe too (a majority of N - 1
+and one of N cannot be disjoint); the gap is two or more such ranks before the near
+side hears of their restarts, which the restarts' abstention below narrows. A restarted process has forgotten its
 votes; when it joins an established cluster it abstains for one election timeout,
 which outlasts any campaign that might have counted its earlier vote.
 """
@@ -61,14 +68,12 @@ class Election:
     def __init__(
         self,
         worker_id: str,
-        world_size: int,
         settings: ProtocolSettings,
         rng: random.Random,
         outbox: Outbox,
         now: float,
     ) -> None:
         self.worker_id = worker_id
-        self.quorum = world_size // 2 + 1
         self.settings = settings
         self._rng = rng
         self._out = outbox
@@ -95,7 +100,7 @@ class Election:
 
     def evaluate(self, now: float, view: Membership) -> None:
         """Re-check leadership after a view change or when a timer fires."""
-        has_quorum = view.live_count >= self.quorum
+        has_quorum = view.live_count >= view.quorum
         if self.is_leader:
             if has_quorum:
                 return
@@ -138,7 +143,7 @@ class Election:
         self.campaigns += 1
         self.voted_term, self.voted_for = term, self.worker_id
         self._campaign = _Campaign(term, now + self.settings.election_timeout, {self.worker_id: None})
-        if len(self._campaign.votes) >= self.quorum:
+        if len(self._campaign.votes) >= view.quorum:
             self._win(view)
             return
         request = VoteRequest(self.worker_id, term)
@@ -199,7 +204,7 @@ class Election:
         if campaign is None or message.term != campaign.term or not message.granted:
             return
         campaign.votes[message.sender] = None
-        if len(campaign.votes) >= self.quorum:
+        if len(campaign.votes) >= view.quorum:
             self._win(view)
 
     def on_leader_silent(self, sender: str, term: int) -> None:

@@ -124,6 +124,7 @@ class Membership:
         self._by_rank = RankHolders(world_size)
         self._by_rank.add(me.rank, me.worker_id)
         self.live_count = 1
+        self._vacated: set[int] = set()  # ranks whose newest holder left cleanly (LEFT)
         self._news: dict[str, list] = {}  # worker_id -> [entry, times sent]
         self._suspicions: list[tuple[float, int, str, int]] = []  # (deadline, seq, id, incarnation)
         self._dead: dict[str, None] = {}  # DEAD (not LEFT) members, for reconnect pings
@@ -138,6 +139,7 @@ class Membership:
         self._next_probe_at = now + rng.random() * settings.probe_period
         self.changed = False  # set when any member's liveness changed; cleared by the node
         self.declared_dead = False  # set when this node learned it was declared DEAD
+        self.joins = 0  # members that became live here (new, or back at a new incarnation)
         self.version = 0  # bumped on every liveness change and new member, for caches of derived facts
         self.revision = 0  # bumped on every change of any entry (suspicions and refutations too)
         self.heard: dict[str, float] = {}  # member -> when a message from it last arrived here
@@ -158,6 +160,29 @@ class Membership:
     def live_members(self) -> list[MemberEntry]:
         return [entry for entry in self.members.values() if entry.is_live]
 
+    @property
+    def quorum(self) -> int:
+        """A majority of the voting world: ``world_size`` less the ranks vacated by a
+        clean leave (their newest holder LEFT and nobody live holds them).
+
+        A crash leaves its rank voting (its silence counts against the quorum, so a
+        minority partition never leads); a clean leave is an explicit, final word of that
+        incarnation, so it shrinks the world: half a job whose other half's launcher
+        stopped its workers (one SIGKILLed, the rest told to leave) keeps a quorum. A
+        view that has not heard of a leave yet demands the larger quorum, which is the
+        safe side. A restarted holder of the rank takes its vote back.
+        """
+        return (self.world_size - len(self._vacated)) // 2 + 1
+
+    def _update_vacated(self, rank: int) -> None:
+        """Re-derive whether ``rank`` is vacated, after an entry of one of its holders changed."""
+        members = self.members
+        entries = [members[w] for w in self._by_rank.holders(rank) if w in members and members[w].rank == rank]
+        if entries and entries[-1].status == Status.LEFT and not any(e.is_live for e in entries):
+            self._vacated.add(rank)
+        else:
+            self._vacated.discard(rank)
+
     def describe_absent(self) -> str:
         """Who of the expected world is not live in this view, by rank: ``w1 (rank 1) lost,
         w2 (rank 2) left, rank 3 never joined`` ("" when everyone is live). For error messages."""
@@ -176,7 +201,9 @@ class Membership:
         live = self.live_count
         verb = "is" if live == 1 else "are"
         absent = self.describe_absent()
-        return (f"only {live} of the {self.world_size} workers {verb} live here, {needed} are needed"
+        voting = self.world_size - len(self._vacated)
+        world = f"{voting} voting" if voting != self.world_size else f"the {self.world_size}"
+        return (f"only {live} of {world} workers {verb} live here, {needed} are needed"
                 + (f"; not live: {absent}" if absent else ""))
 
     def apply(self, entry: MemberEntry, now: float, *, news: bool = True, direct: bool = False) -> None:
@@ -204,11 +231,14 @@ class Membership:
         self.members[entry.worker_id] = entry
         self.revision += 1
         self._by_rank.add(entry.rank, entry.worker_id)
+        if entry.status == Status.LEFT or entry.rank in self._vacated:
+            self._update_vacated(entry.rank)
         if news:
             self._queue_news(entry)
         was_live = current is not None and current.is_live
         if entry.is_live and not was_live:
             self.live_count += 1
+            self.joins += 1
             self._dead.pop(entry.worker_id, None)
             self.dead_since.pop(entry.worker_id, None)
             self._add_to_probe_order(entry.worker_id, bulk=not news)

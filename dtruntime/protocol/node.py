@@ -101,8 +101,8 @@ class Node:
         self.settings = settings
         self._out = Outbox()
         self.membership = Membership(member, world_size, settings, rng, self._out, now)
-        self.election = Election(member.worker_id, world_size, settings, rng, self._out, now)
-        self.book = BarrierBook(world_size, self.election.quorum, settings)
+        self.election = Election(member.worker_id, settings, rng, self._out, now)
+        self.book = BarrierBook(world_size, settings)
         self.waits = Waits(member.worker_id, settings, self._out)
         self.commits = CommitBook(member.worker_id, world_size, settings, self._out)
         self.saves = Saves(member.worker_id, settings, self._out)
@@ -114,11 +114,12 @@ class Node:
         self._next_join_at = now
         self._world_announced = False
         self._refused: OrderedDict[tuple[str, str, int], None] = OrderedDict()  # joiners refused, reported once
-        self._has_quorum = 1 >= self.election.quorum
+        self._has_quorum = 1 >= self.membership.quorum
         # (leader_id, is_leader, leader_term) as of the last _on_leader_change: a handler
         # (a Vote, a Leader claim, gossip) changes the election before _after runs.
         self._leadership: tuple[str | None, bool, int] = (None, False, 0)
         self._left = False
+        self._joins_seen = 0  # membership.joins when this node last re-spread its progress counters
         self.dropped: Counter[str] = Counter()  # messages ignored, by reason
         self._after(now)
 
@@ -596,6 +597,9 @@ class Node:
         view_changed = membership.changed
         if view_changed:
             membership.changed = False
+            if membership.joins != self._joins_seen:  # a joiner must hear counters that stopped changing
+                self._joins_seen = membership.joins
+                self.progress.spread_own_again()
         if view_changed or election.leader_id is None or election.is_leader:
             election.evaluate(now, membership)
         self._check_quorum()
@@ -678,7 +682,7 @@ class Node:
         self._deliver_acks(self.commands.all_acks())
 
     def _check_quorum(self) -> None:
-        live, needed = self.membership.live_count, self.election.quorum
+        live, needed = self.membership.live_count, self.membership.quorum
         has_quorum = live >= needed
         if has_quorum != self._has_quorum:
             self._has_quorum = has_quorum
@@ -691,8 +695,8 @@ class Node:
         leader_id = self.election.leader_id
         if leader_id is not None:
             return f"no answer from the leader {leader_id}"
-        if self.membership.live_count < self.election.quorum:
-            return f"no leader, no quorum: {self.membership.describe_quorum(self.election.quorum)}"
+        if self.membership.live_count < self.membership.quorum:
+            return f"no leader, no quorum: {self.membership.describe_quorum(self.membership.quorum)}"
         return "no leader was elected in time"
 
 

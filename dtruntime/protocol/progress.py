@@ -62,6 +62,18 @@ class ProgressBook:
         self._news[(entry.worker_id, entry.key)] = [entry, 0]
         return True
 
+    def spread_own_again(self) -> None:
+        """Make this worker's own counters news again (a member just joined).
+
+        News retires after enough sends, so a counter that stopped changing (a job
+        paused at a barrier, between epochs, in a long save) would never reach a worker
+        that joins later; each member re-spreads its own counters on every join, so a
+        joiner hears every live member's within a few probe periods. Cost: at most
+        ``KEYS_PER_WORKER`` items per join per member.
+        """
+        for key, value in self._values.get(self.worker_id, {}).items():
+            self._news[(self.worker_id, key)] = [ProgressEntry(self.worker_id, key, value), 0]
+
     def value(self, worker_id: str, key: str) -> int | None:
         keys = self._values.get(worker_id)
         return None if keys is None else keys.get(key)

@@ -311,7 +311,7 @@ class Driver:
         if not force and revision == self._view_version and leader == self._leader_seen and self.snapshot.joined:
             return False
         self._view_version, self._leader_seen = revision, leader
-        live = node.membership.live_count >= node.election.quorum
+        live = node.membership.live_count >= node.membership.quorum
         self.snapshot = Snapshot(node.leader_id, node.is_leader, node.joined, live, tuple(node.members()))
         return True
 

@@ -230,12 +230,16 @@ class SimCluster:
 
     # -- local requests ---------------------------------------------------------------
 
-    def arrive(self, worker_id: str, barrier_id: str, *, timeout: float | None = None, elastic: bool = False) -> None:
+    def arrive(
+        self, worker_id: str, barrier_id: str, *, timeout: float | None = None, elastic: bool = False, value: str = ""
+    ) -> None:
+        """``worker_id`` starts waiting at ``barrier_id`` (an agreement on ``value`` when it is
+        not empty); skipped while it is down or paused."""
         worker = self.workers[worker_id]
         if not worker.up or worker.paused:
             return
         self.invariants.on_arrive(worker_id, barrier_id, worker.node.waits.generation(barrier_id))
-        self._handle(worker, worker.node.arrive(barrier_id, self.now, timeout=timeout, elastic=elastic))
+        self._handle(worker, worker.node.arrive(barrier_id, self.now, timeout=timeout, elastic=elastic, value=value))
 
     def call(self, worker_id: str, request: Callable[[Node, float], Ready]) -> None:
         """Run a local request ``request(node, now)`` on ``worker_id`` (skipped while it is down or paused)."""

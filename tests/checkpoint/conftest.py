@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from dtruntime.checkpoint.storage import open_storage
+
 
 
 
@@ -69,3 +71,11 @@ def crash_harness():
 # would make s3fs send it as the bucket LocationConstraint, which us-east-1 rejects.)
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(params=["local", "memory"])
+def storage(request, tmp_path):
+    """A local and an fsspec memory checkpoint store, each empty."""
+    if request.param == "local":
+        return open_storage(str(tmp_path), None, None)
+    return open_storage(f"memory://ckpt-{uuid.uuid4().hex}", None, None)

@@ -1,6 +1,10 @@
 """A torchrun worker for the DCP tests: save or load a resharded state through dtruntime.
 
-    torchrun --nproc-per-node N tests/checkpoint/dcp_worker.py save|load|async ROOT STEP [OPTIONS_JSON]
+    torchrun --nproc-per-node N tests/checkpoint/dcp_worker.py ACTIONS ROOT [OPTIONS_JSON]
+
+ACTIONS is a comma-separated list of ``save:STEP``, ``async:STEP`` (``async_save``) and
+``load:STEP`` (``load:-1``: the newest), run in order in one process group, so that a
+test pays torchrun's and torch's start-up once for several saves.
 
 The state: ``w``, a DTensor of ROWS x 3 sharded by rows over all ranks (uneven for 3 and
 4 ranks), ``b``, a replicated plain tensor, and ``extra``, a non-tensor value (a DCP
@@ -11,7 +15,6 @@ shard against the full tensor and prints ``ok <rank> <step>``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.distributed.checkpoint as dcp  # noqa: E402
-from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh  # noqa: E402
 from torch.distributed.tensor import Shard, distribute_tensor  # noqa: E402
 
 from dtruntime.checkpoint.dcp import DtruntimeStorageReader, DtruntimeStorageWriter  # noqa: E402
@@ -33,11 +36,19 @@ def full(step: int) -> torch.Tensor:
 
 
 def main() -> None:
-    mode, root, step = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else None
+    actions = [(mode, int(step)) for mode, step in (action.split(":") for action in sys.argv[1].split(","))]
+    root = sys.argv[2]
+    options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
     dist.init_process_group("gloo")
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for mode, step in actions:
+        run(mode, root, step, options, mesh)
+    dist.destroy_process_group()
+
+
+def run(mode: str, root: str, step: int, options: dict | None, mesh: DeviceMesh) -> None:
+    """One action: save or async-save step ``step``'s state, or load one and check every shard."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    mesh = init_device_mesh("cpu", (world,))
     if mode in ("save", "async"):
         state = {"w": distribute_tensor(full(step), mesh, [Shard(0)]), "b": torch.full((4,), float(step)),
                  "extra": {"step": step, "lr": 0.5}}
@@ -60,7 +71,6 @@ def main() -> None:
         assert torch.equal(state["b"], torch.full((4,), float(loaded)))
         assert state["extra"] == {"step": loaded, "lr": 0.5}
         print(f"ok {rank} {loaded}", flush=True)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
-
-import pytest
-
 from dtruntime.checkpoint import layout
 from dtruntime.checkpoint.commit import scan_listing
 from dtruntime.checkpoint.integrity import crc32c
 from dtruntime.checkpoint.leader import LeaderCommitter
 from dtruntime.checkpoint.manifest import decode_manifest
-from dtruntime.checkpoint.storage import open_storage
 from dtruntime.protocol.messages import CommitOutcome, PartDone
 
 WORLD = 3
-
-
-@pytest.fixture(params=["local", "memory"])
-def storage(request, tmp_path):
-    if request.param == "local":
-        return open_storage(str(tmp_path), None, None)
-    return open_storage(f"memory://leader-{uuid.uuid4().hex}", None, None)
 
 
 def write_part(storage, step: int, rank: int, data: bytes | None = None) -> PartDone:

@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--die-when", choices=["before", "backward", "after", "pause", "spin"], default="backward")
     parser.add_argument("--storage", default="")
     parser.add_argument("--progress-timeout", type=int, default=0)
+    parser.add_argument("--sigterm", choices=["auto", "stop", "leave", "default"], default="auto",
+                        help="[preemption] sigterm (with --rank the test runner's environment is ignored)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     faulthandler.register(signal.SIGUSR1)  # a hung test can ask where each worker is
@@ -73,10 +75,10 @@ def main() -> None:
     torch.manual_seed(0)
     if args.rank is None:  # under a launcher: place and coordinator from the environment
         orchestrator = TrainingOrchestrator(heartbeat_interval_ms=100, heartbeat_timeout_ms=1000,
-                                            progress_timeout_s=args.progress_timeout)
+                                            progress_timeout_s=args.progress_timeout, sigterm=args.sigterm)
     else:
         orchestrator = fast_orchestrator(args.rank, args.coordinator, args.world,
-                                         progress_timeout_s=args.progress_timeout)
+                                         progress_timeout_s=args.progress_timeout, sigterm=args.sigterm)
     orchestrator.register_worker_sync("127.0.0.1", 0)
     model = nn.Sequential(nn.Linear(FEATURES, 16), nn.Tanh(), nn.Linear(16, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
