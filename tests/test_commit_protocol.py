@@ -8,7 +8,7 @@ import pytest
 
 from dtruntime.errors import ProtocolError
 from dtruntime.protocol.commit import CommitBook, Saves
-from dtruntime.protocol.events import CheckpointAbandoned, CheckpointCommitted, CommitDue
+from dtruntime.protocol.events import BarrierReleased, CheckpointAbandoned, CheckpointCommitted, CommitDue
 from dtruntime.protocol.membership import Membership
 from dtruntime.protocol.messages import CommitOutcome, MemberEntry, Members, PartDone, Status, StepResult, Vote
 from dtruntime.protocol.node import Node
@@ -311,3 +311,63 @@ def test_sim_commit_invariant_catches_a_commit_without_every_part():
     cluster = converged_cluster(3, 51)
     cluster.invariants.on_event("w0", CheckpointCommitted(77))
     assert any("before ranks [0, 1, 2]" in v for v in cluster.invariants.violations)
+
+
+# -- swarm regressions ------------------------------------------------------------------
+
+
+def test_sim_a_leader_that_restarted_after_a_rank_died_still_decides_and_releases():
+    """Swarm seeds 353 and 446: a leader restarted after rank 4 died never heard of w4
+    (a DEAD stranger was not admitted), so rank 4 looked "never joined" for good: every
+    later step waited for it and no barrier saw the whole world."""
+    cluster = converged_cluster(5, 71)
+    seen = outcomes(cluster)
+    cluster.crash("w4")  # stays down
+    cluster.run_for(3.0)
+    cluster.crash("w0")
+    cluster.run_for(0.3)
+    cluster.restart("w0")  # joins after w4's death: learns of it only from the others' views
+    cluster.run_for(1.0)
+    cluster.crash("w1")  # the leader since w0's crash; w0 is the best candidate left
+    assert cluster.run_until_true(lambda: cluster.converged() and cluster.workers["w0"].node.is_leader,
+                                  cluster.now + 5.0) is not None
+    w4 = cluster.workers["w0"].node.membership.get("w4")
+    assert w4 is not None and w4.status == Status.DEAD
+    released: list[str] = []
+    cluster.listeners.append(lambda w, e: released.append(w) if isinstance(e, BarrierReleased) else None)
+    for worker in cluster.up_workers():
+        cluster.save(worker.worker_id, 9)
+        cluster.arrive(worker.worker_id, "after", timeout=2.0, elastic=True)
+    cluster.run_for(1.0)
+    for worker_id in ("w0", "w2", "w3"):
+        assert seen[worker_id][-1] == CheckpointAbandoned(9, CommitOutcome.ABANDONED, (1, 4)), seen[worker_id]
+    assert sorted(released) == ["w0", "w2", "w3"]
+    cluster.invariants.check()
+
+
+def test_sim_a_committed_step_retention_deleted_is_still_committed_for_a_rank_that_missed_its_result():
+    """Swarm seed 336 (older code): w3 missed step 1's result, retention deleted the step,
+    and the leader that took over knew nothing of it: the followers told a new leader
+    their recent results only when the change happened inside the node's own timers,
+    never on a ``Leader`` claim or a won ``Vote``. Storage no longer held step 1, so the
+    new leader abandoned it for w3 while every other rank had seen it committed."""
+    cluster = converged_cluster(4, 81)  # keep_last_n=3
+    seen = outcomes(cluster)
+    assert cluster.workers["w1"].node.leader_id == "w0"
+    cluster.block("w0", "w3")  # every result to w3 is lost; its reports still arrive
+    for step in range(1, 6):
+        for worker_id in cluster.workers:
+            cluster.save(worker_id, step)
+        cluster.run_for(0.3)
+    assert all(seen[w] == [CheckpointCommitted(s) for s in range(1, 6)] for w in ("w0", "w1", "w2")), seen
+    assert seen["w3"] == [] and not any(key.startswith("step-000000000001/") for key in cluster.storage.files)
+    cluster.crash("w0")
+    cluster.unblock("w0", "w3")
+    assert cluster.run_until_true(lambda: cluster.workers["w1"].node.is_leader and cluster.converged(),
+                                  cluster.now + 5.0) is not None
+    for worker in cluster.up_workers():
+        cluster.save(worker.worker_id, 6)  # the others move on past step 1: its wait ends
+    cluster.run_for(2.0)
+    earlier = sorted((e for e in seen["w3"] if e.step < 6), key=lambda e: e.step)
+    assert earlier == [CheckpointCommitted(s) for s in range(1, 6)], seen["w3"]
+    cluster.invariants.check()

@@ -13,6 +13,7 @@ from dtruntime.protocol.events import BarrierFailed, BarrierReleased, DuplicateR
 from dtruntime.protocol.messages import (
     Arrive,
     BarrierResult,
+    CommitOutcome,
     Gossip,
     Join,
     JoinRefused,
@@ -20,9 +21,11 @@ from dtruntime.protocol.messages import (
     MemberEntry,
     Members,
     Outcome,
+    PartDone,
     Ping,
     Release,
     Status,
+    StepResult,
     Vote,
     VoteRequest,
 )
@@ -262,3 +265,44 @@ def test_a_member_refuses_a_second_process_with_a_members_id_at_another_rank():
                     MemberEntry("w1", 1, 0, 10, Status.ALIVE, "sim://w1-again")):  # same rank: a restart
         assert not [m for _, m in seed.step(Join("w1", restart), 0.02).messages if isinstance(m, JoinRefused)]
     assert seed.membership.get("w1").endpoint == "sim://w1-again"
+
+
+def test_a_follower_hands_a_new_leadership_its_results_and_pending_requests_at_once():
+    """Also when the new leader is the old one restarted, winning a later term under the
+    same id (no leaderless gap seen here): its books start empty."""
+    node = make_node(rank=1)
+    node.step(Members("w0", 1, "w0", (entry(0), entry(1), entry(2), entry(3))), 0.0)
+    node.part_written(3, 1, 10, 5, "none", 0.01)
+    node.step(StepResult("w0", 3, CommitOutcome.COMMITTED, ()), 0.02)
+    node.part_written(4, 1, 10, 6, "none", 0.03)
+    node.arrive("b", 0.03)
+    for claim in (Leader("w0", 5), Ping("w0", 1, Gossip(7, "w0", (entry(0, incarnation=9),)))):
+        sent = [m for endpoint, m in node.step(claim, 0.05).messages if endpoint == "sim://w0"]
+        assert StepResult("w1", 3, CommitOutcome.COMMITTED, ()) in sent
+        assert [m.step for m in sent if isinstance(m, PartDone)] == [4]
+        assert [m.barrier_id for m in sent if isinstance(m, Arrive)] == ["b"]
+
+
+def test_a_node_that_wins_on_a_vote_learns_its_own_recent_results():
+    node = make_node(rank=0, world=3)
+    node.step(Members("w1", 1, "w1", (entry(1), entry(2))), 0.0)
+    assert node.leader_id == "w1"
+    node.part_written(3, 0, 10, 5, "none", 0.01)
+    result = StepResult("w1", 3, CommitOutcome.COMMITTED, ())
+    node.step(result, 0.02)
+    node.step(Ping("w2", 1, Gossip(1, "", (entry(2), entry(1, status=Status.DEAD)))), 0.03)
+    assert node.election.campaigning  # the best candidate left, with a quorum (w0, w2)
+    node.step(Vote("w2", node.election.voted_term, True), 0.04)
+    assert node.is_leader and node.commits.decided(3) == result
+
+
+def test_a_joiner_learns_of_members_already_gone_but_never_over_a_live_holder():
+    """A node that joins after a death must know the rank is lost, not "never joined"
+    (swarm seeds 353, 446: a restarted leader waited for it forever)."""
+    node = make_node(rank=2)
+    replacement = MemberEntry("w1b", 1, 0, 5, Status.ALIVE, "sim://w1b")  # took over rank 1
+    gone = (entry(1, status=Status.DEAD), entry(3, status=Status.LEFT))
+    node.step(Members("w0", 1, "w0", (entry(0), gone[0], replacement, entry(2), gone[1])), 0.0)
+    view = node.membership
+    assert view.get("w3") == gone[1] and view.get("w1") is None and view.get("w1b") == replacement
+    assert view.live_count == 3 and view.describe_absent() == "w3 (rank 3) left"

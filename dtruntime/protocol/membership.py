@@ -20,8 +20,11 @@ and a message to a member we think SUSPECT or DEAD always carries that verdict, 
 live member hears it and refutes (SWIM's rejoin). A member seeing itself declared DEAD
 rejoins at a higher incarnation and reports ``DeclaredDead`` to its API.
 
-A stranger (an unknown worker id) is admitted only ALIVE, with a rank inside the world
-that no known member holds (or, from the worker itself, whose holder is gone).
+A stranger (an unknown worker id) is admitted with a rank inside the world that no
+known member holds (or, ALIVE and from the worker itself, whose holder is gone). A
+stranger already DEAD or LEFT is admitted too: a node that joins (or restarts) after a
+worker died learns of it only that way, and without it that rank would look "never
+joined" for good (barriers never see the whole world, commits wait for the rank).
 
 Invariants: entries only move up in ``(incarnation, status)`` precedence; applying the
 same entry twice changes nothing (handlers are idempotent under duplication); iteration
@@ -251,7 +254,10 @@ class Membership:
             self.changed = True
             self.version += 1
         elif current is None:
-            self.dead_since[entry.worker_id] = now  # first heard of already gone
+            # First heard of already gone. No ``dead_since``: this node never saw it live,
+            # so no barrier here counts it as expected (it was gone at every opening).
+            if entry.status == Status.DEAD:
+                self._dead[entry.worker_id] = None  # reconnect pings reach it like any DEAD member
             self.version += 1  # a new member all the same (barriers count it)
         if entry.status == Status.LEFT:
             self._dead.pop(entry.worker_id, None)
@@ -262,19 +268,25 @@ class Membership:
 
     def apply_view(self, entries: tuple[MemberEntry, ...], now: float) -> None:
         """Merge a whole ``Members`` view: the same as ``apply(entry, now, news=False)``
-        for each entry, in order.
+        for each entry, in order, except that strangers no longer live come last.
 
-        Joining means learning every member, so across a cluster this runs N^2 times. The
-        common case (an ALIVE stranger at a rank nobody holds) is admitted here inline;
-        everything else goes through :meth:`apply`.
+        They come last so that a view naming a dead worker and the live one that took
+        over its rank under another id admits the live one (a gone stranger only takes a
+        rank nobody holds). Joining means learning every member, so across a cluster this
+        runs N^2 times. The common case (an ALIVE stranger at a rank nobody holds) is
+        admitted here inline; everything else goes through :meth:`apply`.
         """
         members, slots, world_size = self.members, self._by_rank.slots, self.world_size
         alive = Status.ALIVE
+        gone: list[MemberEntry] = []
         for entry in entries:
             worker_id, rank = entry.worker_id, entry.rank
             if (entry.status is not alive or worker_id in members or not 0 <= rank < world_size
                     or slots[rank] is not None):
-                self.apply(entry, now, news=False)
+                if entry.is_live or worker_id in members:
+                    self.apply(entry, now, news=False)
+                else:
+                    gone.append(entry)
                 continue
             members[worker_id] = entry
             slots[rank] = worker_id
@@ -283,20 +295,24 @@ class Membership:
             self._out.emit(MemberJoined(entry))
             self.changed = True
             self.version += 1
+        for entry in gone:
+            self.apply(entry, now, news=False)
 
     def _admissible(self, entry: MemberEntry, direct: bool) -> bool:
         """Whether a worker we never heard of may enter the view.
 
-        It must be live (news of the death of a stranger is useless) with a rank in the
-        world that no known member holds; only the worker itself (``direct``) may take
-        over the rank of a member that is no longer live. Refusals depend only on facts
-        that never revert (known ranks), so applying an entry twice admits it at most
-        once. This keeps garbage and forged strangers out of barriers and quorums.
+        Its rank must be in the world and held by no known member; only the worker
+        itself (``direct``), live, may take over the rank of a member that is no longer
+        live. A stranger that is no longer live is admitted too (at a free rank only): it
+        tells a node that joined after the death that the rank is lost, not unseen.
+        Refusals depend only on facts that never revert (known ranks), so applying an
+        entry twice admits it at most once. This keeps garbage and forged strangers out
+        of barriers and quorums.
         """
-        if not entry.is_live or entry.rank >= self.world_size:
+        if entry.rank >= self.world_size:
             return False
         holders = [self.members[w] for w in self._by_rank.holders(entry.rank) if w != entry.worker_id]
-        return not holders or (direct and not any(e.is_live for e in holders))
+        return not holders or (entry.is_live and direct and not any(e.is_live for e in holders))
 
     def _about_me(self, entry: MemberEntry) -> None:
         """Refute any claim about this node that would beat its current entry."""

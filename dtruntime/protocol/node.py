@@ -115,6 +115,9 @@ class Node:
         self._world_announced = False
         self._refused: OrderedDict[tuple[str, str, int], None] = OrderedDict()  # joiners refused, reported once
         self._has_quorum = 1 >= self.membership.quorum
+        # (leader_id, is_leader, leader_term) as of the last _on_leader_change: a handler
+        # (a Vote, a Leader claim, gossip) changes the election before _after runs.
+        self._leadership: tuple[str | None, bool, int] = (None, False, 0)
         self._left = False
         self._joins_seen = 0  # membership.joins when this node last re-spread its progress counters
         self.dropped: Counter[str] = Counter()  # messages ignored, by reason
@@ -591,14 +594,13 @@ class Node:
         leader) are skipped rather than asked for infinity.
         """
         election, membership = self.election, self.membership
-        was_leader, leader_before = election.is_leader, election.leader_id
         view_changed = membership.changed
         if view_changed:
             membership.changed = False
             if membership.joins != self._joins_seen:  # a joiner must hear counters that stopped changing
                 self._joins_seen = membership.joins
                 self.progress.spread_own_again()
-        if view_changed or leader_before is None or was_leader:
+        if view_changed or election.leader_id is None or election.is_leader:
             election.evaluate(now, membership)
         self._check_quorum()
         if membership.declared_dead:
@@ -609,8 +611,11 @@ class Node:
             self.commits.on_view_change(membership)
             if self.commands.undecided():
                 self._decide_commands()
-        if election.leader_id != leader_before or election.is_leader != was_leader:
-            self._on_leader_change(now, was_leader)
+        settled = self._leadership
+        if (election.leader_id != settled[0] or election.is_leader != settled[1]
+                or election.leader_term != settled[2]):
+            self._leadership = (election.leader_id, election.is_leader, election.leader_term)
+            self._on_leader_change(now, settled[1])
         book, commits = self.book, self.commits
         if book.decisions:
             for decision in book.decisions:
@@ -642,6 +647,15 @@ class Node:
         return self._out.drain(deadline)
 
     def _on_leader_change(self, now: float, was_leader: bool) -> None:
+        """Hand this node's state to a new leadership: a new leader, a new role, or a new term.
+
+        Runs once per change of ``(leader_id, is_leader, leader_term)``, whichever input
+        made it (an election won on a ``Vote``, a ``Leader`` claim or gossip followed, a
+        timeout in ``tick``). A leader that steps down forgets its open books; a new
+        leader learns this node's recent results; a follower sends them, and every
+        pending arrival, report and ack, to the leader at once. A leader that restarted
+        under the same id and won a new term is a new leadership too: it knows nothing.
+        """
         if was_leader and not self.election.is_leader:
             self.book.clear_open()
             self.commits.clear_open()
