@@ -16,7 +16,7 @@ Per trial, from the kill (one ``time.monotonic()`` clock on this machine):
   of its two workers);
 - *rejoin*: that host's first step with 4 workers again (the victim host's launcher
   noticed, restarted Python and torch, and its workers joined and got the live state);
-- *steps lost*: the newest step applied before the kill minus the step the survivors
+- *steps lost*: the newest step the surviving host applied in the old group minus the step it
   continued from (0: nothing is redone).
 
 The anchor, same run: ``benchmarks/anchor_torchrun_job.py`` (the same model, plain
@@ -79,8 +79,9 @@ def hosts_trial(victim: int, kill_after: int) -> dict:
         wait_until(lambda: len(after(PER_HOST)) >= PER_HOST, 60, "the other host stepping alone", hosts)
         wait_until(lambda: len(regrown()) >= 1, 120, "the job stepping with 4 again", hosts)
         alone = after(PER_HOST)
-        before = max(s["number"] for h in hosts for s in h.steps() if s["world"] == WORLD and s["time"] < killed_at)
         first_alone = min(s["number"] for s in alone)
+        # The newest step the surviving host applied in the old group (one may finish after the kill).
+        before = max(s["number"] for s in other.steps() if s["world"] == WORLD and s["number"] < first_alone)
         continued = max(s["time"] for s in alone if s["number"] == first_alone)
         return {"continue_s": continued - killed_at, "rejoin_s": regrown()[0]["time"] - killed_at,
                 "steps_lost": before - (first_alone - 1)}

@@ -1,7 +1,8 @@
 """One ``torchrun --nnodes 1`` per "host" on 127.0.0.1, for the per-host launcher shape.
 
-Each launcher runs in its own session, so stopping it kills only what it started; its
-workers' JSON lines are collected from the launcher's stdout (which they share, so lines
+Each launcher runs in its own session and its workers in theirs (torchrun's doing), so
+stopping one kills the launcher's session and its workers by pid: only what it started.
+The workers' JSON lines are collected from the launcher's stdout (which they share, so lines
 can run together: :func:`json_objects` reads every object out of a line).
 """
 
@@ -74,8 +75,17 @@ class Host:
         raise RuntimeError(f"no worker at local rank {local_rank} under torchrun {self.process.pid}")
 
     def stop(self) -> None:
+        """Kill the launcher and its workers (torchrun starts each worker in a session of
+        its own, so they are listed and killed by pid; the launcher cannot restart any
+        once its own session is killed, first)."""
+        workers = children(self.process.pid)
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)  # the session started for it: only what we started
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.process.wait(timeout=30)
 
 
