@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import DatasetError
+from .spec_check import SpecAgreement
 
 __all__ = ["AgreementResult", "Round", "TakeOverDecision", "TakeOverRounds"]
 
@@ -55,21 +56,10 @@ CURSORS_PER_ROUND = 40  # 40 cursors of up to 19 digits fit a 1024-character bar
 LOST_ROUNDS = 50  # rounds of "who is lost" before giving up (views settle within a few heartbeats)
 
 
-class AgreementResult(Protocol):
+class AgreementResult(SpecAgreement, Protocol):
     """What an agreement barrier's release tells every survivor (``dtruntime.Agreement`` and
-    the protocol's ``BarrierReleased`` event are both one)."""
-
-    @property
-    def reference(self) -> str: ...
-
-    @property
-    def reference_value(self) -> str: ...
-
-    @property
-    def differing(self) -> tuple[str, ...]: ...
-
-    @property
-    def differing_value(self) -> str: ...
+    the protocol's ``BarrierReleased`` event are both one): the spec check's fields and
+    the members excluded as dead."""
 
     @property
     def excluded(self) -> tuple[str, ...]: ...
