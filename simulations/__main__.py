@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(1)
             bar.set_postfix(violations=sum(len(r.violations) for r in results), refresh=False)
     wall = time.perf_counter() - started
+    if dashboard is not None:
+        dashboard.publish_final()
     print(
         f"{args.scenario}: {len(results)} run(s), workers={args.workers or '8-64'}, "
         f"heartbeat {args.heartbeat_ms} ms, timeout {args.timeout_ms} ms, {wall:.1f} s wall"

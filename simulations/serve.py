@@ -81,7 +81,15 @@ class SimDashboard:
 
     # -- simulator side (the scenario's thread) ---------------------------------------
 
-    def _tick(self, cluster: SimCluster) -> None:
+    def publish_final(self) -> None:
+        """Publish the attached cluster's view as the scenario left it: the last tick can
+        come up to ``TICK_S`` before the scenario's last events (a new leader, say)."""
+        with self._lock:
+            cluster = self._cluster
+        if cluster is not None:
+            self._publish(cluster)
+
+    def _publish(self, cluster: SimCluster) -> None:
         worker = self._served(cluster)
         if worker is not None:
             self._view.worker_id, self._view.rank = worker.worker_id, worker.rank
@@ -90,6 +98,9 @@ class SimDashboard:
             with self._lock:
                 self._latest = observation
         self._drain_trace(cluster)
+
+    def _tick(self, cluster: SimCluster) -> None:
+        self._publish(cluster)
         lag = self._wall0 + (cluster.now - self._sim0) / self.speed - time.perf_counter()
         if lag > 0:
             time.sleep(lag)

@@ -57,7 +57,8 @@ def test_half_the_world_stops_when_the_other_half_crashed():
     for worker_id in ("w0", "w1"):
         failure = outcomes.get(worker_id)
         assert isinstance(failure, BarrierFailed) and failure.reason == FailureCause.NO_QUORUM, outcomes
-        assert "only 2 of the 4 workers are live here, 3 are needed" in failure.detail
+        assert "only 2 of the 4 workers are live here, 3 are needed; not live: w2 (rank 2) lost, w3 (rank 3) lost" \
+            in failure.detail
     assert set(cluster.leaders().values()) == {None}
 
 
@@ -69,3 +70,17 @@ def test_a_restarted_worker_takes_the_vote_of_its_rank_back():
     cluster.restart("w3")
     assert cluster.run_until_true(cluster.converged, 10.0) is not None
     assert {cluster.workers[w].node.membership.quorum for w in cluster.workers} == {3}
+
+
+def test_no_quorum_among_the_voting_ranks_names_the_lost_and_the_left():
+    cluster = converged_cluster(5, seed=24)
+    leave(cluster, "w4")  # 4 ranks still vote: 3 are needed
+    cluster.run_for(1.0)
+    cluster.crash("w2")
+    cluster.crash("w3")
+    outcomes = barrier_outcomes(cluster, ["w0", "w1"], "two-crashes-after-a-leave")
+    for worker_id in ("w0", "w1"):
+        failure = outcomes.get(worker_id)
+        assert isinstance(failure, BarrierFailed) and failure.reason == FailureCause.NO_QUORUM, outcomes
+        assert failure.detail.endswith("only 2 of 4 voting workers are live here, 3 are needed; "
+                                       "not live: w2 (rank 2) lost, w3 (rank 3) lost, w4 (rank 4) left"), failure.detail
