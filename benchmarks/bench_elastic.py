@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._procs import ROOT, Proc, free_port, percentile, wait_for  # noqa: E402
+from tests.launchers import children  # noqa: E402
 
 
 def dtruntime_trial(world: int, victim: int, kill_after: int) -> dict:
@@ -114,7 +115,7 @@ def torchrun_trial(world: int, kill_after: int) -> dict:
             return {"continue_s": restarted[0]["time"] - killed_at,
                     "steps_lost": before - (restarted[0]["number"] - 1)}
         finally:
-            for pid in [job.pid, *_children(job.pid)]:
+            for pid in [job.pid, *children(job.pid)]:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -122,16 +123,8 @@ def torchrun_trial(world: int, kill_after: int) -> dict:
             job.wait(timeout=30)
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as children:
-            return [int(child) for child in children.read().split()]
-    except OSError:
-        return []
-
-
 def _worker_pid(agent: int, rank: int) -> int:
-    for pid in _children(agent):
+    for pid in children(agent):
         try:
             with open(f"/proc/{pid}/environ", "rb") as environ:
                 if f"RANK={rank}".encode() in environ.read().split(b"\0"):
