@@ -15,8 +15,9 @@ come from :mod:`.layout` and are joined with :func:`layout.join_under`):
   collects the buffers, checksums them and PUTs once at the final key (no rename).
 - ``read_buffer``: the whole object as a writable, 64-byte-aligned numpy ``uint8`` array
   and the CRC-32C of its bytes, so tensors can be views of it with no further copy.
-  Local storage reads straight into the array in 4 MiB slices and checksums each one
-  while it is still in the CPU cache, so verifying costs little more than the read.
+  Local storage maps the file copy-on-write and checksums it through the mapping: no
+  byte is copied, and a write to a loaded tensor copies just that page, never reaching
+  the file. An object store's bytes are copied once into an aligned array.
 - ``write_manifest``: atomic and create-only; ``FileExistsError`` if the key exists.
   Local: temp file, fsync, ``os.link`` (create-only), fsync of the directory. S3 and ``memory://``:
   one PUT with ``If-None-Match: *`` (s3fs ``mode="create"``). Never a rename or copy on
@@ -32,6 +33,7 @@ manager wraps them in CheckpointError with the step and key.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import shutil
 import uuid
@@ -170,20 +172,23 @@ class LocalStorage(Storage):
         return key, size, checksum
 
     def read_buffer(self, key: str) -> tuple[np.ndarray, int]:
-        """Read into an aligned array in cache-sized slices, checksumming each slice
-        right after it lands (while it is still in the CPU cache)."""
+        """Map the file copy-on-write and checksum it through the mapping (no copy).
+
+        The array is a private (``MAP_PRIVATE``) writable mapping: the pages are the page
+        cache's own until something writes to them, then that page is copied, so a write
+        to a loaded tensor never reaches the file. Mapping relies on parts being
+        immutable once named (they are written under a temp name or a content-derived
+        key and never rewritten in place); retention unlinking the file while it is
+        mapped is harmless (the mapping keeps the inode). Where mapping is unavailable
+        (an empty file, a platform without ``MAP_PRIVATE``, a filesystem that refuses
+        it), the file is read into an aligned array in cache-sized slices instead.
+        """
         with open(self._path(key), "rb", buffering=0) as handle:
             size = os.fstat(handle.fileno()).st_size
-            buffer = aligned_empty(size)
-            view = memoryview(buffer)
-            checksum = offset = 0
-            while offset < size:
-                got = handle.readinto(view[offset : min(size, offset + _SLICE)])
-                if not got:
-                    raise OSError(errno.EIO, f"file shrank while reading ({offset} of {size} bytes)", key)
-                checksum = crc32c(view[offset : offset + got], checksum)
-                offset += got
-        return buffer, checksum
+            mapped = _map_private(handle.fileno(), size)
+            if mapped is not None:
+                return np.frombuffer(mapped, dtype=np.uint8), crc32c(memoryview(mapped))
+            return _read_into_aligned(handle, size, key)
 
     def write_manifest(self, key: str, data: bytes) -> None:
         """Temp file (own name per writer), fsync, then ``os.link`` to the final name:
@@ -400,6 +405,33 @@ def aligned_empty(size: int) -> np.ndarray:
     raw = np.empty(size + _ALIGN, dtype=np.uint8)
     start = -raw.ctypes.data % _ALIGN
     return raw[start : start + size]
+
+
+def _map_private(fd: int, size: int) -> mmap.mmap | None:
+    """A private writable mapping of the first ``size`` bytes of ``fd``, or None where
+    it cannot be mapped. No ``MAP_POPULATE``: pre-faulting a writable private mapping
+    copies every page, while the checksum pass faults them in shared, with readahead."""
+    if size == 0 or not hasattr(mmap, "MAP_PRIVATE"):
+        return None
+    try:
+        return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, ValueError):
+        return None
+
+
+def _read_into_aligned(handle: Any, size: int, key: str) -> tuple[np.ndarray, int]:
+    """Read ``size`` bytes of ``handle`` into an aligned array in cache-sized slices,
+    checksumming each slice right after it lands (while it is still in the CPU cache)."""
+    buffer = aligned_empty(size)
+    view = memoryview(buffer)
+    checksum = offset = 0
+    while offset < size:
+        got = handle.readinto(view[offset : min(size, offset + _SLICE)])
+        if not got:
+            raise OSError(errno.EIO, f"file shrank while reading ({offset} of {size} bytes)", key)
+        checksum = crc32c(view[offset : offset + got], checksum)
+        offset += got
+    return buffer, checksum
 
 
 def _chunks(data: PartData) -> Sequence[Buffer]:
