@@ -16,8 +16,9 @@ layout as :class:`~dtruntime.checkpoint.CheckpointManager` (so ``list_checkpoint
   writes an empty part, so every rank ``0..world_size-1`` has one;
 * DCP's coordinator rank (``finish``) is the leader: it checks that storage lists every
   rank's part as reported, writes DCP's ``Metadata`` pickle-free (:mod:`.dcp_metadata`)
-  as ``step-S/DCP_METADATA``, then the create-only manifest, whose ``metadata`` names the
-  DCP file's size and CRC-32C: that single create-only write is the commit (no rename, on
+  as ``step-S/DCP_METADATA-<crc32c>`` (named by its checksum, so a save that races a
+  commit of the same step never overwrites the committed step's file), then the
+  create-only manifest, whose ``metadata`` names the DCP file, its size and CRC-32C: that single create-only write is the commit (no rename, on
   S3 or anywhere), and ``keep_last_n`` retention runs after it (old steps, and every
   uncommitted step older than this one: an orphan of a save that died);
 * loading reads only committed steps (``step=None``: the newest whose manifest and DCP
@@ -184,15 +185,22 @@ class DtruntimeStorageWriter(StorageWriter):
         if wrong:
             raise CheckpointError(f"step {step}: the parts of ranks {wrong} are not in storage as reported")
         encoded = encode_metadata(metadata, locations, DCP_VERSION)
-        meta_key = layout.dcp_metadata_key(step)
+        checksum = crc32c(encoded)
+        meta_name = layout.dcp_metadata_name(checksum)
+        meta_key = layout.dcp_metadata_key(step, meta_name)
         try:
-            self.storage.write_part(meta_key, encoded)
+            # Atomic and create-only, like a manifest: an existing file of this name was
+            # written whole by an earlier attempt and has these very bytes (its name is
+            # their CRC-32C; the manifest's size and checksum are verified on load).
+            self.storage.write_manifest(meta_key, encoded)
+        except FileExistsError:
+            pass
         except OSError as exc:
             raise CheckpointError(f"step {step}: writing {self.storage.describe(meta_key)} failed: {exc}") from exc
         commit = StepCommit(step, world_size)
         for report in parts.values():
             commit.add(report)
-        record = {"size": len(encoded), "crc32c": format_checksum(crc32c(encoded)), "version": DCP_VERSION}
+        record = {"name": meta_name, "size": len(encoded), "crc32c": format_checksum(checksum), "version": DCP_VERSION}
         manifest = commit.manifest(created_unix=time.time(), metadata={MANIFEST_KEY: record})
         if publish_manifest(self.storage, manifest).metadata.get(MANIFEST_KEY) != record:
             # Another coordinator committed these very parts with other DCP metadata.
@@ -319,7 +327,7 @@ class DtruntimeStorageReader(StorageReader):
         record = manifest.metadata.get(MANIFEST_KEY)
         if not isinstance(record, dict):
             raise CheckpointError(f"checkpoint step {step} was not saved through DCP (no {MANIFEST_KEY!r} in {source})")
-        meta_key = layout.dcp_metadata_key(step)
+        meta_key = layout.dcp_metadata_key(step, record.get("name", layout.DCP_METADATA_NAME))
         meta_source = self.storage.describe(meta_key)
         encoded = read_key(self.storage.read, self.storage, meta_key, f"checkpoint step {step}: ")
         if len(encoded) != record.get("size") or format_checksum(crc32c(encoded)) != record.get("crc32c"):

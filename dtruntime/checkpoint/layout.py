@@ -3,11 +3,12 @@
 ::
 
     <root>/step-000000001000/part-00000-none-1a2b3c4d.bin   one per rank, final key
-    <root>/step-000000001000/DCP_METADATA                    DCP steps only (see .dcp)
+    <root>/step-000000001000/DCP_METADATA-5e6f7a8b           DCP steps only (see .dcp)
     <root>/step-000000001000/MANIFEST                        written last: the commit
 
 Step directories are zero-padded to 12 digits so they sort by name. A part's name
-carries its rank, codec and CRC-32C, so a listing alone (names + sizes) tells a new
+carries its rank, codec and CRC-32C (and DCP metadata its CRC-32C: no file a manifest
+names is ever overwritten by a later save of the same step), so a listing alone (names + sizes) tells a new
 leader every part's ``(rank, size, checksum)`` and lets it finish or abandon an
 in-flight step from storage alone. Every key is built here from validated integers and
 known codec names; :func:`join_under` refuses anything else, so no input can make a
@@ -26,10 +27,12 @@ MAX_STEP = 10**12 - 1
 MAX_RANK = 10**5 - 1
 MANIFEST_NAME = "MANIFEST"
 MANIFEST_TEMP_NAME = ".MANIFEST.tmp"
-DCP_METADATA_NAME = "DCP_METADATA"
+DCP_METADATA_NAME = "DCP_METADATA"  # before CRC-named DCP metadata; still read
+
 
 _STEP_DIR = re.compile(r"step-(\d{12})")
 _PART = re.compile(r"part-(\d{5})-(" + "|".join(CODEC_NAMES) + r")-([0-9a-f]{8})\.bin")
+_DCP_METADATA = re.compile(DCP_METADATA_NAME + r"(-[0-9a-f]{8})?")
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
@@ -79,8 +82,16 @@ def manifest_key(step: int) -> str:
     return f"{step_dir(step)}/{MANIFEST_NAME}"
 
 
-def dcp_metadata_key(step: int) -> str:
-    return f"{step_dir(step)}/{DCP_METADATA_NAME}"
+def dcp_metadata_name(checksum: int) -> str:
+    return f"{DCP_METADATA_NAME}-{format_checksum(checksum)}"
+
+
+def dcp_metadata_key(step: int, name: str) -> str:
+    """The key of ``step``'s DCP metadata file ``name`` (as its manifest records it);
+    CheckpointError for any other name."""
+    if not isinstance(name, str) or _DCP_METADATA.fullmatch(name) is None:
+        raise CheckpointError(f"{name!r} is not a DCP metadata file name")
+    return f"{step_dir(step)}/{name}"
 
 
 def manifest_temp_key(step: int) -> str:

@@ -50,7 +50,9 @@ def test_save_with_4_ranks_load_with_2_and_3(tmp_path):
         assert manager.list_checkpoints_sync(verify=True) == [2, 3]  # keep_last_n=2 after the commit of 3
         manifest = manager.read_manifest(3)
     assert manifest.world_size == 4 and MANIFEST_KEY in manifest.metadata
-    metadata = (tmp_path / "ckpt" / "step-000000000003" / "DCP_METADATA").read_bytes()
+    [metadata_file] = (tmp_path / "ckpt" / "step-000000000003").glob("DCP_METADATA-*")
+    assert metadata_file.name == manifest.metadata[MANIFEST_KEY]["name"]
+    metadata = metadata_file.read_bytes()
     assert msgpack.unpackb(metadata)["format"] == "dtruntime-dcp-metadata/1"  # plain msgpack, not a pickle
     assert loaded_ranks(torchrun(2, "load:-1", root)) == [(0, 3), (1, 3)]  # newest
     assert loaded_ranks(torchrun(3, "load:2", root)) == [(0, 2), (1, 2), (2, 2)]

@@ -252,3 +252,4 @@ def test_dcp_classes_refuse_bad_arguments_with_clear_errors(tmp_path):
         DtruntimeStorageReader(str(tmp_path)).reset("/some/dir")
     with pytest.raises(FileNotFoundError):
         DtruntimeStorageReader(str(tmp_path)).read_metadata()
+
