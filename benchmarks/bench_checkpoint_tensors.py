@@ -17,7 +17,10 @@ Medians of ``--reps`` trials:
   load     ``load_state`` (verified, zero-copy views) vs DCP ``load`` into preallocated
            tensors and raw ``read()`` of our part file (page cache warm for all)
   dcp      DCP ``save`` through ``DtruntimeStorageWriter`` vs ``FileSystemWriter`` (local)
-           and, with ``--s3``, vs DCP's ``FsspecWriter`` on a moto server on 127.0.0.1
+           and, with ``--s3``, vs DCP's ``FsspecWriter`` on a moto server on 127.0.0.1;
+           without retention, and with two checkpoints kept on both sides (our
+           ``keep_last_n=2`` against the anchor's save plus a timed delete of its
+           checkpoint of two saves before)
 Goals (issue 9): stall <= 0.5x DCP async_save blocking and <= 1.2x memcpy; durable <=
 DCP completion and >= 90% raw throughput; load <= DCP load and <= 1.2x raw read; DCP
 through dtruntime within 10% of FileSystemWriter.
@@ -239,14 +242,30 @@ def bench_load(size_mib: int, reps: int, workdir: Path) -> dict:
 
 def bench_dcp_writer(size_mib: int, reps: int, ours_root: str, anchor: Callable[[int], object],
                      cleanup: Callable[[int], None], options: dict | None = None) -> dict:
+    """DCP ``save`` through our writer vs ``anchor(trial)``'s writer, two ways, same run:
+
+    * ``ours`` (``keep_last_n`` above the trial count: nothing deleted) vs ``anchor``
+      alone (its checkpoint deleted after the clock stops): the writers' own cost;
+    * ``ours_keep2`` (``keep_last_n=2``: each commit deletes the step of two saves
+      before, inside ``save``) vs ``anchor_keep2`` (the anchor's save, then the deletion
+      of its checkpoint of two saves before, both timed): the same work, retention
+      included, as a user of the anchor who keeps two checkpoints would do it by hand.
+    """
     state = state_dict(size_mib)
-    samples: dict[str, list[float]] = {"ours": [], "anchor": []}
+    samples: dict[str, list[float]] = {"ours": [], "anchor": [], "ours_keep2": [], "anchor_keep2": []}
+    keep_all = reps + 2
 
     def ours(trial: int, record: bool) -> None:
-        writer = DtruntimeStorageWriter(ours_root, trial, storage_options=options, keep_last_n=2)
+        writer = DtruntimeStorageWriter(f"{ours_root}-all", trial, storage_options=options, keep_last_n=keep_all)
         seconds = timed(lambda: dcp.save(state, storage_writer=writer))
         if record:
             samples["ours"].append(seconds)
+
+    def ours_keep2(trial: int, record: bool) -> None:
+        writer = DtruntimeStorageWriter(f"{ours_root}-keep2", trial, storage_options=options, keep_last_n=2)
+        seconds = timed(lambda: dcp.save(state, storage_writer=writer))
+        if record:
+            samples["ours_keep2"].append(seconds)
 
     def other(trial: int, record: bool) -> None:
         writer = anchor(trial)
@@ -255,14 +274,29 @@ def bench_dcp_writer(size_mib: int, reps: int, ours_root: str, anchor: Callable[
         if record:
             samples["anchor"].append(seconds)
 
+    def other_keep2(trial: int, record: bool) -> None:
+        writer = anchor(1000 + trial)
+
+        def save_and_retire() -> None:
+            dcp.save(state, storage_writer=writer)
+            if trial >= 2:
+                cleanup(1000 + trial - 2)
+
+        seconds = timed(save_and_retire)
+        if record:
+            samples["anchor_keep2"].append(seconds)
+
     for trial in range(reps + 1):
-        rotate(trial, [lambda run=run, trial=trial: run(trial, trial > 0) for run in (ours, other)])
+        rotate(trial, [lambda run=run, trial=trial: run(trial, trial > 0) for run in (ours, other, ours_keep2, other_keep2)])
+    for trial in range(max(0, reps - 1), reps + 1):
+        cleanup(1000 + trial)
     medians = {key: median(values) for key, values in samples.items()}
     return {
         "size_mib": size_mib,
         "reps": reps,
         "ms": {key: round(value * 1e3, 1) for key, value in medians.items()},
         "ours_vs_anchor": round(medians["ours"] / medians["anchor"], 3),
+        "ours_keep2_vs_anchor_keep2": round(medians["ours_keep2"] / medians["anchor_keep2"], 3),
     }
 
 
@@ -274,7 +308,8 @@ def bench_dcp_local(size_mib: int, reps: int, workdir: Path) -> dict:
         anchor=lambda trial: FileSystemWriter(str(workdir / f"dcp-fs-{trial}")),
         cleanup=lambda trial: shutil.rmtree(workdir / f"dcp-fs-{trial}"),
     )
-    shutil.rmtree(workdir / "dcp-ours")
+    shutil.rmtree(workdir / "dcp-ours-all")
+    shutil.rmtree(workdir / "dcp-ours-keep2")
     result["anchor"] = "FileSystemWriter"
     return result
 
