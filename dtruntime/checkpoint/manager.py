@@ -238,7 +238,7 @@ class CheckpointManager:
             self._slots.release()
             raise
         job = SaveJob(step, None, checked, concurrent.futures.Future(), staged=staged)
-        handle = self._enqueue(job)  # the writer streams what is copied while we copy the rest
+        handle = self._enqueue(job)  # the writer waits for the copy (and samples it for "auto")
         try:
             staged.copy()
         except BaseException as exc:

@@ -4,12 +4,14 @@
 leaf checked, the small header serialised) and takes a staging buffer from the pool;
 :meth:`StagedPart.copy` then copies every tensor into its place in the part's body, in
 body order, publishing its progress. The manager queues the part *before* the copy, so
-that, when a core is spare, the writer thread streams (checksums and writes) the bytes
-already copied while the caller copies the rest: the caller's time is the copy, and the
-part is durable about when the write of its last bytes is, not a copy later. (Without a
-spare core the writer waits for the copy, which then does not share its core.) The caller may change its tensors
-once ``copy`` returns. A failed copy (:meth:`StagedPart.abort`) fails the writer's stream
-with CheckpointError. The writer gives the buffer back with :meth:`StagedPart.release`.
+the writer thread can already sample the first bytes (``compression="auto"``); it writes
+the body once all of it is copied. (Streaming the body out while the caller still copied
+it measured slower on both counts in back-to-back runs on 2 idle-ish cores: on 256 MiB the caller's
+copy took 2.3x a bare ``copy_`` and the save reached durable at 82 % of raw write+fsync
+throughput, against 1.1x and 95 % writing after the copy; the copy and the page-cache
+write compete for memory bandwidth. See docs/figures.md.) The caller may change its
+tensors once ``copy`` returns. A failed copy (:meth:`StagedPart.abort`) fails the
+writer's wait with CheckpointError. The writer gives the buffer back with :meth:`StagedPart.release`.
 
 Buffers are reused: a released buffer serves the next save that fits in it (the first
 save of a size pays for the page faults of a fresh allocation, later ones only for the
@@ -22,13 +24,12 @@ and CUDA is available, buffers are pinned and each device's tensors are copied w
 ``non_blocking=True`` on a dedicated copy stream that first waits for the caller's
 current stream; the caller's stream then waits for the copy stream (a GPU-side wait, the
 caller's thread does not block), so the caller's later kernels cannot change a tensor
-before its copy is done. The writer waits for the copies' events, then streams the body.
+before its copy is done. The writer waits for the copies' events, then writes the body.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -88,19 +89,6 @@ class StagedPart:
         with self._progress:
             self._error = error
             self._progress.notify_all()
-
-    def stream(self, overlap: bool = True) -> Iterator[memoryview]:
-        """The part's bytes, header first, then each body range as soon as it is copied
-        (``overlap``) or, without ``overlap``, the whole body once all of it is copied."""
-        if not overlap:
-            self._wait_for(self.plan.body_size)
-        yield memoryview(self.plan.header)
-        body = self._body()
-        written = 0
-        while written < self.plan.body_size:
-            ready = self._wait_for(written + 1)
-            yield body[written:ready]
-            written = ready
 
     def prefix(self, size: int) -> memoryview:
         """The first ``size`` body bytes (fewer if the body is shorter), once copied."""

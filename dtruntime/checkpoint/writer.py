@@ -23,7 +23,6 @@ other ranks' saves of the step fail at once instead of waiting.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,10 +127,10 @@ class Writer(QueueThread[SaveJob]):
     def _write_part(self, job: SaveJob) -> tuple[PartReport, int]:
         """Write ``job``'s part at its final key; return its report and raw size.
 
-        An uncompressed tensor part is streamed from the staging buffer, while the caller
-        is still copying into it when a core is spare (:func:`_spare_core`), checksummed
-        as it is written (``auto`` decides on the first 8 MiB of its body); any other part
-        is encoded whole, checksummed, then written.
+        An uncompressed tensor part is written from the staging buffer once the caller's
+        copy is done, checksummed as it is written (``auto`` decides on the first 8 MiB of
+        its body, sampled while the copy goes on); any other part is encoded whole,
+        checksummed, then written.
         """
         step, storage, staged = job.step, self._storage, job.staged
         if staged is not None and (
@@ -142,7 +141,7 @@ class Writer(QueueThread[SaveJob]):
             try:
                 key, size, checksum = storage.write_part_as(
                     directory, lambda crc: layout.part_key(step, self._rank, "none", crc),
-                    staged.stream(overlap=_spare_core()),
+                    staged.chunks(),
                 )
             except (OSError, CheckpointError) as exc:
                 if self._orchestrator is not None:
@@ -179,20 +178,3 @@ class Writer(QueueThread[SaveJob]):
         except OSError:
             pass  # orphan cleanup removes it after the next commit
 
-
-def _spare_core() -> bool:
-    """Whether the machine likely has a core the training loop leaves idle: the 1-minute
-    load average is below the usable cores minus one.
-
-    The writer streams a tensor part while the caller is still copying into the staging
-    buffer only then; without a spare core the two would share one, the caller's stall
-    would grow and the part would be durable no sooner, so the writer waits for the copy.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    try:
-        return os.getloadavg()[0] < cores - 1
-    except OSError:
-        return cores > 2

@@ -156,11 +156,14 @@ def test_dcp_commit_over_a_concurrent_one_of_the_same_parts_succeeds_only_with_t
     encoded = encode_metadata(metadata, {index: location}, dcp.DCP_VERSION)
     if not same_dcp_metadata:
         encoded += b"\0"
-    record = {"size": len(encoded), "crc32c": format_checksum(crc32c(encoded)), "version": dcp.DCP_VERSION}
+    name = layout.dcp_metadata_name(crc32c(encoded))
+    record = {"name": name, "size": len(encoded), "crc32c": format_checksum(crc32c(encoded)), "version": dcp.DCP_VERSION}
+    theirs = layout.dcp_metadata_key(7, name)
     listed = dcp.scan
 
     def scan_then_race(storage):
         view = listed(storage)  # another coordinator commits right after this listing
+        storage.write_manifest(theirs, encoded)
         publish_manifest(storage, manifest_of(7, report, **{dcp.MANIFEST_KEY: record}))
         return view
 
@@ -171,3 +174,4 @@ def test_dcp_commit_over_a_concurrent_one_of_the_same_parts_succeeds_only_with_t
         with pytest.raises(CheckpointError, match="step 7 already exists .*other DCP metadata"):
             writer.finish(metadata, [[result]])
     assert stored(writer.storage, 7).metadata == {dcp.MANIFEST_KEY: record}
+    assert writer.storage.read(theirs) == encoded  # the committed step's DCP file is untouched

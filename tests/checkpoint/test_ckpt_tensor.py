@@ -5,7 +5,9 @@ from __future__ import annotations
 import collections
 import glob
 import io
+import os
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -92,9 +94,10 @@ def test_the_part_is_a_safetensors_file_and_loads_as_views_of_one_buffer(tmp_pat
 
 def test_a_local_part_loads_as_a_private_mapping_that_writes_never_reach(tmp_path):
     """Zero-copy load of a local part: the tensors are the file's pages, mapped
-    copy-on-write; changing them (or the step being deleted) never alters what is stored."""
+    copy-on-write: changing them never alters what is stored, and deleting the step
+    leaves them readable."""
     state = {"w": torch.arange(4096.0), "step": 1}
-    with CheckpointManager(str(tmp_path), compression="none", keep_last_n=1) as manager:
+    with CheckpointManager(str(tmp_path), compression="none") as manager:
         manager.save(state, 1).result(TIMEOUT)
         [part] = glob.glob(str(tmp_path / "step-*" / "part-*.bin"))
         loaded = manager.load_state(1)
@@ -102,8 +105,7 @@ def test_a_local_part_loads_as_a_private_mapping_that_writes_never_reach(tmp_pat
             assert any(line.rstrip().endswith(part) for line in maps), "the part is not mapped"
         loaded["w"].add_(1)  # copy-on-write: only this process's pages change
         assert torch.equal(manager.load_state(1)["w"], state["w"])
-        manager.save({"w": torch.zeros(4)}, 2).result(TIMEOUT)  # retention deletes step 1's file
-        assert manager.list_checkpoints_sync() == [2]
+    shutil.rmtree(os.path.dirname(part))  # as retention would: the mapping keeps the pages
     assert torch.equal(loaded["w"], state["w"] + 1)
 
 
