@@ -18,8 +18,8 @@ layout as :class:`~dtruntime.checkpoint.CheckpointManager` (so ``list_checkpoint
   rank's part as reported, writes DCP's ``Metadata`` pickle-free (:mod:`.dcp_metadata`)
   as ``step-S/DCP_METADATA-<crc32c>`` (named by its checksum, so a save that races a
   commit of the same step never overwrites the committed step's file), then the
-  create-only manifest, whose ``metadata`` names the DCP file, its size and CRC-32C: that single create-only write is the commit (no rename, on
-  S3 or anywhere), and ``keep_last_n`` retention runs after it (old steps, and every
+  create-only manifest, whose ``metadata`` names the DCP file, its size and CRC-32C:
+  that single create-only write is the commit (no rename, on S3 or anywhere), and ``keep_last_n`` retention runs after it (old steps, and every
   uncommitted step older than this one: an orphan of a save that died);
 * loading reads only committed steps (``step=None``: the newest whose manifest and DCP
   metadata verify, resolved on each rank as DCP reads the metadata on each rank; pass

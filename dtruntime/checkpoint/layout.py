@@ -7,9 +7,9 @@
     <root>/step-000000001000/MANIFEST                        written last: the commit
 
 Step directories are zero-padded to 12 digits so they sort by name. A part's name
-carries its rank, codec and CRC-32C (and DCP metadata its CRC-32C: no file a manifest
-names is ever overwritten by a later save of the same step), so a listing alone (names + sizes) tells a new
-leader every part's ``(rank, size, checksum)`` and lets it finish or abandon an
+carries its rank, codec and CRC-32C (a DCP metadata file's name its CRC-32C: no file a
+manifest names is ever overwritten by a later save of the same step), so a listing alone
+(names + sizes) tells a new leader every part's ``(rank, size, checksum)`` and lets it finish or abandon an
 in-flight step from storage alone. Every key is built here from validated integers and
 known codec names; :func:`join_under` refuses anything else, so no input can make a
 path escape the checkpoint root.

@@ -5,13 +5,14 @@ leaf checked, the small header serialised) and takes a staging buffer from the p
 :meth:`StagedPart.copy` then copies every tensor into its place in the part's body, in
 body order, publishing its progress. The manager queues the part *before* the copy, so
 the writer thread can already sample the first bytes (``compression="auto"``); it writes
-the body once all of it is copied. (Streaming the body out while the caller still copied
-it measured slower on both counts in back-to-back runs on 2 idle-ish cores: on 256 MiB the caller's
-copy took 2.3x a bare ``copy_`` and the save reached durable at 82 % of raw write+fsync
-throughput, against 1.1x and 95 % writing after the copy; the copy and the page-cache
-write compete for memory bandwidth. See docs/figures.md.) The caller may change its
-tensors once ``copy`` returns. A failed copy (:meth:`StagedPart.abort`) fails the
-writer's wait with CheckpointError. The writer gives the buffer back with :meth:`StagedPart.release`.
+the body once all of it is copied. (Streaming the body out while the caller still
+copied it measured slower on both counts in back-to-back runs on 2 cores: on 256 MiB the
+caller's copy took 2.3x a bare ``copy_`` and the save reached durable at 82 % of raw
+write+fsync throughput, against 1.1x and 95 % writing after the copy; the copy and the
+page-cache write compete for memory bandwidth. See docs/figures.md.) The caller may
+change its tensors once ``copy`` returns. A failed copy (:meth:`StagedPart.abort`) fails
+the writer's wait with CheckpointError. The writer gives the buffer back with
+:meth:`StagedPart.release`.
 
 Buffers are reused: a released buffer serves the next save that fits in it (the first
 save of a size pays for the page faults of a fresh allocation, later ones only for the
