@@ -12,6 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import torch
+
 from dtruntime import CheckpointManager
 
 from .cluster import ROOT, free_port
@@ -193,3 +195,26 @@ def test_the_dcp_example_saves_and_loads_through_dtruntime(tmp_path):
     assert done.returncode == 0 and "equal" in done.stdout, done.stdout + done.stderr
     with CheckpointManager(str(store)) as checkpoints:
         assert checkpoints.list_checkpoints_sync() == [1000]
+
+
+def test_the_checkpoint_loop_saves_each_step_exactly_while_training_goes_on_and_resumes(tmp_path):
+    """Checkpoint 20 of a 40-step run (taken while steps 21+ ran) equals that of a 20-step run
+    (taken after the last step): the guarded snapshot is the state of its step."""
+
+    def run(directory: str, steps: int) -> str:
+        done = subprocess.run([sys.executable, str(ROOT / "examples" / "checkpoint_loop.py"), directory, str(steps)],
+                              cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    assert "checkpoints [20]" in run("short", 20)
+    assert "checkpoints [20, 40]" in run("long", 40)
+    with CheckpointManager(str(tmp_path / "short")) as short, CheckpointManager(str(tmp_path / "long")) as long:
+        expected, saved = short.load_state(20), long.load_state(20)
+        for key, tensor in expected["model"].items():
+            assert torch.equal(saved["model"][key], tensor), key
+        for index, state in expected["optimizer"]["state"].items():
+            assert all(torch.equal(saved["optimizer"]["state"][index][name], value) for name, value in state.items())
+        assert not torch.equal(long.load_state(40)["model"]["0.weight"], expected["model"]["0.weight"])
+    output = run("long", 60)
+    assert "resumed from step 40" in output and "checkpoints [40, 60]" in output, output

@@ -12,7 +12,9 @@ order they were queued, and return a :class:`SaveHandle`; the handle completes o
 step is durable and committed. ``bytes`` payloads are never copied by the caller's
 thread. ``save(state_dict)`` copies the state's tensors once into a reusable staging
 buffer (:mod:`.staging`; pinned and overlapped device-to-host copies where CUDA is
-present) and returns; the part is a pickle-free safetensors file (:mod:`.tensors`) whose
+present) and returns; with ``guard=(model, optimizer)`` it returns before that copy,
+which a snapshot thread makes while the guarded objects' next forward and step wait for
+it (:mod:`.snapshot`); the part is a pickle-free safetensors file (:mod:`.tensors`) whose
 header, checksum and write happen in the writer thread. ``load_state`` reads such a part
 into one aligned buffer, checksumming each slice as it lands, and returns tensors whose
 memory is that buffer; parts saved by earlier versions (``torch.save`` pickles) still
@@ -135,6 +137,7 @@ class CheckpointManager:
         self._metadata: dict[int, dict[str, Any]] = {}  # this rank's metadata per step, for the leader
         self._slots = InFlightSlots(max_in_flight)
         self._staging: Any = None  # a staging.StagingPool, made by the first save(state)
+        self._snapshots: Any = None  # a snapshot.BackgroundSnapshots, made by the first guarded save
         self._lock = threading.Lock()
         self._pending: set[int] = set()
         self._known_committed: set[int] = set()
@@ -209,36 +212,51 @@ class CheckpointManager:
             )
         return self._enqueue(job)
 
-    def save(self, state: Any, step: int, *, timeout: float | None = None, **metadata: Any) -> SaveHandle:
-        """Copy ``state``'s tensors into a staging buffer now; write the part in the background.
+    def save(self, state: Any, step: int, *, guard: Any = None, timeout: float | None = None,
+             **metadata: Any) -> SaveHandle:
+        """Copy ``state``'s tensors into a staging buffer; write the part in the background.
 
         ``state`` is a state dict: nested dicts, lists and tuples of tensors, numpy arrays
         and plain values (see :mod:`.tensors`); an unsupported leaf raises CheckpointError
         naming its path before anything is copied. The caller's time is a wait for a free
         slot (``max_in_flight`` saves in flight, up to ``timeout`` s) plus one copy of the
-        tensors; the caller may modify them as soon as this returns. The part is a
-        pickle-free safetensors file; ``metadata`` (JSON values) goes into the manifest.
-        Read it back with :meth:`load_state`.
+        tensors; the caller may modify them as soon as this returns.
+
+        ``guard`` (the model and optimizer whose state this is: a module, an optimizer or
+        a list of them) moves that copy out of the caller's time: ``save`` returns once
+        the state is laid out, and the guarded modules' next forward and optimizers' next
+        step wait until the copy is done (:mod:`.snapshot`). A tensor changed by anything
+        else before its copy fails the save with CheckpointError naming it.
+
+        The part is a pickle-free safetensors file; ``metadata`` (JSON values) goes into
+        the manifest. Read it back with :meth:`load_state`.
         """
+        from .snapshot import BackgroundSnapshots, guarded_objects
         from .staging import StagingPool
 
         layout.validate_step(step)
+        guards = guarded_objects(guard)
         checked = check_metadata(metadata)
         with self._lock:
             self._check_acceptable(step)
             if self._staging is None:
                 self._staging = StagingPool(self.max_in_flight)
+            if guards and self._snapshots is None:
+                self._snapshots = BackgroundSnapshots()
         if not self._slots.acquire(timeout):
             raise CheckpointError(
                 f"step {step}: no save slot free after {timeout} s ({self.max_in_flight} saves in flight)"
             )
         try:
-            staged = self._staging.prepare(state)
+            staged = self._staging.prepare(state, copy_numpy=bool(guards))
         except BaseException:
             self._slots.release()
             raise
         job = SaveJob(step, None, checked, concurrent.futures.Future(), staged=staged)
         handle = self._enqueue(job)  # the writer waits for the copy (and samples it for "auto")
+        if guards and not staged.on_gpu:
+            self._snapshots.start(staged, guards, step)
+            return handle
         try:
             staged.copy()
         except BaseException as exc:
@@ -253,9 +271,10 @@ class CheckpointManager:
         layout.validate_step(step)
         return step > 0 and step % self.interval_steps == 0
 
-    def maybe_save(self, state: Any, step: int, *, timeout: float | None = None, **metadata: Any) -> SaveHandle | None:
+    def maybe_save(self, state: Any, step: int, *, guard: Any = None, timeout: float | None = None,
+                   **metadata: Any) -> SaveHandle | None:
         """:meth:`save` when :meth:`should_save` says ``step`` is due, else None."""
-        return self.save(state, step, timeout=timeout, **metadata) if self.should_save(step) else None
+        return self.save(state, step, guard=guard, timeout=timeout, **metadata) if self.should_save(step) else None
 
     async def flush(self) -> None:
         """Wait until every save queued so far is committed (or failed) and its retention ran.
@@ -404,6 +423,8 @@ class CheckpointManager:
         with self._lock:  # with an orchestrator, written parts may still await their commit
             while self._outstanding:
                 wait_for_progress(self._idle, deadline, f"{len(self._outstanding)} checkpoint steps still uncommitted")
+        if self._snapshots is not None:
+            self._snapshots.remove_hooks()  # the writer consumed every copy
         self._janitor.stop()  # after every request: the janitor finishes them first
         if not self._janitor.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
             raise CheckpointTimeout(f"checkpoint retention still running after {timeout} s")

@@ -1,4 +1,5 @@
-"""Staging: the one copy a tensor-native save makes in the caller's thread.
+"""Staging: the one copy a tensor-native save makes, in the caller's thread (or, for a
+guarded save, in a snapshot thread: :mod:`.snapshot`).
 
 :meth:`StagingPool.prepare` lays a state dict out (:func:`.tensors.plan_state`: every
 leaf checked, the small header serialised) and takes a staging buffer from the pool;
@@ -54,42 +55,70 @@ class StagedPart:
         self._copied = 0
         self._error: BaseException | None = None
         self._copying = False
+        self._settled = False  # the copy ended (done or failed), or the part was aborted or released
         self._progress = threading.Condition()
+        # Each source's version counter now: a tensor whose counter moved before its copy
+        # finished fails the save instead of saving a torn state (what bumps it: .snapshot).
+        self._versions = tuple(source._version for source in plan.sources)
 
     @property
     def size(self) -> int:
         return len(self.plan.header) + self.plan.body_size
 
     def copy(self) -> None:
-        """Copy every source tensor into the buffer (the caller's thread); see the module.
-        Nothing is copied when the writer has already given the part up (released it)."""
+        """Copy every source tensor into the buffer (the caller's thread, or a snapshot
+        thread: :mod:`.snapshot`); see the module. Nothing is copied when the writer has
+        already given the part up (released it). CheckpointError, and the copy stops, when
+        a source's version counter moved since the part was prepared."""
         with self._progress:
             if self.buffer is None:
                 return
             self._copying = True
         try:
-            pairs = sorted(zip(self.plan.entries, self.plan.sources), key=lambda pair: pair[0].offset)
-            if any(source.device.type == "cuda" for _, source in pairs):
+            order = sorted(range(len(self.plan.entries)), key=lambda i: self.plan.entries[i].offset)
+            if self.on_gpu:
+                pairs = [(self.plan.entries[i], self.plan.sources[i]) for i in order]
                 events = self._pool._copy_from_gpus(pairs, self.buffer)
                 with self._progress:
                     self._events = events
                     self._progress.notify_all()
                 return
-            for entry, source in pairs:
+            for i in order:
+                entry, source = self.plan.entries[i], self.plan.sources[i]
                 _target(self.buffer, entry).copy_(source)
+                if source._version != self._versions[i]:
+                    raise CheckpointError(
+                        f"{entry.name!r} changed while its snapshot was being taken (a background save copies "
+                        "after save() returned: name the module or optimizer that changes it in guard=, or "
+                        "save without guard to copy before save() returns)"
+                    )
                 with self._progress:
                     self._copied = entry.offset + entry.nbytes
                     self._progress.notify_all()
         finally:
             with self._progress:
                 self._copying = False
+                self._settled = True
                 self._progress.notify_all()
 
     def abort(self, error: BaseException) -> None:
         """The copy failed: the stream fails too (CheckpointError naming ``error``)."""
         with self._progress:
             self._error = error
+            self._settled = True
             self._progress.notify_all()
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether any source tensor is on a GPU (the copy is then asynchronous already)."""
+        return any(source.device.type == "cuda" for source in self.plan.sources)
+
+    def wait_settled(self) -> None:
+        """Block until the copy has ended, successfully or not, or the part was aborted or
+        released: after this, nothing reads the source tensors any more."""
+        with self._progress:
+            while not self._settled:
+                self._progress.wait()
 
     def prefix(self, size: int) -> memoryview:
         """The first ``size`` body bytes (fewer if the body is shorter), once copied."""
@@ -110,6 +139,8 @@ class StagedPart:
                 self._progress.wait()
             buffer, self.buffer = self.buffer, None  # type: ignore[assignment]
             events, self._events = self._events, []
+            self._settled = True
+            self._progress.notify_all()
         for event in events:
             event.synchronize()
         if buffer is not None:
@@ -144,11 +175,11 @@ class StagingPool:
         self._lock = threading.Lock()
         self._streams: dict[torch.device, Any] = {}
 
-    def prepare(self, state: Any) -> StagedPart:
-        """Lay ``state`` out and take a buffer for it (no tensor data read yet);
-        CheckpointError for an unsupported leaf."""
-        plan = plan_state(state)
-        on_gpu = any(t.device.type == "cuda" for t in plan.sources)
+    def prepare(self, state: Any, copy_numpy: bool = False) -> StagedPart:
+        """Lay ``state`` out and take a buffer for it (no tensor data read yet, except the
+        numpy arrays' with ``copy_numpy``); CheckpointError for an unsupported leaf."""
+        plan = plan_state(state, copy_numpy)
+        on_gpu = any(source.device.type == "cuda" for source in plan.sources)
         return StagedPart(plan, self._take(plan.body_size, pinned=on_gpu and torch.cuda.is_available()), self)
 
     def stage(self, state: Any) -> StagedPart:

@@ -79,10 +79,12 @@ class StatePlan:
     sources: tuple[torch.Tensor, ...]
 
 
-def plan_state(state: Any) -> StatePlan:
-    """Walk ``state``, check every leaf and lay its tensors out (no tensor data is read)."""
+def plan_state(state: Any, copy_numpy: bool = False) -> StatePlan:
+    """Walk ``state``, check every leaf and lay its tensors out (no tensor data is read,
+    except that ``copy_numpy`` copies numpy arrays now: they have no version counter to
+    tell a later change, see :mod:`.snapshot`)."""
     found: list[tuple[str, torch.Tensor]] = []
-    tree = _encode(state, "", found)
+    tree = _encode(state, "", found, copy_numpy)
     order = sorted(range(len(found)), key=lambda i: -found[i][1].element_size())
     names: set[str] = set()
     slots: list[TensorEntry | None] = [None] * len(found)
@@ -159,7 +161,7 @@ def load_state(buffer: np.ndarray, source: str) -> Any:
 # ----------------------------------------------------------------- internals
 
 
-def _encode(value: Any, path: str, found: list[tuple[str, torch.Tensor]]) -> Any:
+def _encode(value: Any, path: str, found: list[tuple[str, torch.Tensor]], copy_numpy: bool = False) -> Any:
     """``value`` as msgpack-ready data with tensors collected into ``found``; ``path``
     names ``value`` in error messages and tensor names ("" is the state itself)."""
     if isinstance(value, torch.Tensor):
@@ -169,7 +171,7 @@ def _encode(value: Any, path: str, found: list[tuple[str, torch.Tensor]]) -> Any
         if value.dtype.hasobject:
             raise CheckpointError(f"{path or 'state'}: numpy arrays of Python objects cannot be saved without pickle")
         try:
-            tensor = torch.from_numpy(np.ascontiguousarray(value))
+            tensor = torch.from_numpy(np.array(value, order="C", copy=True) if copy_numpy else np.ascontiguousarray(value))
         except TypeError as exc:
             raise CheckpointError(f"{path or 'state'}: numpy dtype {value.dtype} is not supported: {exc}") from None
         found.append((path, _check_tensor(tensor, path)))
@@ -185,12 +187,12 @@ def _encode(value: Any, path: str, found: list[tuple[str, torch.Tensor]]) -> Any
         for key, item in value.items():
             if not isinstance(key, _KEY_TYPES):
                 raise CheckpointError(f"{path or 'state'}: dict key {key!r} of type {type(key).__name__} is not supported")
-            out[key] = _encode(item, _child(path, key), found)
+            out[key] = _encode(item, _child(path, key), found, copy_numpy)
         return out
     if isinstance(value, list):
-        return [_encode(item, _child(path, i), found) for i, item in enumerate(value)]
+        return [_encode(item, _child(path, i), found, copy_numpy) for i, item in enumerate(value)]
     if isinstance(value, tuple):
-        items = [_encode(item, _child(path, i), found) for i, item in enumerate(value)]
+        items = [_encode(item, _child(path, i), found, copy_numpy) for i, item in enumerate(value)]
         return msgpack.ExtType(_EXT_TUPLE, msgpack.packb(items))
     raise CheckpointError(
         f"{path or 'state'}: cannot save a {type(value).__module__}.{type(value).__qualname__} in a tensor-native part "
