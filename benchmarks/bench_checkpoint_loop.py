@@ -3,7 +3,8 @@
     python benchmarks/bench_checkpoint_loop.py [--state-mib 256] [--steps 24] [--every 6] [--reps 3]
 
 An MLP trained with Adam (its state dict, model plus optimizer, is about ``--state-mib``),
-``--steps`` steps per trial with a checkpoint every ``--every`` steps, on local disk. Each
+``--steps`` steps per trial with a checkpoint every ``--every`` steps, on local disk, with
+``--threads`` torch threads (default 1, as torchrun sets for each of several ranks). Each
 trial runs every variant back to back, the order rotated trial by trial, after one untimed
 warm-up trial; medians of ``--reps`` trials:
 
@@ -32,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,10 +44,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 import torch.distributed.checkpoint as dcp  # noqa: E402
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions  # noqa: E402
 
+from benchmarks.bench_checkpoint_tensors import init_gloo  # noqa: E402
 from dtruntime import CheckpointManager  # noqa: E402
 
 MiB = 1 << 20
@@ -150,22 +150,17 @@ def trial(variant: Variant, steps: int, every: int, stalls: list[float]) -> floa
     return wall
 
 
-def init_gloo() -> None:
-    if not dist.is_initialized():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--state-mib", type=int, default=256)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--every", type=int, default=6)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads of the loop (1: what torchrun sets per rank, OMP_NUM_THREADS=1)")
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     init_gloo()
     root = Path(tempfile.mkdtemp(prefix="bench-loop-", dir=args.dir))
     model, optimizer = make_model(args.state_mib)
@@ -200,7 +195,7 @@ def main() -> None:
     base = statistics.median(walls["none"])
     report: dict[str, Any] = {
         "state_mib": round(nbytes / MiB, 1), "steps": args.steps, "every": args.every, "reps": args.reps,
-        "step_ms": round(base / args.steps * 1e3, 1), "memcpy_ms": round(statistics.median(memcpy) * 1e3, 1),
+        "threads": args.threads, "step_ms": round(base / args.steps * 1e3, 1), "memcpy_ms": round(statistics.median(memcpy) * 1e3, 1),
         "load_avg_end": [round(x, 2) for x in os.getloadavg()], "variants": {},
     }
     for name in VARIANTS[1:]:

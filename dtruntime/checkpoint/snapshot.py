@@ -51,7 +51,9 @@ def guarded_objects(guard: Any) -> list[torch.nn.Module | torch.optim.Optimizer]
         return []
     items = [guard] if isinstance(guard, (torch.nn.Module, torch.optim.Optimizer)) else guard
     if not isinstance(items, Iterable) or isinstance(items, (str, bytes)):
-        raise ArgumentTypeError(f"guard must be a torch.nn.Module, a torch.optim.Optimizer or a list of them, not {type(guard).__name__}")
+        raise ArgumentTypeError(
+            f"guard must be a torch.nn.Module, a torch.optim.Optimizer or a list of them, not {type(guard).__name__}"
+        )
     objects = list(items)
     for item in objects:
         if not isinstance(item, (torch.nn.Module, torch.optim.Optimizer)):
