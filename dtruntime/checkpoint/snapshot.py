@@ -6,11 +6,15 @@ laid out (no tensor data read); a snapshot thread makes the same one copy into t
 staging buffer while the loop goes on (its forward and backward passes do not change the
 state). What would change the state waits for the copy instead of the caller:
 
-- every guarded :class:`torch.nn.Module` gets a forward pre-hook (a forward pass changes
-  buffers such as BatchNorm's running statistics; guard the module you call, e.g. the
-  DDP wrapper, whose forward broadcasts buffers before the inner module's runs);
 - every guarded :class:`torch.optim.Optimizer` gets a step pre-hook (a step changes the
-  parameters and the optimizer state).
+  parameters and the optimizer state);
+- inside every guarded :class:`torch.nn.Module`, each submodule that holds persistent
+  buffers gets a forward pre-hook (its forward may change them: BatchNorm's running
+  statistics), and so does a guarded DDP wrapper of a module with such buffers (its
+  forward broadcasts them before the inner module's runs; guard the module you call).
+  A model without such buffers (a transformer: LayerNorm has none) runs its whole
+  forward and backward beside the copy; one with BatchNorm runs up to its first one.
+  The submodules are those the module has at its first guarded save.
 
 Each hook waits until every snapshot of this manager still being copied is complete. It
 is installed once per guarded object and manager, costs one check of an empty list per
@@ -63,6 +67,19 @@ def guarded_objects(guard: Any) -> list[torch.nn.Module | torch.optim.Optimizer]
     return objects
 
 
+def state_changing_forwards(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules in ``module`` whose forward may change its state dict: each holding a
+    persistent buffer, and ``module`` itself first when it is a DDP wrapper that
+    broadcasts buffers and any are found."""
+    owners = [
+        child for child in module.modules()
+        if any(buffer is not None and name not in child._non_persistent_buffers_set
+               for name, buffer in child._buffers.items())
+    ]
+    broadcasts = isinstance(module, torch.nn.parallel.DistributedDataParallel) and module.broadcast_buffers
+    return ([module] if owners and broadcasts else []) + owners
+
+
 class BackgroundSnapshots:
     """The snapshots one manager copies in the background, and the hooks that wait for them.
 
@@ -74,7 +91,7 @@ class BackgroundSnapshots:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._copying: list[StagedPart] = []
-        self._hooks: dict[int, tuple[weakref.ref[Any], Any]] = {}  # id(object) -> (object, hook handle)
+        self._hooks: dict[int, tuple[weakref.ref[Any], list[Any]]] = {}  # id(guard) -> (guard, hook handles)
 
     def start(self, staged: StagedPart, guards: list[torch.nn.Module | torch.optim.Optimizer], step: int) -> None:
         """Hook every guard (once), then copy ``staged`` in a new thread. A failed copy
@@ -96,8 +113,9 @@ class BackgroundSnapshots:
         """Remove every hook (the manager is closing; its writer has consumed every copy)."""
         with self._lock:
             hooks, self._hooks = self._hooks, {}
-        for _, handle in hooks.values():
-            handle.remove()
+        for _, handles in hooks.values():
+            for handle in handles:
+                handle.remove()
 
     def _hook(self, guard: torch.nn.Module | torch.optim.Optimizer) -> None:
         known = self._hooks.get(id(guard))
@@ -106,10 +124,10 @@ class BackgroundSnapshots:
         for key in [key for key, (ref, _) in self._hooks.items() if ref() is None]:
             del self._hooks[key]  # collected objects (whose ids may be reused): bounded by the live guards
         if isinstance(guard, torch.nn.Module):
-            handle = guard.register_forward_pre_hook(self.wait)
+            handles = [module.register_forward_pre_hook(self.wait) for module in state_changing_forwards(guard)]
         else:
-            handle = guard.register_step_pre_hook(self.wait)
-        self._hooks[id(guard)] = (weakref.ref(guard), handle)
+            handles = [guard.register_step_pre_hook(self.wait)]
+        self._hooks[id(guard)] = (weakref.ref(guard), handles)
 
     def _copy(self, staged: StagedPart) -> None:
         try:

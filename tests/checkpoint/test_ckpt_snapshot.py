@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from dtruntime import CheckpointManager
+from dtruntime.checkpoint.snapshot import state_changing_forwards
 from dtruntime.checkpoint.staging import StagedPart
 from dtruntime.errors import ArgumentTypeError, CheckpointError
 
@@ -146,9 +147,41 @@ def test_guard_hooks_are_installed_once_and_removed_at_close(tmp_path):
     for step in (1, 2, 3):
         manager.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, step, guard=(model, optimizer))
         train_step(model, optimizer)
-    assert len(model._forward_pre_hooks) == 1
+    assert [len(module._forward_pre_hooks) for module in model] == [0, 1, 0]  # the BatchNorm only
     assert len(optimizer._optimizer_step_pre_hooks) == 1
     manager.close()
     assert manager.list_checkpoints_sync() == [1, 2, 3]
-    assert len(model._forward_pre_hooks) == 0
+    assert [len(module._forward_pre_hooks) for module in model] == [0, 0, 0]
     assert len(optimizer._optimizer_step_pre_hooks) == 0
+
+
+def test_a_model_without_buffers_runs_forward_and_backward_beside_the_copy(tmp_path, gate):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = {key: value.clone() for key, value in model.state_dict().items()}
+    with CheckpointManager(str(tmp_path)) as manager:
+        handle = manager.save({"model": model.state_dict()}, 1, guard=(model, optimizer))
+        assert gate.copying.wait(WAIT_S)
+        model(torch.randn(8, 16)).pow(2).mean().backward()  # returns while the copy is held at the gate
+        stepper = threading.Thread(target=optimizer.step)
+        stepper.start()
+        gate.set()
+        stepper.join(WAIT_S)
+        handle.result(WAIT_S)
+        saved = manager.load_state(1)["model"]
+        assert all(torch.equal(saved[key], value) for key, value in expected.items())
+
+
+def test_the_forwards_that_change_state_are_the_buffer_owners_and_a_broadcasting_ddp_wrapper():
+    norm = torch.nn.BatchNorm1d(4)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), norm, torch.nn.LayerNorm(4))
+    model.register_buffer("scratch", torch.zeros(1), persistent=False)
+    assert state_changing_forwards(model) == [norm]
+    assert state_changing_forwards(torch.nn.Linear(4, 4)) == []
+    ddp = torch.nn.parallel.DistributedDataParallel.__new__(torch.nn.parallel.DistributedDataParallel)
+    torch.nn.Module.__init__(ddp)  # no process group needed to read its structure
+    ddp.module, ddp.broadcast_buffers = model, True
+    assert state_changing_forwards(ddp) == [ddp, norm]
+    ddp.broadcast_buffers = False
+    assert state_changing_forwards(ddp) == [norm]
