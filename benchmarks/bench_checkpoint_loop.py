@@ -195,7 +195,8 @@ def main() -> None:
     base = statistics.median(walls["none"])
     report: dict[str, Any] = {
         "state_mib": round(nbytes / MiB, 1), "steps": args.steps, "every": args.every, "reps": args.reps,
-        "threads": args.threads, "step_ms": round(base / args.steps * 1e3, 1), "memcpy_ms": round(statistics.median(memcpy) * 1e3, 1),
+        "threads": args.threads, "step_ms": round(base / args.steps * 1e3, 1),
+        "memcpy_ms": round(statistics.median(memcpy) * 1e3, 1),
         "load_avg_end": [round(x, 2) for x in os.getloadavg()], "variants": {},
     }
     for name in VARIANTS[1:]:
