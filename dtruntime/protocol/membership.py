@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from .events import DeclaredDead, MemberJoined, WorkerLost
@@ -90,6 +90,26 @@ class RankHolders:
                 self.slots[rank] = (slot, worker_id)
         elif worker_id not in slot:
             self.slots[rank] = slot + (worker_id,)
+
+    def in_rank_order(self, members: dict[str, MemberEntry]) -> Iterator[MemberEntry]:
+        """The current entry of every member of ``members`` whose rank is in the world,
+        each once: ascending rank, and at one rank ascending worker id.
+
+        ``members`` must be the view this index was filled from (every member is held at
+        its current rank). Lazy: a caller that wants the first match stops early.
+        """
+        for rank, slot in enumerate(self.slots):
+            if slot is None:
+                continue
+            if slot.__class__ is str:
+                entry = members.get(slot)  # type: ignore[arg-type]
+                if entry is not None and entry.rank == rank:
+                    yield entry
+                continue
+            for worker_id in sorted(slot):  # type: ignore[arg-type]
+                entry = members.get(worker_id)
+                if entry is not None and entry.rank == rank:
+                    yield entry
 
     def holders(self, rank: int) -> tuple[str, ...]:
         slot = self.slots[rank] if 0 <= rank < len(self.slots) else None
@@ -156,6 +176,11 @@ class Membership:
     def is_live(self, worker_id: str) -> bool:
         entry = self.members.get(worker_id)
         return entry is not None and entry.is_live
+
+    def by_rank(self) -> Iterator[MemberEntry]:
+        """Every member, by ascending ``(rank, worker_id)``, from the rank index: lazy, so
+        a search for the first match costs the length of the prefix it walks, not O(N)."""
+        return self._by_rank.in_rank_order(self.members)
 
     def live_members(self) -> list[MemberEntry]:
         return [entry for entry in self.members.values() if entry.is_live]
