@@ -43,6 +43,7 @@ from .messages import Ack, Gossip, MemberEntry, Ping, PingReq, Status
 from .news import take_news
 from .outbox import Outbox
 from .settings import ProtocolSettings
+from .shuffle import shuffle
 
 GossipFactory = Callable[[str], Gossip]
 
@@ -396,7 +397,7 @@ class Membership:
                 if candidate is not None and candidate.is_live and candidate.worker_id != self.worker_id:
                     return candidate
             self._probe_order = [w for w, e in self.members.items() if e.is_live and w != self.worker_id]
-            self._rng.shuffle(self._probe_order)
+            shuffle(self._rng, self._probe_order)
             self._probe_index = 0
         return None
 
