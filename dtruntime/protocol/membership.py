@@ -299,28 +299,37 @@ class Membership:
         They come last so that a view naming a dead worker and the live one that took
         over its rank under another id admits the live one (a gone stranger only takes a
         rank nobody holds). Joining means learning every member, so across a cluster this
-        runs N^2 times. The common case (an ALIVE stranger at a rank nobody holds) is
-        admitted here inline; everything else goes through :meth:`apply`.
+        runs N^2 times. An entry that is already this view's very object (a view sent
+        again, without the codec) changes nothing and is skipped; the common case (an
+        ALIVE stranger at a rank nobody holds) is admitted here inline, its counters
+        added once at the end (nothing in between reads them); everything else goes
+        through :meth:`apply`.
         """
         members, slots, world_size = self.members, self._by_rank.slots, self.world_size
         alive = Status.ALIVE
+        events = self._out.events  # what ``emit`` appends to (the outbox drains only after the call)
         gone: list[MemberEntry] = []
+        admitted = 0
         for entry in entries:
             worker_id, rank = entry.worker_id, entry.rank
-            if (entry.status is not alive or worker_id in members or not 0 <= rank < world_size
-                    or slots[rank] is not None):
-                if entry.is_live or worker_id in members:
+            current = members.get(worker_id)
+            if current is entry:
+                continue
+            if current is not None or entry.status is not alive or not 0 <= rank < world_size or slots[rank] is not None:
+                if current is not None or entry.is_live:
                     self.apply(entry, now, news=False)
                 else:
                     gone.append(entry)
                 continue
             members[worker_id] = entry
             slots[rank] = worker_id
-            self.revision += 1
-            self.live_count += 1
-            self._out.emit(MemberJoined(entry))
+            admitted += 1
+            events.append(MemberJoined(entry))
+        if admitted:
+            self.revision += admitted
+            self.live_count += admitted
+            self.version += admitted
             self.changed = True
-            self.version += 1
         for entry in gone:
             self.apply(entry, now, news=False)
 
@@ -396,7 +405,8 @@ class Membership:
                 self._probe_index += 1
                 if candidate is not None and candidate.is_live and candidate.worker_id != self.worker_id:
                     return candidate
-            self._probe_order = [w for w, e in self.members.items() if e.is_live and w != self.worker_id]
+            suspect, me = Status.SUSPECT, self.worker_id  # ``is_live``, inlined: this runs N^2 times at start-up
+            self._probe_order = [w for w, e in self.members.items() if e.status <= suspect and w != me]
             shuffle(self._rng, self._probe_order)
             self._probe_index = 0
         return None
