@@ -65,7 +65,7 @@ def bench_scale(workers: int, seconds: float, codec: bool, quiet: bool = False) 
     settings = ProtocolSettings(probe_period=0.1, heartbeat_timeout=1.0)
     started = time.perf_counter()
     with gc_paused():
-        cluster = SimCluster(workers, seed=1, settings=settings, codec=codec, trace=False)
+        cluster = SimCluster(workers, seed=1, settings=settings, codec=codec, trace=False, join_events=False)
         with progress_bar(seconds, "scale", "simulated s", quiet=quiet) as bar:
             for second in range(1, int(seconds) + 1):
                 cluster.run_until(float(second))

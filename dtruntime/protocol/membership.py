@@ -134,8 +134,11 @@ class Membership:
         rng: random.Random,
         outbox: Outbox,
         now: float,
+        *,
+        report_joins: bool = True,
     ) -> None:
         self.worker_id = me.worker_id
+        self.report_joins = report_joins  # emit MemberJoined (off: a driver that never reads them)
         self.world_size = world_size
         self.rejected = 0  # entries about unknown workers that could not be members
         self.settings = settings
@@ -268,7 +271,8 @@ class Membership:
             self._dead.pop(entry.worker_id, None)
             self.dead_since.pop(entry.worker_id, None)
             self._add_to_probe_order(entry.worker_id, bulk=not news)
-            self._out.emit(MemberJoined(entry))
+            if self.report_joins:
+                self._out.emit(MemberJoined(entry))
             self.changed = True
             self.version += 1
         elif not entry.is_live and was_live:
@@ -307,7 +311,8 @@ class Membership:
         """
         members, slots, world_size = self.members, self._by_rank.slots, self.world_size
         alive = Status.ALIVE
-        events = self._out.events  # what ``emit`` appends to (the outbox drains only after the call)
+        # What ``emit`` appends to (the outbox drains only after the call); None: not reported.
+        events = self._out.events if self.report_joins else None
         gone: list[MemberEntry] = []
         admitted = 0
         for entry in entries:
@@ -324,7 +329,8 @@ class Membership:
             members[worker_id] = entry
             slots[rank] = worker_id
             admitted += 1
-            events.append(MemberJoined(entry))
+            if events is not None:
+                events.append(MemberJoined(entry))
         if admitted:
             self.revision += admitted
             self.live_count += admitted

@@ -89,7 +89,12 @@ class Node:
         settings: ProtocolSettings,
         rng: random.Random,
         now: float,
+        *,
+        report_joins: bool = True,
     ) -> None:
+        """``report_joins=False`` leaves ``MemberJoined`` out of every :class:`Ready`: a
+        driver that never reads them saves building N of them per node at start-up. The
+        node behaves the same either way."""
         if world_size < 1:
             raise ProtocolError(f"world_size must be >= 1, got {world_size}")
         if not 0 <= member.rank < world_size:
@@ -100,7 +105,7 @@ class Node:
         self.world_size = world_size
         self.settings = settings
         self._out = Outbox()
-        self.membership = Membership(member, world_size, settings, rng, self._out, now)
+        self.membership = Membership(member, world_size, settings, rng, self._out, now, report_joins=report_joins)
         self.election = Election(member.worker_id, settings, rng, self._out, now)
         self.book = BarrierBook(world_size, settings)
         self.waits = Waits(member.worker_id, settings, self._out)
