@@ -392,14 +392,16 @@ class SimCluster:
         up = self.up_workers()
         if not up:
             return False
-        expected = sorted(w.worker_id for w in up)
+        expected = {w.worker_id for w in up}
         leader = up[0].node.leader_id
-        if leader is None or leader not in expected:
+        if leader is None or leader not in expected or any(w.node.leader_id != leader for w in up):
             return False
+        suspect = Status.SUSPECT
         for worker in up:
-            if worker.node.leader_id != leader:
-                return False
-            if sorted(e.worker_id for e in worker.node.members()) != expected:
+            # The live ids (distinct: dict keys) are exactly ``expected`` when there are as
+            # many and all are in it. ``is_live`` is inlined: N^2 checks at 10,000 workers.
+            live = [w for w, e in worker.node.membership.members.items() if e.status <= suspect]
+            if len(live) != len(expected) or not expected.issuperset(live):
                 return False
         return True
 
