@@ -168,9 +168,13 @@ class CommandBook:
     # -- gossip ----------------------------------------------------------------------
 
     def news(self, live_count: int) -> tuple[CommandEntry, ...]:
+        if not self._news:  # the usual case, on every probe message
+            return ()
         return tuple(take_news(self._news, self.settings.piggyback_max, live_count, self.settings))
 
     def state_news(self, live_count: int) -> tuple[CommandState, ...]:
+        if not self._state_news:
+            return ()
         return tuple(take_news(self._state_news, self.settings.piggyback_max, live_count, self.settings))
 
     def known_states(self, command_id: str) -> tuple[CommandState, ...]:

@@ -388,10 +388,11 @@ class Membership:
         doubted = self.members.get(recipient)
         if doubted is not None and doubted.status != Status.ALIVE:
             items.append(doubted)
-        room = self.settings.piggyback_max - len(items)
-        for entry in take_news(self._news, room, self.live_count, self.settings):
-            if entry.worker_id != self.worker_id and entry.worker_id != recipient:
-                items.append(entry)
+        if self._news:  # empty in a quiet cluster
+            room = self.settings.piggyback_max - len(items)
+            for entry in take_news(self._news, room, self.live_count, self.settings):
+                if entry.worker_id != self.worker_id and entry.worker_id != recipient:
+                    items.append(entry)
         return tuple(items)
 
     # -- probing --------------------------------------------------------------

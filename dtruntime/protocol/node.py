@@ -607,7 +607,8 @@ class Node:
                 self.progress.spread_own_again()
         if view_changed or election.leader_id is None or election.is_leader:
             election.evaluate(now, membership)
-        self._check_quorum()
+        if (membership.live_count >= membership.quorum) != self._has_quorum:
+            self._check_quorum()
         if membership.declared_dead:
             membership.declared_dead = False
             self.waits.fail_all(FailureCause.DECLARED_DEAD, "this worker was declared dead by the cluster")

@@ -88,4 +88,6 @@ class ProgressBook:
 
     def news(self, live_count: int) -> tuple[ProgressEntry, ...]:
         """The least-sent news for one probe message; items retire after enough sends."""
+        if not self._news:  # the usual case, on every probe message
+            return ()
         return tuple(take_news(self._news, self.settings.piggyback_max, live_count, self.settings))

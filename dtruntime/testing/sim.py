@@ -138,13 +138,18 @@ class SimCluster:
 
     def run_until(self, end: float) -> None:
         """Process every event up to and including simulated time ``end``."""
-        heap = self._heap
+        heap, pop = self._heap, heapq.heappop
         while heap and heap[0][0] <= end:
-            when, _, kind, payload = heapq.heappop(heap)
+            when, _, kind, payload = pop(heap)
             self.now = when
             if kind == _DELIVER:
-                endpoint, message = payload
-                self._deliver(endpoint, message)
+                worker, message = payload
+                if not worker.up:
+                    continue
+                if worker.paused:
+                    worker.held.append(message)
+                else:
+                    self._handle(worker, worker.node.step(message, when))
             elif kind == _TICK:
                 worker = payload
                 if worker.tick_at == when and worker.up and not worker.paused:
@@ -225,23 +230,16 @@ class SimCluster:
         if net.random() < faults.loss:
             return
         copies = 2 if net.random() < faults.duplicate else 1
+        low, span, heap = faults.delay_min, faults.delay_max - faults.delay_min, self._heap
         for _ in range(copies):
-            delay = net.uniform(faults.delay_min, faults.delay_max)
-            self._push(self.now + delay, _DELIVER, (endpoint, message))
+            delay = low + span * net.random()  # net.uniform(delay_min, delay_max), inlined: the same float
+            self._seq += 1
+            heapq.heappush(heap, (self.now + delay, self._seq, _DELIVER, (target, message)))
 
     def _link_up(self, source: str, target: str) -> bool:
         if self._groups and self._groups.get(source, 0) != self._groups.get(target, 0):
             return False
         return (source, target) not in self._blocked
-
-    def _deliver(self, endpoint: str, message: Message) -> None:
-        worker = self._by_endpoint[endpoint]
-        if not worker.up:
-            return
-        if worker.paused:
-            worker.held.append(message)
-            return
-        self._handle(worker, worker.node.step(message, self.now))
 
     # -- local requests ---------------------------------------------------------------
 
