@@ -315,8 +315,13 @@ class Node:
         gossip, sender, membership = message.gossip, message.sender, self.membership
         # The sender's own entries go last, so whether it may take over a rank does not
         # depend on the order of the entries (duplicates stay no-ops).
+        # An entry that is already this view's very object (no codec on the way: the
+        # sender's own entry, usually) changes nothing, so it skips the call.
         own = []
+        members = membership.members
         for entry in gossip.members:
+            if members.get(entry.worker_id) is entry:
+                continue
             if entry.worker_id != sender:
                 membership.apply(entry, now)
             else:
@@ -331,8 +336,8 @@ class Node:
             self._learn_commands(gossip.commands, gossip.command_states, now)
         first_hand = gossip.leader_id == message.sender
         self.election.on_leader_claim(gossip.leader_term, gossip.leader_id, self.membership, first_hand=first_hand)
-        if gossip.leader_id != message.sender:
-            self.election.on_leader_silent(message.sender, gossip.leader_term)
+        if gossip.leader_id != sender and sender == self.election.leader_id:  # it acts only then
+            self.election.on_leader_silent(sender, gossip.leader_term)
         if isinstance(message, Ping):
             self.membership.on_ping(message, self._gossip)
         elif isinstance(message, Ack):
@@ -642,7 +647,7 @@ class Node:
             deadline = min(deadline, book.next_deadline())
         if self.waits:
             deadline = min(deadline, self.waits.next_deadline())
-        saves_deadline = self.saves.next_deadline()
+        saves_deadline = self.saves.next_resend  # Saves.next_deadline(), without the call
         if saves_deadline < deadline:
             deadline = saves_deadline
         commands = self.commands
