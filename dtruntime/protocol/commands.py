@@ -55,6 +55,10 @@ STATE_NAMES = ("pending", "running", "done", "failed")
 class CommandBook:
     """The commands this node knows, its acks, and (as leader) the acks it collected."""
 
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "settings", "entries", "states", "acked", "_acks", "_news", "_state_news",
+                 "next_resend", "changed")
+
     def __init__(self, worker_id: str, settings: ProtocolSettings) -> None:
         self.worker_id = worker_id
         self.settings = settings

@@ -79,6 +79,11 @@ class _Campaign:
 class Election:
     """Election state of one node. Not thread-safe; driven by :class:`Node`."""
 
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "settings", "_rng", "_out", "leader_term", "leader_id", "is_leader",
+                 "highest_term", "voted_term", "voted_for", "abstain_until", "_campaign", "campaigns",
+                 "_next_campaign_at", "_best_cache", "_suspended_term", "_denied")
+
     def __init__(
         self,
         worker_id: str,

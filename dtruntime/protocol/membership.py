@@ -126,6 +126,12 @@ class RankHolders:
 class Membership:
     """The membership view of one node. Not thread-safe; driven by :class:`Node`."""
 
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "report_joins", "world_size", "rejected", "settings", "_rng", "_out", "members",
+                 "_by_rank", "live_count", "_vacated", "_news", "_suspicions", "_dead", "dead_since",
+                 "_probe_order", "_probe_index", "_probe", "_relays", "_seq", "_periods", "_next_probe_at",
+                 "changed", "declared_dead", "joins", "version", "revision", "heard")
+
     def __init__(
         self,
         me: MemberEntry,

@@ -81,6 +81,12 @@ REFUSED_MEMORY = 64  # refused joiners remembered, so each is reported once
 class Node:
     """One worker's protocol state machine. Not thread-safe: one driver calls it."""
 
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "world_size", "settings", "_out", "membership", "election", "book", "waits",
+                 "commits", "saves", "progress", "commands", "_seeds", "joined", "_join_attempts",
+                 "_next_join_at", "_world_announced", "_refused", "_has_quorum", "_leadership", "_left",
+                 "_joins_seen", "dropped")
+
     def __init__(
         self,
         member: MemberEntry,

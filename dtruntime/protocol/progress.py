@@ -30,6 +30,9 @@ MAX_VALUE = 2**63 - 1
 class ProgressBook:
     """The counters this node knows, its own included, and the news still to spread."""
 
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "settings", "_values", "_news")
+
     def __init__(self, worker_id: str, settings: ProtocolSettings) -> None:
         self.worker_id = worker_id
         self.settings = settings

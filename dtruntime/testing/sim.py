@@ -59,7 +59,7 @@ class NetworkFaults:
     delay_max: float = 0.002
 
 
-@dataclass
+@dataclass(slots=True)
 class SimWorker:
     """Simulator-side record of one worker (the node may be replaced on restart)."""
 
