@@ -128,9 +128,9 @@ class Membership:
 
     # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
     __slots__ = ("worker_id", "report_joins", "world_size", "rejected", "settings", "_rng", "_out", "members",
-                 "_by_rank", "live_count", "_vacated", "_news", "_suspicions", "_dead", "dead_since",
-                 "_probe_order", "_probe_index", "_probe", "_relays", "_seq", "_periods", "_next_probe_at",
-                 "changed", "declared_dead", "joins", "version", "revision", "heard")
+                 "_by_rank", "live_count", "_vacated", "quorum", "_news", "_suspicions", "_dead",
+                 "dead_since", "_probe_order", "_probe_index", "_probe", "_relays", "_seq", "_periods",
+                 "_next_probe_at", "changed", "declared_dead", "joins", "version", "revision", "heard")
 
     def __init__(
         self,
@@ -155,6 +155,16 @@ class Membership:
         self._by_rank.add(me.rank, me.worker_id)
         self.live_count = 1
         self._vacated: set[int] = set()  # ranks whose newest holder left cleanly (LEFT)
+        # A majority of the voting world: ``world_size`` less the ranks vacated by a clean
+        # leave (their newest holder LEFT and nobody live holds them); kept up to date by
+        # _update_vacated, as it is read after every input. A crash leaves its rank voting
+        # (its silence counts against the quorum, so a minority partition never leads); a
+        # clean leave is an explicit, final word of that incarnation, so it shrinks the
+        # world: half a job whose other half's launcher stopped its workers (one
+        # SIGKILLed, the rest told to leave) keeps a quorum. A view that has not heard of
+        # a leave yet demands the larger quorum, which is the safe side. A restarted
+        # holder of the rank takes its vote back.
+        self.quorum = world_size // 2 + 1
         self._news: dict[str, list] = {}  # worker_id -> [entry, times sent]
         self._suspicions: list[tuple[float, int, str, int]] = []  # (deadline, seq, id, incarnation)
         self._dead: dict[str, None] = {}  # DEAD (not LEFT) members, for reconnect pings
@@ -195,28 +205,16 @@ class Membership:
     def live_members(self) -> list[MemberEntry]:
         return [entry for entry in self.members.values() if entry.is_live]
 
-    @property
-    def quorum(self) -> int:
-        """A majority of the voting world: ``world_size`` less the ranks vacated by a
-        clean leave (their newest holder LEFT and nobody live holds them).
-
-        A crash leaves its rank voting (its silence counts against the quorum, so a
-        minority partition never leads); a clean leave is an explicit, final word of that
-        incarnation, so it shrinks the world: half a job whose other half's launcher
-        stopped its workers (one SIGKILLed, the rest told to leave) keeps a quorum. A
-        view that has not heard of a leave yet demands the larger quorum, which is the
-        safe side. A restarted holder of the rank takes its vote back.
-        """
-        return (self.world_size - len(self._vacated)) // 2 + 1
-
     def _update_vacated(self, rank: int) -> None:
-        """Re-derive whether ``rank`` is vacated, after an entry of one of its holders changed."""
+        """Re-derive whether ``rank`` is vacated, after an entry of one of its holders
+        changed, and :attr:`quorum` with it (the only place either changes)."""
         members = self.members
         entries = [members[w] for w in self._by_rank.holders(rank) if w in members and members[w].rank == rank]
         if entries and entries[-1].status == Status.LEFT and not any(e.is_live for e in entries):
             self._vacated.add(rank)
         else:
             self._vacated.discard(rank)
+        self.quorum = (self.world_size - len(self._vacated)) // 2 + 1
 
     def describe_absent(self) -> str:
         """Who of the expected world is not live in this view, by rank: ``w1 (rank 1) lost,

@@ -190,7 +190,9 @@ class SimCluster:
         # (a probe acked before its ping timeout). That skips a quarter of all node inputs
         # in a fault-free run. The entry left behind is stale: run_until skips a tick
         # whose time is not the worker's tick_at.
-        deadline = max(ready.next_deadline, self.now + 1e-6)
+        deadline, soonest = ready.next_deadline, self.now + 1e-6
+        if deadline < soonest:
+            deadline = soonest
         queued = worker.tick_at
         if deadline < queued or self.now < queued < deadline:
             worker.tick_at = deadline
