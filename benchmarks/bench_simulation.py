@@ -19,6 +19,7 @@ import time
 
 from dtruntime.protocol.settings import ProtocolSettings
 from dtruntime.testing import SimCluster
+from simulations.common import gc_paused
 from simulations.progress import progress_bar
 from simulations.report import percentile, summary_table
 from simulations.scenarios import detection, leader_crash
@@ -63,13 +64,14 @@ def bench_detection(sizes: list[int], seeds: int, quiet: bool = False) -> None:
 def bench_scale(workers: int, seconds: float, codec: bool, quiet: bool = False) -> None:
     settings = ProtocolSettings(probe_period=0.1, heartbeat_timeout=1.0)
     started = time.perf_counter()
-    cluster = SimCluster(workers, seed=1, settings=settings, codec=codec, trace=False)
-    with progress_bar(seconds, "scale", "simulated s", quiet=quiet) as bar:
-        for second in range(1, int(seconds) + 1):
-            cluster.run_until(float(second))
-            bar.update(1)
-    cluster.run_until(seconds)
-    wall = time.perf_counter() - started
+    with gc_paused():
+        cluster = SimCluster(workers, seed=1, settings=settings, codec=codec, trace=False, join_events=False)
+        with progress_bar(seconds, "scale", "simulated s", quiet=quiet) as bar:
+            for second in range(1, int(seconds) + 1):
+                cluster.run_until(float(second))
+                bar.update(1)
+        cluster.run_until(seconds)
+        wall = time.perf_counter() - started
     sent = sum(w.sent for w in cluster.workers.values())
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
     print(

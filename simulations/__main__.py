@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seed, args.seed + args.seeds):
             plotted = args.plot is not None and seed == args.seed
             try:
-                result = run(args.workers, seed, args.heartbeat_ms, args.timeout_ms, timeline=plotted)
+                with common.gc_paused():
+                    result = run(args.workers, seed, args.heartbeat_ms, args.timeout_ms, timeline=plotted)
             except DtruntimeError as exc:  # --serve: e.g. --serve-worker names no worker of the cluster
                 if dashboard is not None:
                     dashboard.close()

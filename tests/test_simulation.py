@@ -62,6 +62,23 @@ def test_same_seed_gives_identical_trace_across_processes_and_hash_seeds():
     assert int(count) > 50
 
 
+def test_join_events_off_changes_nothing_but_the_join_events():
+    def run(join_events: bool) -> tuple[list[str], list[tuple[str, int, str | None, int]]]:
+        cluster = SimCluster(24, seed=4, settings=FAST, faults=NetworkFaults(loss=0.05), join_events=join_events)
+        cluster.run_until(2.0)
+        cluster.crash("w0")
+        cluster.run_until(3.0)
+        cluster.restart("w0")
+        cluster.run_until(6.0)
+        state = [(w.worker_id, w.sent, w.node.leader_id, w.node.membership.revision) for w in cluster.workers.values()]
+        return cluster.trace, state
+
+    (full, state), (quiet, quiet_state) = run(True), run(False)
+    assert any("MemberJoined" in line for line in full)
+    assert [line for line in full if "MemberJoined" not in line] == quiet
+    assert state == quiet_state
+
+
 def test_different_seeds_give_different_traces():
     traces = []
     for seed in (1, 2):

@@ -112,6 +112,10 @@ class Decision:
 class BarrierBook:
     """Leader-side state of every open barrier. Cleared when leadership is lost."""
 
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("world_size", "settings", "_open", "_decided", "_deadlines", "decisions",
+                 "release_latencies")
+
     def __init__(self, world_size: int, settings: ProtocolSettings) -> None:
         self.world_size = world_size
         self.settings = settings
@@ -308,6 +312,10 @@ class _Wait:
 
 class Waits:
     """This node's own barrier waits."""
+
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "settings", "_out", "_waits", "_generations", "recent", "next_resend",
+                 "missing")
 
     def __init__(self, worker_id: str, settings: ProtocolSettings, outbox: Outbox) -> None:
         self.worker_id = worker_id

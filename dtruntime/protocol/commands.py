@@ -55,6 +55,10 @@ STATE_NAMES = ("pending", "running", "done", "failed")
 class CommandBook:
     """The commands this node knows, its acks, and (as leader) the acks it collected."""
 
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "settings", "entries", "states", "acked", "_acks", "_news", "_state_news",
+                 "next_resend", "changed")
+
     def __init__(self, worker_id: str, settings: ProtocolSettings) -> None:
         self.worker_id = worker_id
         self.settings = settings
@@ -168,9 +172,13 @@ class CommandBook:
     # -- gossip ----------------------------------------------------------------------
 
     def news(self, live_count: int) -> tuple[CommandEntry, ...]:
+        if not self._news:  # the usual case, on every probe message
+            return ()
         return tuple(take_news(self._news, self.settings.piggyback_max, live_count, self.settings))
 
     def state_news(self, live_count: int) -> tuple[CommandState, ...]:
+        if not self._state_news:
+            return ()
         return tuple(take_news(self._state_news, self.settings.piggyback_max, live_count, self.settings))
 
     def known_states(self, command_id: str) -> tuple[CommandState, ...]:

@@ -69,6 +69,9 @@ class CommitDecision:
 class CommitBook:
     """Leader-side state of every checkpoint step being committed."""
 
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "world_size", "settings", "_out", "_open", "_decided", "_latest", "decisions")
+
     def __init__(self, worker_id: str, world_size: int, settings: ProtocolSettings, outbox: Outbox) -> None:
         self.worker_id = worker_id
         self.world_size = world_size
@@ -163,6 +166,9 @@ def _rank_lost(rank: int, view: Membership) -> bool:
 
 class Saves:
     """This rank's reported parts that wait for their step's result."""
+
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "settings", "_out", "_pending", "recent", "next_resend")
 
     def __init__(self, worker_id: str, settings: ProtocolSettings, outbox: Outbox) -> None:
         self.worker_id = worker_id

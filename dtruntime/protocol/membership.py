@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from .events import DeclaredDead, MemberJoined, WorkerLost
@@ -43,6 +43,7 @@ from .messages import Ack, Gossip, MemberEntry, Ping, PingReq, Status
 from .news import take_news
 from .outbox import Outbox
 from .settings import ProtocolSettings
+from .shuffle import shuffle
 
 GossipFactory = Callable[[str], Gossip]
 
@@ -91,6 +92,26 @@ class RankHolders:
         elif worker_id not in slot:
             self.slots[rank] = slot + (worker_id,)
 
+    def in_rank_order(self, members: dict[str, MemberEntry]) -> Iterator[MemberEntry]:
+        """The current entry of every member of ``members`` whose rank is in the world,
+        each once: ascending rank, and at one rank ascending worker id.
+
+        ``members`` must be the view this index was filled from (every member is held at
+        its current rank). Lazy: a caller that wants the first match stops early.
+        """
+        for rank, slot in enumerate(self.slots):
+            if slot is None:
+                continue
+            if slot.__class__ is str:
+                entry = members.get(slot)  # type: ignore[arg-type]
+                if entry is not None and entry.rank == rank:
+                    yield entry
+                continue
+            for worker_id in sorted(slot):  # type: ignore[arg-type]
+                entry = members.get(worker_id)
+                if entry is not None and entry.rank == rank:
+                    yield entry
+
     def holders(self, rank: int) -> tuple[str, ...]:
         slot = self.slots[rank] if 0 <= rank < len(self.slots) else None
         if slot is None:
@@ -105,6 +126,12 @@ class RankHolders:
 class Membership:
     """The membership view of one node. Not thread-safe; driven by :class:`Node`."""
 
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "report_joins", "world_size", "rejected", "settings", "_rng", "_out", "members",
+                 "_by_rank", "live_count", "_vacated", "quorum", "_news", "_suspicions", "_dead",
+                 "dead_since", "_probe_order", "_probe_index", "_probe", "_relays", "_seq", "_periods",
+                 "_next_probe_at", "changed", "declared_dead", "joins", "version", "revision", "heard")
+
     def __init__(
         self,
         me: MemberEntry,
@@ -113,8 +140,11 @@ class Membership:
         rng: random.Random,
         outbox: Outbox,
         now: float,
+        *,
+        report_joins: bool = True,
     ) -> None:
         self.worker_id = me.worker_id
+        self.report_joins = report_joins  # emit MemberJoined (off: a driver that never reads them)
         self.world_size = world_size
         self.rejected = 0  # entries about unknown workers that could not be members
         self.settings = settings
@@ -125,6 +155,16 @@ class Membership:
         self._by_rank.add(me.rank, me.worker_id)
         self.live_count = 1
         self._vacated: set[int] = set()  # ranks whose newest holder left cleanly (LEFT)
+        # A majority of the voting world: ``world_size`` less the ranks vacated by a clean
+        # leave (their newest holder LEFT and nobody live holds them); kept up to date by
+        # _update_vacated, as it is read after every input. A crash leaves its rank voting
+        # (its silence counts against the quorum, so a minority partition never leads); a
+        # clean leave is an explicit, final word of that incarnation, so it shrinks the
+        # world: half a job whose other half's launcher stopped its workers (one
+        # SIGKILLed, the rest told to leave) keeps a quorum. A view that has not heard of
+        # a leave yet demands the larger quorum, which is the safe side. A restarted
+        # holder of the rank takes its vote back.
+        self.quorum = world_size // 2 + 1
         self._news: dict[str, list] = {}  # worker_id -> [entry, times sent]
         self._suspicions: list[tuple[float, int, str, int]] = []  # (deadline, seq, id, incarnation)
         self._dead: dict[str, None] = {}  # DEAD (not LEFT) members, for reconnect pings
@@ -157,31 +197,24 @@ class Membership:
         entry = self.members.get(worker_id)
         return entry is not None and entry.is_live
 
+    def by_rank(self) -> Iterator[MemberEntry]:
+        """Every member, by ascending ``(rank, worker_id)``, from the rank index: lazy, so
+        a search for the first match costs the length of the prefix it walks, not O(N)."""
+        return self._by_rank.in_rank_order(self.members)
+
     def live_members(self) -> list[MemberEntry]:
         return [entry for entry in self.members.values() if entry.is_live]
 
-    @property
-    def quorum(self) -> int:
-        """A majority of the voting world: ``world_size`` less the ranks vacated by a
-        clean leave (their newest holder LEFT and nobody live holds them).
-
-        A crash leaves its rank voting (its silence counts against the quorum, so a
-        minority partition never leads); a clean leave is an explicit, final word of that
-        incarnation, so it shrinks the world: half a job whose other half's launcher
-        stopped its workers (one SIGKILLed, the rest told to leave) keeps a quorum. A
-        view that has not heard of a leave yet demands the larger quorum, which is the
-        safe side. A restarted holder of the rank takes its vote back.
-        """
-        return (self.world_size - len(self._vacated)) // 2 + 1
-
     def _update_vacated(self, rank: int) -> None:
-        """Re-derive whether ``rank`` is vacated, after an entry of one of its holders changed."""
+        """Re-derive whether ``rank`` is vacated, after an entry of one of its holders
+        changed, and :attr:`quorum` with it (the only place either changes)."""
         members = self.members
         entries = [members[w] for w in self._by_rank.holders(rank) if w in members and members[w].rank == rank]
         if entries and entries[-1].status == Status.LEFT and not any(e.is_live for e in entries):
             self._vacated.add(rank)
         else:
             self._vacated.discard(rank)
+        self.quorum = (self.world_size - len(self._vacated)) // 2 + 1
 
     def describe_absent(self) -> str:
         """Who of the expected world is not live in this view, by rank: ``w1 (rank 1) lost,
@@ -242,7 +275,8 @@ class Membership:
             self._dead.pop(entry.worker_id, None)
             self.dead_since.pop(entry.worker_id, None)
             self._add_to_probe_order(entry.worker_id, bulk=not news)
-            self._out.emit(MemberJoined(entry))
+            if self.report_joins:
+                self._out.emit(MemberJoined(entry))
             self.changed = True
             self.version += 1
         elif not entry.is_live and was_live:
@@ -273,28 +307,39 @@ class Membership:
         They come last so that a view naming a dead worker and the live one that took
         over its rank under another id admits the live one (a gone stranger only takes a
         rank nobody holds). Joining means learning every member, so across a cluster this
-        runs N^2 times. The common case (an ALIVE stranger at a rank nobody holds) is
-        admitted here inline; everything else goes through :meth:`apply`.
+        runs N^2 times. An entry that is already this view's very object (a view sent
+        again, without the codec) changes nothing and is skipped; the common case (an
+        ALIVE stranger at a rank nobody holds) is admitted here inline, its counters
+        added once at the end (nothing in between reads them); everything else goes
+        through :meth:`apply`.
         """
         members, slots, world_size = self.members, self._by_rank.slots, self.world_size
         alive = Status.ALIVE
+        # What ``emit`` appends to (the outbox drains only after the call); None: not reported.
+        events = self._out.events if self.report_joins else None
         gone: list[MemberEntry] = []
+        admitted = 0
         for entry in entries:
             worker_id, rank = entry.worker_id, entry.rank
-            if (entry.status is not alive or worker_id in members or not 0 <= rank < world_size
-                    or slots[rank] is not None):
-                if entry.is_live or worker_id in members:
+            current = members.get(worker_id)
+            if current is entry:
+                continue
+            if current is not None or entry.status is not alive or not 0 <= rank < world_size or slots[rank] is not None:
+                if current is not None or entry.is_live:
                     self.apply(entry, now, news=False)
                 else:
                     gone.append(entry)
                 continue
             members[worker_id] = entry
             slots[rank] = worker_id
-            self.revision += 1
-            self.live_count += 1
-            self._out.emit(MemberJoined(entry))
+            admitted += 1
+            if events is not None:
+                events.append(MemberJoined(entry))
+        if admitted:
+            self.revision += admitted
+            self.live_count += admitted
+            self.version += admitted
             self.changed = True
-            self.version += 1
         for entry in gone:
             self.apply(entry, now, news=False)
 
@@ -347,10 +392,11 @@ class Membership:
         doubted = self.members.get(recipient)
         if doubted is not None and doubted.status != Status.ALIVE:
             items.append(doubted)
-        room = self.settings.piggyback_max - len(items)
-        for entry in take_news(self._news, room, self.live_count, self.settings):
-            if entry.worker_id != self.worker_id and entry.worker_id != recipient:
-                items.append(entry)
+        if self._news:  # empty in a quiet cluster
+            room = self.settings.piggyback_max - len(items)
+            for entry in take_news(self._news, room, self.live_count, self.settings):
+                if entry.worker_id != self.worker_id and entry.worker_id != recipient:
+                    items.append(entry)
         return tuple(items)
 
     # -- probing --------------------------------------------------------------
@@ -370,8 +416,9 @@ class Membership:
                 self._probe_index += 1
                 if candidate is not None and candidate.is_live and candidate.worker_id != self.worker_id:
                     return candidate
-            self._probe_order = [w for w, e in self.members.items() if e.is_live and w != self.worker_id]
-            self._rng.shuffle(self._probe_order)
+            suspect, me = Status.SUSPECT, self.worker_id  # ``is_live``, inlined: this runs N^2 times at start-up
+            self._probe_order = [w for w, e in self.members.items() if e.status <= suspect and w != me]
+            shuffle(self._rng, self._probe_order)
             self._probe_index = 0
         return None
 

@@ -81,6 +81,12 @@ REFUSED_MEMORY = 64  # refused joiners remembered, so each is reported once
 class Node:
     """One worker's protocol state machine. Not thread-safe: one driver calls it."""
 
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "world_size", "settings", "_out", "membership", "election", "book", "waits",
+                 "commits", "saves", "progress", "commands", "_seeds", "joined", "_join_attempts",
+                 "_next_join_at", "_world_announced", "_refused", "_has_quorum", "_leadership", "_left",
+                 "_joins_seen", "dropped")
+
     def __init__(
         self,
         member: MemberEntry,
@@ -89,7 +95,12 @@ class Node:
         settings: ProtocolSettings,
         rng: random.Random,
         now: float,
+        *,
+        report_joins: bool = True,
     ) -> None:
+        """``report_joins=False`` leaves ``MemberJoined`` out of every :class:`Ready`: a
+        driver that never reads them saves building N of them per node at start-up. The
+        node behaves the same either way."""
         if world_size < 1:
             raise ProtocolError(f"world_size must be >= 1, got {world_size}")
         if not 0 <= member.rank < world_size:
@@ -100,7 +111,7 @@ class Node:
         self.world_size = world_size
         self.settings = settings
         self._out = Outbox()
-        self.membership = Membership(member, world_size, settings, rng, self._out, now)
+        self.membership = Membership(member, world_size, settings, rng, self._out, now, report_joins=report_joins)
         self.election = Election(member.worker_id, settings, rng, self._out, now)
         self.book = BarrierBook(world_size, settings)
         self.waits = Waits(member.worker_id, settings, self._out)
@@ -310,8 +321,13 @@ class Node:
         gossip, sender, membership = message.gossip, message.sender, self.membership
         # The sender's own entries go last, so whether it may take over a rank does not
         # depend on the order of the entries (duplicates stay no-ops).
+        # An entry that is already this view's very object (no codec on the way: the
+        # sender's own entry, usually) changes nothing, so it skips the call.
         own = []
+        members = membership.members
         for entry in gossip.members:
+            if members.get(entry.worker_id) is entry:
+                continue
             if entry.worker_id != sender:
                 membership.apply(entry, now)
             else:
@@ -326,8 +342,8 @@ class Node:
             self._learn_commands(gossip.commands, gossip.command_states, now)
         first_hand = gossip.leader_id == message.sender
         self.election.on_leader_claim(gossip.leader_term, gossip.leader_id, self.membership, first_hand=first_hand)
-        if gossip.leader_id != message.sender:
-            self.election.on_leader_silent(message.sender, gossip.leader_term)
+        if gossip.leader_id != sender and sender == self.election.leader_id:  # it acts only then
+            self.election.on_leader_silent(sender, gossip.leader_term)
         if isinstance(message, Ping):
             self.membership.on_ping(message, self._gossip)
         elif isinstance(message, Ack):
@@ -602,7 +618,8 @@ class Node:
                 self.progress.spread_own_again()
         if view_changed or election.leader_id is None or election.is_leader:
             election.evaluate(now, membership)
-        self._check_quorum()
+        if (membership.live_count >= membership.quorum) != self._has_quorum:
+            self._check_quorum()
         if membership.declared_dead:
             membership.declared_dead = False
             self.waits.fail_all(FailureCause.DECLARED_DEAD, "this worker was declared dead by the cluster")
@@ -636,7 +653,7 @@ class Node:
             deadline = min(deadline, book.next_deadline())
         if self.waits:
             deadline = min(deadline, self.waits.next_deadline())
-        saves_deadline = self.saves.next_deadline()
+        saves_deadline = self.saves.next_resend  # Saves.next_deadline(), without the call
         if saves_deadline < deadline:
             deadline = saves_deadline
         commands = self.commands

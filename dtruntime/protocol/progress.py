@@ -30,6 +30,9 @@ MAX_VALUE = 2**63 - 1
 class ProgressBook:
     """The counters this node knows, its own included, and the news still to spread."""
 
+    # Slotted: every node has one, and a simulation touches 10,000 of them in turn.
+    __slots__ = ("worker_id", "settings", "_values", "_news")
+
     def __init__(self, worker_id: str, settings: ProtocolSettings) -> None:
         self.worker_id = worker_id
         self.settings = settings
@@ -88,4 +91,6 @@ class ProgressBook:
 
     def news(self, live_count: int) -> tuple[ProgressEntry, ...]:
         """The least-sent news for one probe message; items retire after enough sends."""
+        if not self._news:  # the usual case, on every probe message
+            return ()
         return tuple(take_news(self._news, self.settings.piggyback_max, live_count, self.settings))

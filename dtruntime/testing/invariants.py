@@ -33,15 +33,15 @@ class ClusterView(Protocol):
     workers: Mapping[str, object]  # worker id -> its record; only the ids are read
 
 
-_CHECKED = frozenset({LeaderChanged, BarrierReleased, CheckpointCommitted, CheckpointAbandoned})
-
-
 class InvariantViolation(AssertionError):
     """A safety invariant failed; the message says which and how to reproduce it."""
 
 
 class Invariants:
     """Collects violations; :meth:`check` raises the first with the reproducing seed."""
+
+    #: The event classes :meth:`on_event` checks; it ignores every other event.
+    CHECKED = frozenset({LeaderChanged, BarrierReleased, CheckpointCommitted, CheckpointAbandoned})
 
     def __init__(self, cluster: ClusterView) -> None:
         self._cluster = cluster
@@ -73,7 +73,7 @@ class Invariants:
         self._arrivals.setdefault(key, {})[worker_id] = None
 
     def on_event(self, worker_id: str, event: Event) -> None:
-        if event.__class__ not in _CHECKED:
+        if event.__class__ not in self.CHECKED:
             return  # most events (MemberJoined: N^2 of them at start-up) check nothing
         if isinstance(event, LeaderChanged) and event.leader_id is not None:
             known = self.leader_of_term.setdefault(event.term, event.leader_id)
