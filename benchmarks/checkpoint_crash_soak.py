@@ -4,7 +4,10 @@
     python benchmarks/checkpoint_crash_soak.py --mode dcp --world 2 --kills 200 [--backend s3 --options JSON]
 
 ``--mode tensor``: as the default loop, with state dicts saved by ``save`` (tensor-native
-parts) and checked with ``load_state``.
+parts) and checked with ``load_state``. ``--mode guarded``: the same with
+``save(..., guard=...)``, so each copy runs in a snapshot thread that the kill may catch
+mid-copy (nothing changes a step's tensors after its save: the guard is a module with no
+state, which only moves the copy out of the caller).
 
 ``--mode dcp``: each round starts a job of ``--world`` real processes (gloo on CPU) that
 resumes after the newest committed step and saves tensor-native multi-rank checkpoints
@@ -71,19 +74,25 @@ def same_state(loaded: Any, step: int) -> bool:
             and loaded["meta"] == expected["meta"])
 
 
-def child_main(root: str, backend: str | None, options: dict[str, Any], tensor: bool = False) -> None:
+def child_main(root: str, backend: str | None, options: dict[str, Any], tensor: bool = False,
+               guarded: bool = False) -> None:
     from dtruntime import CheckpointManager
 
     manager = CheckpointManager(root, backend=backend, keep_last_n=KEEP_LAST_N, storage_options=options or None)
     steps = manager.list_checkpoints_sync()
     step = steps[-1] + 1 if steps else 0
+    guard = None
     if tensor:  # import torch and the staging code before the kill window opens
-        importlib.import_module("dtruntime.checkpoint.staging")
+        importlib.import_module("dtruntime.checkpoint.snapshot")
         tensor_state(step)
+        if guarded:
+            import torch
+
+            guard = torch.nn.Module()
     print("ready", flush=True)
     while True:  # runs until killed
         if tensor:
-            manager.save(tensor_state(step), step)
+            manager.save(tensor_state(step), step, guard=guard)
         else:
             manager.save_bytes(payload(step), step)
         step += 1
@@ -295,9 +304,11 @@ def run_kill_loop(
     max_delay_s: float = 0.25,
     tensor: bool = False,
     max_seconds: float | None = None,
+    guarded: bool = False,
 ) -> dict[str, Any]:
     """Run ``kills`` kill-9 rounds against ``root``; return a summary with ``violations``.
-    ``tensor``: the child saves state dicts with ``save`` (tensor-native parts)."""
+    ``tensor``: the child saves state dicts with ``save`` (tensor-native parts);
+    ``guarded`` (with ``tensor``): with ``guard=``, copying in a snapshot thread."""
     rng = random.Random(seed)
     options = options or {}
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -311,7 +322,7 @@ def run_kill_loop(
         rounds += 1
         child = subprocess.Popen(
             [sys.executable, __file__, "child", "--root", root, "--backend", backend or "",
-             "--options", json.dumps(options)] + (["--mode", "tensor"] if tensor else []),
+             "--options", json.dumps(options)] + (["--mode", "guarded" if guarded else "tensor"] if tensor else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
         try:
@@ -333,7 +344,7 @@ def run_kill_loop(
         newest_seen.append(steps[-1] if steps else -1)
         _progress(round_index, newest_seen[-1], violations, started)
     return {
-        "mode": "tensor" if tensor else "bytes",
+        "mode": ("guarded" if guarded else "tensor") if tensor else "bytes",
         "kills": rounds,
         "violations": violations,
         "newest_committed_after_last_kill": newest_seen[-1] if newest_seen else None,
@@ -361,8 +372,9 @@ def _read_line(child: subprocess.Popen, deadline_s: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="soak", choices=("soak", "child", "dcp-child"))
-    parser.add_argument("--mode", dest="kind", default="bytes", choices=("bytes", "tensor", "dcp"),
+    parser.add_argument("--mode", dest="kind", default="bytes", choices=("bytes", "tensor", "guarded", "dcp"),
                         help="bytes: one process, save_bytes; tensor: one process, save(state_dict); "
+                             "guarded: the same with guard= (the copy in a snapshot thread); "
                              "dcp: --world ranks, DCP save through dtruntime")
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--max-delay", type=float, default=1.5, help="dcp mode: longest run before the kill (s)")
@@ -377,7 +389,8 @@ def main() -> None:
         sys.path.insert(0, str(REPO))
     backend = args.backend or None
     if args.mode == "child":
-        child_main(args.root, backend, json.loads(args.options), tensor=args.kind == "tensor")
+        child_main(args.root, backend, json.loads(args.options), tensor=args.kind in ("tensor", "guarded"),
+                   guarded=args.kind == "guarded")
         return
     if args.mode == "dcp-child":
         dcp_child_main(args.root, backend, json.loads(args.options))
@@ -389,7 +402,8 @@ def main() -> None:
                                     max_seconds=args.max_seconds)
     else:
         summary = run_kill_loop(root, args.kills, seed=args.seed, backend=backend, options=json.loads(args.options),
-                                tensor=args.kind == "tensor", max_seconds=args.max_seconds)
+                                tensor=args.kind in ("tensor", "guarded"), max_seconds=args.max_seconds,
+                                guarded=args.kind == "guarded")
     summary["root"] = root
     print(json.dumps(summary, indent=1))
     sys.exit(1 if summary["violations"] else 0)

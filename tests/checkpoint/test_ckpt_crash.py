@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 
 def test_kill_9_at_random_moments_never_lists_an_unloadable_step(tmp_path, crash_harness):
     summary = crash_harness.run_kill_loop(str(tmp_path / "ckpt"), kills=30, seed=11)
@@ -12,8 +14,9 @@ def test_kill_9_at_random_moments_never_lists_an_unloadable_step(tmp_path, crash
     assert summary["newest_committed_after_last_kill"] >= 30
 
 
-def test_kill_9_during_tensor_native_saves_never_lists_an_unloadable_step(tmp_path, crash_harness):
-    summary = crash_harness.run_kill_loop(str(tmp_path / "ckpt"), kills=10, seed=12, tensor=True)
+@pytest.mark.parametrize("guarded", [False, True], ids=["copy-in-caller", "guarded-snapshot-thread"])
+def test_kill_9_during_tensor_native_saves_never_lists_an_unloadable_step(tmp_path, crash_harness, guarded):
+    summary = crash_harness.run_kill_loop(str(tmp_path / "ckpt"), kills=10, seed=12, tensor=True, guarded=guarded)
     assert summary["violations"] == []
     assert summary["rounds_with_progress"] >= 5
 
