@@ -5,8 +5,9 @@
 Trains a small model with AdamW for STEPS steps (default 60) and saves a checkpoint every
 20 steps with ``guard=(model, optimizer)``: ``save`` returns before the tensors are
 copied, a snapshot thread copies them while the next forward and backward run, and the
-guarded forward and optimizer step wait for that copy, so every checkpoint is the state
-of its step. A rerun resumes after the newest committed step and trains up to STEPS.
+optimizer's step (and the BatchNorm layer's forward, which updates its running
+statistics) waits for that copy, so every checkpoint is the state of its step. A rerun
+resumes after the newest committed step and trains up to STEPS.
 """
 
 from __future__ import annotations
