@@ -131,7 +131,7 @@ class BackgroundSnapshots:
 
     def _copy(self, staged: StagedPart) -> None:
         try:
-            staged.copy()
+            staged.copy(background=True)
         except BaseException as exc:  # noqa: BLE001 - the save fails loudly through its handle
             staged.abort(exc)
         finally:

@@ -66,11 +66,13 @@ class StagedPart:
     def size(self) -> int:
         return len(self.plan.header) + self.plan.body_size
 
-    def copy(self) -> None:
-        """Copy every source tensor into the buffer (the caller's thread, or a snapshot
-        thread: :mod:`.snapshot`); see the module. Nothing is copied when the writer has
-        already given the part up (released it). CheckpointError, and the copy stops, when
-        a source's version counter moved since the part was prepared."""
+    def copy(self, background: bool = False) -> None:
+        """Copy every source tensor into the buffer; see the module. In the caller's thread
+        a CPU tensor is copied with ``copy_`` (torch's intra-op threads, as the caller set
+        them); in a snapshot thread (``background``, :mod:`.snapshot`) with one
+        ``memmove`` per dense tensor (:func:`_copy_cpu`). Nothing is copied when the writer
+        has already given the part up (released it). CheckpointError, and the copy stops,
+        when a source's version counter moved since the part was prepared."""
         with self._progress:
             if self.buffer is None:
                 return
@@ -86,7 +88,10 @@ class StagedPart:
                 return
             for i in order:
                 entry, source = self.plan.entries[i], self.plan.sources[i]
-                _copy_cpu(_target(self.buffer, entry), source)
+                if background:
+                    _copy_cpu(_target(self.buffer, entry), source)
+                else:
+                    _target(self.buffer, entry).copy_(source)
                 if source._version != self._versions[i]:
                     raise CheckpointError(
                         f"{entry.name!r} changed while its snapshot was being taken (a background save copies "
@@ -241,12 +246,13 @@ def _target(buffer: torch.Tensor, entry: Any) -> torch.Tensor:
 
 
 def _copy_cpu(target: torch.Tensor, source: torch.Tensor) -> None:
-    """``target.copy_(source)`` for a CPU ``source``; a dense one (contiguous, no lazy
-    conjugate or negative bit) is one ``memmove`` (glibc's, GIL released). Measured on
-    2 cores with the other core busy: 20 ms for 240 MiB against 119 ms for ``copy_``,
-    whose OpenMP team of two waits for its descheduled thread at every barrier; the same
-    speed on an idle machine. A copy in a snapshot thread (:mod:`.snapshot`) so starts no
-    second OpenMP team beside the training loop's."""
+    """``target.copy_(source)`` for a CPU ``source`` without torch's intra-op threads, for
+    a snapshot thread that runs beside the training loop: a dense source (contiguous, no
+    lazy conjugate or negative bit) is one ``memmove`` (glibc's, GIL released), anything
+    else ``copy_``. A second OpenMP team beside the loop's would contend with it: measured
+    on 2 cores with the other core busy, ``copy_`` of 240 MiB took 119 ms against 20 ms
+    for ``memmove``. (On an idle machine ``copy_`` with two threads is the faster one,
+    31 against 55 ms for 1 GiB, which is why the caller's own copy keeps it.)"""
     if source.is_contiguous() and not source.is_conj() and not source.is_neg():
         nbytes = source.numel() * source.element_size()
         if nbytes:

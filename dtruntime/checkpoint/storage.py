@@ -13,6 +13,8 @@ come from :mod:`.layout` and are joined with :func:`layout.join_under`):
   and renames it to its final key (a local rename: atomic; a crash leaves a ``tmp-*``
   file, never a part name, deleted with the step by retention); an object store
   collects the buffers, checksums them and PUTs once at the final key (no rename).
+- Local part writes start the kernel's writeback every few MiB as they go
+  (:mod:`.writeback`), so the closing ``fsync`` waits only for the tail.
 - ``read_buffer``: the whole object as a writable, 64-byte-aligned numpy ``uint8`` array
   and the CRC-32C of its bytes, so tensors can be views of it with no further copy.
   Local storage maps the file copy-on-write and checksums it through the mapping: no
@@ -49,6 +51,7 @@ from fsspec.utils import get_protocol
 from ..errors import ConfigError, DtruntimeError
 from . import layout
 from .integrity import Buffer, crc32c, crc32c_of
+from .writeback import EarlyWriteback
 
 _WRITE_SLICE = 64 << 20
 _SLICE = 4 << 20  # checksum-then-write / read-then-checksum slices: the second pass hits the cache
@@ -134,8 +137,9 @@ class LocalStorage(Storage):
         self._ensure_dir(os.path.dirname(path))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
+            out = EarlyWriteback(fd)
             for chunk in _chunks(data):
-                _write_all(fd, chunk)
+                out.write(chunk)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -150,12 +154,13 @@ class LocalStorage(Storage):
         size = checksum = 0
         try:
             try:
+                out = EarlyWriteback(fd)
                 for chunk in chunks:
                     view = memoryview(chunk).cast("B")
                     for start in range(0, len(view), _SLICE):
                         piece = view[start : start + _SLICE]
                         checksum = crc32c(piece, checksum)
-                        _write_all(fd, piece)
+                        out.write(piece)
                     size += len(view)
                 os.fsync(fd)
             finally:
