@@ -100,10 +100,16 @@ class BackgroundSnapshots:
             for guard in guards:
                 self._hook(guard)
             self._copying.append(staged)
-        threading.Thread(target=self._copy, args=(staged,), name=f"dtruntime-snapshot-{step}", daemon=True).start()
+        thread = threading.Thread(target=self._copy, args=(staged,), name=f"dtruntime-snapshot-{step}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had (interpreter shutting down, thread limit): copy here
+            self._copy(staged)
 
     def wait(self, *_: Any) -> None:
         """Block until every snapshot pending now has settled (the hooks' body)."""
+        if not self._copying:  # the common case, read without the lock: nothing to wait for
+            return
         with self._lock:
             pending = list(self._copying)
         for staged in pending:
