@@ -117,7 +117,7 @@ class StagedPart:
     @property
     def on_gpu(self) -> bool:
         """Whether any source tensor is on a GPU (the copy is then asynchronous already)."""
-        return any(source.device.type == "cuda" for source in self.plan.sources)
+        return _on_gpu(self.plan.sources)
 
     def wait_settled(self) -> None:
         """Block until the copy has ended, successfully or not, or the part was aborted or
@@ -185,8 +185,8 @@ class StagingPool:
         """Lay ``state`` out and take a buffer for it (no tensor data read yet, except the
         numpy arrays' with ``copy_numpy``); CheckpointError for an unsupported leaf."""
         plan = plan_state(state, copy_numpy)
-        on_gpu = any(source.device.type == "cuda" for source in plan.sources)
-        return StagedPart(plan, self._take(plan.body_size, pinned=on_gpu and torch.cuda.is_available()), self)
+        pinned = _on_gpu(plan.sources) and torch.cuda.is_available()
+        return StagedPart(plan, self._take(plan.body_size, pinned=pinned), self)
 
     def stage(self, state: Any) -> StagedPart:
         """:meth:`prepare` and copy at once (the buffer goes back to the pool on a failure)."""
@@ -243,6 +243,10 @@ class StagingPool:
 
 def _target(buffer: torch.Tensor, entry: Any) -> torch.Tensor:
     return buffer[entry.offset : entry.offset + entry.nbytes].view(entry.dtype).view(entry.shape)
+
+
+def _on_gpu(sources: tuple[torch.Tensor, ...]) -> bool:
+    return any(source.device.type == "cuda" for source in sources)
 
 
 def _copy_cpu(target: torch.Tensor, source: torch.Tensor) -> None:
